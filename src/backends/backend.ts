@@ -1,0 +1,151 @@
+/**
+ * The backend interface: about a dozen model-shaped ops (STYLE.md §2). The model (src/model/gpt_oss.ts) is
+ * written once against it; each backend implements it and is tested op by op against the reference.
+ * Types only: no backend code here.
+ */
+
+/** Names of the backends. */
+export type BackendName = "reference" | "webgpu" | "native" | "cuda";
+
+/** Element types of device tensors. */
+export type DType = "f32" | "bf16" | "u8" | "i32";
+
+/** Bytes per element. */
+export const DTYPE_BYTES: Readonly<Record<DType, number>> = { f32: 4, bf16: 2, u8: 1, i32: 4 };
+
+/** A tensor in host memory: raw little-endian bytes plus shape and dtype. */
+export interface HostTensor {
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+  /** Row-major bytes; byteOffset aligned to the element size. */
+  readonly data: Uint8Array;
+}
+
+/** An opaque handle to a tensor owned by one backend. */
+export interface DeviceTensor {
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+}
+
+/** Shape and layer kinds of a per-sequence KV cache. */
+export interface KvCacheSpec {
+  readonly numLayers: number;
+  readonly numKeyValueHeads: number;
+  readonly headDim: number;
+  /** Per layer: the window (keys kept, current token included), or 0 for a full-attention layer. */
+  readonly layerWindows: readonly number[];
+  /** Most positions a sequence may reach (full layers allocate up to this, in growing steps). */
+  readonly maxPositions: number;
+}
+
+/** One sequence's K/V history, owned by the backend; sliding-window layers keep only the window (a ring). */
+export interface KvCache {
+  readonly spec: KvCacheSpec;
+  /** Positions stored so far (the next token's absolute position). */
+  readonly length: number;
+}
+
+/** Where each sequence's tokens sit in a step's token rows. */
+export interface BatchSegment {
+  readonly kv: KvCache;
+  /** First row of this sequence in the step's [numTokens, …] activations. */
+  readonly rowOffset: number;
+  readonly numTokens: number;
+  /** Absolute position of the first token (= kv.length before the step). */
+  readonly startPosition: number;
+}
+
+/** The step's batch layout, shared by every attention call of the step. */
+export interface AttentionBatch {
+  readonly segments: readonly BatchSegment[];
+  readonly numTokens: number;
+}
+
+/** The packed MXFP4 experts of one layer plus their biases (spec §5.2). */
+export interface MoeWeights {
+  /** [E, 2I, H/32, 16] u8 */
+  readonly gateUpBlocks: DeviceTensor;
+  /** [E, 2I, H/32] u8 (E8M0) */
+  readonly gateUpScales: DeviceTensor;
+  /** [E, 2I] bf16, rows interleaved (even = glu, odd = linear) */
+  readonly gateUpBias: DeviceTensor;
+  /** [E, H, I/32, 16] u8 */
+  readonly downBlocks: DeviceTensor;
+  /** [E, H, I/32] u8 */
+  readonly downScales: DeviceTensor;
+  /** [E, H] bf16 */
+  readonly downBias: DeviceTensor;
+}
+
+type T = DeviceTensor;
+
+/** The ops. Activations are f32; weights bf16 or packed MXFP4. */
+export interface Ops {
+  /** out[t] = table[tokenIds[t]]; out [T, H] f32, table [V, H] bf16, tokenIds [T] i32. */
+  embed(out: T, table: T, tokenIds: T): void;
+  /** out = x · rsqrt(mean(x²) + eps) · weight, per row; weight [H] bf16. */
+  rmsnorm(out: T, x: T, weight: T, eps: number): void;
+  /** out[t, n] = Σ_k x[t, k] · weight[n, k] + bias[n]; weight [N, K] bf16, bias [N] bf16. */
+  matmul(out: T, x: T, weight: T, bias?: T): void;
+  /**
+   * Rotates q [T, numHeads·headDim] and k [T, numKvHeads·headDim] in place (half-split / NeoX pairs);
+   * invFreq [headDim/2] f32 holds the YaRN frequencies, `concentration` multiplies cos and sin.
+   */
+  rope(q: T, k: T, positions: T, invFreq: T, concentration: number): void;
+  /**
+   * Attention with learned sinks over each sequence's cache plus this step's k/v, then appends k/v to the caches.
+   * q [T, nh·d], k/v [T, nkv·d], out [T, nh·d]; sinks [nh] bf16; window 0 = full attention.
+   */
+  attention(out: T, q: T, k: T, v: T, options: AttentionOptions): void;
+  /** Top-k of logits [T, E] (ties: lowest index first), softmax over the k; ids [T, k] i32, weights [T, k] f32. */
+  moeRoute(expertIds: T, expertWeights: T, logits: T, topK: number): void;
+  /** out[t] = Σ_j w[t, j] · (down_e · swiglu(gateUp_e · x[t] + b1_e) + b2_e), e = expertIds[t, j]. */
+  moeMlp(out: T, x: T, expertIds: T, expertWeights: T, options: MoeMlpOptions): void;
+  /** out = a + b (elementwise, same shape). */
+  add(out: T, a: T, b: T): void;
+  /** out[r] = x[rows[r]]; rows [R] i32. */
+  gatherRows(out: T, x: T, rows: T): void;
+}
+
+/** Options of {@link Ops.attention}. */
+export interface AttentionOptions {
+  readonly batch: AttentionBatch;
+  readonly layer: number;
+  /** [numHeads] bf16 */
+  readonly sinks: T;
+  readonly numHeads: number;
+  readonly numKeyValueHeads: number;
+  readonly headDim: number;
+  /** Keys visible to a query, current token included; 0 = unlimited. */
+  readonly window: number;
+}
+
+/** Options of {@link Ops.moeMlp}. */
+export interface MoeMlpOptions {
+  readonly weights: MoeWeights;
+  readonly intermediateSize: number;
+  readonly swigluLimit: number;
+}
+
+/** A compute backend. */
+export interface Backend {
+  readonly name: BackendName;
+  /** Weights, once at load. The backend may keep a view of `tensor.data` (it must not be changed afterwards). */
+  upload(tensor: HostTensor): DeviceTensor;
+  /** Activations; contents undefined. */
+  alloc(shape: readonly number[], dtype: DType): DeviceTensor;
+  /** Writes host data into a device tensor (token ids, positions). */
+  write(tensor: DeviceTensor, data: Int32Array | Float32Array): void;
+  readonly ops: Ops;
+  /** Submits the work enqueued so far. */
+  flush(): Promise<void>;
+  /** Reads a tensor back as f32 (f32 tensors) or i32 (i32 tensors). */
+  read(tensor: DeviceTensor): Promise<Float32Array | Int32Array>;
+  /** A new, empty KV cache for one sequence. */
+  createKvCache(spec: KvCacheSpec): KvCache;
+  /** Frees a cache's memory. */
+  releaseKvCache(cache: KvCache): void;
+  /** Frees an activation tensor. */
+  free(tensor: DeviceTensor): void;
+  dispose(): void;
+}

@@ -1,0 +1,162 @@
+/**
+ * The GPT-OSS forward pass, written once against the backend ops (spec §3):
+ * embed → for each layer { x += o_proj(attention(rope(qkv(rmsnorm(x))))); x += moe(rmsnorm(x)) } → norm → lm_head.
+ * Sliding-window attention on the layers config.json marks (even layers in the release).
+ */
+import type { AttentionBatch, Backend, DeviceTensor, KvCache, KvCacheSpec } from "../backends/backend.ts";
+import type { ModelConfig } from "./config.ts";
+import { buildRopeTables } from "./rope.ts";
+import type { ModelWeights } from "./weights.ts";
+
+/** A model ready to run: config, weights on a backend, RoPE tables. */
+export interface Model {
+  readonly config: ModelConfig;
+  readonly weights: ModelWeights;
+  readonly backend: Backend;
+  /** [headDim/2] f32 on the backend */
+  readonly ropeInvFreq: DeviceTensor;
+  readonly ropeConcentration: number;
+}
+
+/** Wraps loaded weights into a model (builds the RoPE tables). */
+export function createModel(config: ModelConfig, weights: ModelWeights, backend: Backend): Model {
+  const rope = buildRopeTables(config);
+  const ropeInvFreq = backend.alloc([rope.invFreq.length], "f32");
+  backend.write(ropeInvFreq, rope.invFreq);
+  return { config, weights, backend, ropeInvFreq, ropeConcentration: rope.concentration };
+}
+
+/** The KV cache shape of one sequence of this model. */
+export function kvCacheSpec(config: ModelConfig, maxPositions = config.maxPositionEmbeddings): KvCacheSpec {
+  return {
+    numLayers: config.numHiddenLayers,
+    numKeyValueHeads: config.numKeyValueHeads,
+    headDim: config.headDim,
+    layerWindows: config.layerIsSliding.map((sliding) => (sliding ? config.slidingWindow : 0)),
+    maxPositions,
+  };
+}
+
+/** Which rows of logits a sequence wants back from a step. */
+export type LogitsWanted = "last" | "all" | "none";
+
+/** One sequence's part of a step: new tokens appended after what its cache holds. */
+export interface StepSequence {
+  readonly kv: KvCache;
+  readonly tokenIds: readonly number[];
+  readonly logits: LogitsWanted;
+}
+
+/**
+ * Runs one step over a batch of sequences (prefill chunks and single decode tokens mixed) and returns, per
+ * sequence, its logits rows as [rows × vocabSize] (empty when "none").
+ */
+export async function forward(model: Model, sequences: readonly StepSequence[]): Promise<Float32Array[]> {
+  const { config, weights, backend } = model;
+  const ops = backend.ops;
+  const numTokens = sequences.reduce((sum, s) => sum + s.tokenIds.length, 0);
+  if (numTokens === 0) return sequences.map(() => new Float32Array(0));
+  const hidden = config.hiddenSize;
+  const qWidth = config.numAttentionHeads * config.headDim;
+  const kvWidth = config.numKeyValueHeads * config.headDim;
+  const topK = config.numExpertsPerTok;
+
+  const ids = new Int32Array(numTokens);
+  const positions = new Int32Array(numTokens);
+  const segments = [];
+  const logitRows: number[] = [];
+  let row = 0;
+  for (const seq of sequences) {
+    const start = seq.kv.length;
+    if (start + seq.tokenIds.length > seq.kv.spec.maxPositions) {
+      throw new RangeError(
+        `Sequence would reach ${start + seq.tokenIds.length} positions, over ${seq.kv.spec.maxPositions}`,
+      );
+    }
+    segments.push({ kv: seq.kv, rowOffset: row, numTokens: seq.tokenIds.length, startPosition: start });
+    for (let i = 0; i < seq.tokenIds.length; i++) {
+      ids[row + i] = seq.tokenIds[i];
+      positions[row + i] = start + i;
+    }
+    if (seq.logits === "all") { for (let i = 0; i < seq.tokenIds.length; i++) logitRows.push(row + i); }
+    else if (seq.logits === "last" && seq.tokenIds.length > 0) logitRows.push(row + seq.tokenIds.length - 1);
+    row += seq.tokenIds.length;
+  }
+  const batch: AttentionBatch = { segments, numTokens };
+
+  // Activations for this step.
+  const tokenIds = backend.alloc([numTokens], "i32"); // [T]
+  const positionIds = backend.alloc([numTokens], "i32"); // [T]
+  const x = backend.alloc([numTokens, hidden], "f32"); // [T, H] residual stream
+  const normed = backend.alloc([numTokens, hidden], "f32"); // [T, H]
+  const q = backend.alloc([numTokens, qWidth], "f32"); // [T, nh·d]
+  const k = backend.alloc([numTokens, kvWidth], "f32"); // [T, nkv·d]
+  const v = backend.alloc([numTokens, kvWidth], "f32"); // [T, nkv·d]
+  const attn = backend.alloc([numTokens, qWidth], "f32"); // [T, nh·d]
+  const delta = backend.alloc([numTokens, hidden], "f32"); // [T, H] block output before the residual add
+  const routerLogits = backend.alloc([numTokens, config.numLocalExperts], "f32"); // [T, E]
+  const expertIds = backend.alloc([numTokens, topK], "i32"); // [T, k]
+  const expertWeights = backend.alloc([numTokens, topK], "f32"); // [T, k]
+  backend.write(tokenIds, ids);
+  backend.write(positionIds, positions);
+
+  ops.embed(x, weights.embedding, tokenIds);
+  for (let layer = 0; layer < config.numHiddenLayers; layer++) {
+    const w = weights.layers[layer];
+    ops.rmsnorm(normed, x, w.inputNorm, config.rmsNormEps);
+    ops.matmul(q, normed, w.qWeight, w.qBias);
+    ops.matmul(k, normed, w.kWeight, w.kBias);
+    ops.matmul(v, normed, w.vWeight, w.vBias);
+    ops.rope(q, k, positionIds, model.ropeInvFreq, model.ropeConcentration);
+    ops.attention(attn, q, k, v, {
+      batch,
+      layer,
+      sinks: w.sinks,
+      numHeads: config.numAttentionHeads,
+      numKeyValueHeads: config.numKeyValueHeads,
+      headDim: config.headDim,
+      window: config.layerIsSliding[layer] ? config.slidingWindow : 0,
+    });
+    ops.matmul(delta, attn, w.oWeight, w.oBias);
+    ops.add(x, x, delta);
+    ops.rmsnorm(normed, x, w.postAttentionNorm, config.rmsNormEps);
+    ops.matmul(routerLogits, normed, w.routerWeight, w.routerBias);
+    ops.moeRoute(expertIds, expertWeights, routerLogits, topK);
+    ops.moeMlp(delta, normed, expertIds, expertWeights, {
+      weights: w.experts,
+      intermediateSize: config.intermediateSize,
+      swigluLimit: config.swigluLimit,
+    });
+    ops.add(x, x, delta);
+  }
+
+  let result: Float32Array | undefined;
+  const temporaries = [tokenIds, positionIds, x, normed, q, k, v, attn, delta, routerLogits, expertIds, expertWeights];
+  if (logitRows.length > 0) {
+    const rows = backend.alloc([logitRows.length], "i32"); // [R]
+    const gathered = backend.alloc([logitRows.length, hidden], "f32"); // [R, H]
+    const gatheredNormed = backend.alloc([logitRows.length, hidden], "f32"); // [R, H]
+    const logits = backend.alloc([logitRows.length, config.vocabSize], "f32"); // [R, V]
+    backend.write(rows, Int32Array.from(logitRows));
+    ops.gatherRows(gathered, x, rows);
+    ops.rmsnorm(gatheredNormed, gathered, weights.norm, config.rmsNormEps);
+    ops.matmul(logits, gatheredNormed, weights.lmHead);
+    await backend.flush();
+    result = (await backend.read(logits)) as Float32Array;
+    temporaries.push(rows, gathered, gatheredNormed, logits);
+  } else {
+    await backend.flush();
+  }
+  for (const t of temporaries) backend.free(t);
+
+  const out: Float32Array[] = [];
+  let offset = 0;
+  for (const seq of sequences) {
+    const count = seq.logits === "all" ? seq.tokenIds.length : seq.logits === "last" && seq.tokenIds.length > 0 ? 1 : 0;
+    out.push(
+      result ? result.subarray(offset * config.vocabSize, (offset + count) * config.vocabSize) : new Float32Array(0),
+    );
+    offset += count;
+  }
+  return out;
+}
