@@ -13,11 +13,11 @@ import {
   goldenLogits,
 } from "./helpers/golden.ts";
 
-function loadModel(fixture: string): Model {
+async function loadModel(fixture: string): Promise<Model> {
   const checkpoint = Checkpoint.open(`${GOLDEN_ROOT}${fixture}`);
   const backend = createReferenceBackend();
   try {
-    return createModel(checkpoint.config, loadWeights(checkpoint, backend), backend);
+    return createModel(checkpoint.config, await loadWeights(checkpoint, backend), backend);
   } finally {
     checkpoint.close();
   }
@@ -66,7 +66,7 @@ function expectedRows(fixture: string, c: GoldenCase): Float32Array {
 for (const fixture of ["tiny", "tiny/sharded", "tiny-fullvocab"]) {
   const casesFixture = fixture === "tiny/sharded" ? "tiny" : fixture;
   Deno.test(`golden ${fixture}: whole-prompt prefill matches every stored logit and all greedy ids`, async () => {
-    const model = loadModel(fixture);
+    const model = await loadModel(fixture);
     for (const c of goldenCases(casesFixture)) {
       const logits = await prefill(model, c.input_ids, c.input_ids.length, c.logits_positions);
       assertLogitsClose(logits, expectedRows(casesFixture, c), `${c.name} prefill`);
@@ -77,7 +77,7 @@ for (const fixture of ["tiny", "tiny/sharded", "tiny-fullvocab"]) {
 
 for (const fixture of ["tiny", "tiny-fullvocab"]) {
   Deno.test(`golden ${fixture}: token-by-token and chunked prefill (1, 3, 5) give the same logits`, async () => {
-    const model = loadModel(fixture);
+    const model = await loadModel(fixture);
     for (const c of goldenCases(fixture)) {
       for (const chunk of [1, 3, 5]) {
         const logits = await prefill(model, c.input_ids, chunk, c.logits_positions);
@@ -87,7 +87,7 @@ for (const fixture of ["tiny", "tiny-fullvocab"]) {
   });
 
   Deno.test(`golden ${fixture}: a sequence batched beside others gets the same logits and greedy ids`, async () => {
-    const model = loadModel(fixture);
+    const model = await loadModel(fixture);
     const cases = goldenCases(fixture);
     const vocab = model.config.vocabSize;
     // All cases in one batch, each beside the others, then decoded together step by step.

@@ -4,7 +4,7 @@
  */
 import type { AttentionOptions, DeviceTensor, MoeMlpOptions, Ops } from "../backend.ts";
 import { RefKvCache } from "./kv_cache.ts";
-import { dequantizeMxfp4Row, widenBf16 } from "./numeric.ts";
+import { dequantizeMxfp4Row, widenBf16 } from "../../formats/numeric.ts";
 import { ref } from "./tensor.ts";
 
 /** Rows of a 2-D (or flattened) activation. */

@@ -1,4 +1,4 @@
-/** Number formats shared by the reference ops: bf16 widening and MXFP4 (E2M1 codes with E8M0 block scales). */
+/** Number formats shared by every layer: bf16 widening and rounding, MXFP4 (E2M1 codes with E8M0 block scales, spec §5.2). */
 
 /** FP4 E2M1 value of each nibble (bit 3 = sign), spec §5.2. */
 export const FP4_VALUES: Float32Array = new Float32Array([
@@ -68,4 +68,17 @@ export function dequantizeMxfp4Row(
       dst[o++] = FP4_VALUES[byte >> 4] * scale;
     }
   }
+}
+
+/**
+ * Dequantizes a whole MXFP4 tensor (blocks [..., R, K/32, 16], scales [..., R, K/32]) to f32 [..., R, K].
+ * For tests and tools: the model never materializes experts.
+ */
+export function dequantizeMxfp4(blocks: Uint8Array, scales: Uint8Array): Float32Array {
+  if (blocks.length !== scales.length * 16) {
+    throw new RangeError(`MXFP4 blocks (${blocks.length} B) must be 16 bytes per scale (${scales.length} scales)`);
+  }
+  const out = new Float32Array(scales.length * 32);
+  dequantizeMxfp4Row(blocks, 0, scales, 0, scales.length, out);
+  return out;
 }
