@@ -2,11 +2,22 @@
  * Composition root: the only reader of Deno.args and Deno.env. Parses the command line and settings once,
  * builds the modules and wires them together.
  */
-import { createApp, type ServingState } from "./api/app.ts";
+import { createApp } from "./api/app.ts";
+import type { ServingState } from "./api/serving.ts";
+import { probeBackends, selectBackend } from "./backends/select.ts";
 import { helpText, parseCommandLine } from "./cli.ts";
 import { loadServerConfig, type ServerConfig } from "./config.ts";
-import { ConfigFileError, PortBusyError, UsageError } from "./errors.ts";
+import { Engine } from "./engine/engine.ts";
+import { CheckpointError, ConfigFileError, PortBusyError, UsageError } from "./errors.ts";
+import { Tokenizer } from "./harmony/tokenizer.ts";
+import { ASSISTANT_STOP_IDS } from "./harmony/tokens.ts";
+import { Checkpoint } from "./model/checkpoint.ts";
+import { chooseModel, type ModelChoice } from "./model/choose.ts";
+import { createModel } from "./model/gpt_oss.ts";
+import { generateCheckpoint, type Preset } from "./model/synthetic.ts";
+import { loadWeights } from "./model/weights.ts";
 import { createLogger, type Logger } from "./obs/logger.ts";
+import { createProgress } from "./obs/progress.ts";
 import { acquirePort } from "./server/ports.ts";
 import { VERSION } from "./version.ts";
 
@@ -21,13 +32,87 @@ function readTextFileOrUndefined(path: string): string | undefined {
   }
 }
 
-/** Prints a one-line error and exits with status 2 (bad usage, bad settings, busy port). */
+/** Prints a one-line error and exits with status 2 (bad usage, bad settings, busy port, missing model). */
 function fail(message: string): never {
-  console.error(`error: ${message}`);
+  console.error(`error: ${message.replaceAll("\n", " ")}`);
   Deno.exit(2);
 }
 
+function userCacheDir(): string {
+  const xdg = Deno.env.get("XDG_CACHE_HOME");
+  return `${xdg || `${Deno.env.get("HOME") ?? "."}/.cache`}/gpt-oss-deno`;
+}
+
+function terminalWriter(): ((text: string) => void) | undefined {
+  if (!Deno.stderr.isTerminal()) return undefined;
+  const encoder = new TextEncoder();
+  return (text) => Deno.stderr.writeSync(encoder.encode(text));
+}
+
+/** Loads the chosen checkpoint onto the backend and starts the engine; updates `state` as it goes. */
+async function loadModel(choice: ModelChoice, config: ServerConfig, state: ServingState, logger: Logger) {
+  const started = performance.now();
+  const { backend, probe } = selectBackend(config.backend);
+  state.backend = backend.name;
+  logger.info("backend.select", { backend: backend.name, reason: probe.reason, dtype: probe.dtype });
+  const tokenizer = new Tokenizer();
+  const checkpoint = Checkpoint.open(choice.dir);
+  try {
+    const progress = createProgress({ event: "model.load", logger, terminal: terminalWriter() });
+    const weights = await loadWeights(checkpoint, backend, (p) => progress(p.bytesDone, p.bytesTotal));
+    const model = createModel(checkpoint.config, weights, backend);
+    const stops = model.config.vocabSize > ASSISTANT_STOP_IDS[0]
+      ? [...ASSISTANT_STOP_IDS]
+      : model.config.eosTokenId !== undefined
+      ? [model.config.eosTokenId]
+      : [];
+    const engine = new Engine(model, {
+      limits: config.scheduler,
+      maxQueuedRequests: config.scheduler.maxQueuedRequests,
+      maxQueuedTokens: config.scheduler.maxQueuedTokens,
+      maxModelLen: model.config.maxPositionEmbeddings,
+      logger: logger.child({ component: "engine" }),
+    });
+    state.model = {
+      modelId: state.modelId!,
+      backend: backend.name,
+      engine,
+      tokenizer,
+      createdAt: Math.floor(Date.now() / 1000),
+      completionStopIds: stops,
+      demo: choice.demo,
+    };
+    state.status = "ready";
+    logger.info("model.load", {
+      model: state.modelId,
+      dir: choice.dir,
+      bytes: checkpoint.totalBytes(),
+      ms: Math.round(performance.now() - started),
+    });
+  } finally {
+    checkpoint.close();
+  }
+}
+
 async function serve(config: ServerConfig, logger: Logger): Promise<void> {
+  let choice: ModelChoice;
+  try {
+    choice = await chooseModel({
+      model: config.model,
+      defaultModel: config.scheduler.defaultModel,
+      env: { HF_HUB_CACHE: Deno.env.get("HF_HUB_CACHE"), HF_HOME: Deno.env.get("HF_HOME"), HOME: Deno.env.get("HOME") },
+      cacheDir: config.modelCacheDir ?? userCacheDir(),
+      logger,
+    });
+  } catch (err) {
+    if (err instanceof CheckpointError) fail(err.message);
+    throw err;
+  }
+  try {
+    selectBackend(config.backend); // fail fast, before listening, on a backend that cannot run here
+  } catch (err) {
+    fail((err as Error).message);
+  }
   const port = await acquirePort({
     host: config.host,
     port: config.port,
@@ -35,22 +120,24 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
     forcePort: config.forcePort,
     logger,
   });
-  const state: ServingState = { status: "loading", modelId: undefined, backend: undefined };
-  const app = createApp({ config, logger, state, startedAtMs: Date.now() });
+  const state: ServingState = {
+    status: "loading",
+    modelId: config.servedModelName ?? choice.modelId,
+    backend: undefined,
+  };
+  const app = createApp({ config, logger, state, startedAtMs: Date.now(), memoryUsage: () => Deno.memoryUsage() });
   const server = Deno.serve({
     hostname: config.host,
     port,
     onListen: (addr) => logger.info("server.listen", { host: addr.hostname, port: addr.port, pid: Deno.pid }),
   }, app.fetch);
 
-  // TODO(#3): load the model here; until then the server is ready at once.
-  state.status = "ready";
-
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info("server.drain", { signal, drainTimeoutMs: config.drainTimeoutMs });
+    state.model?.engine.drain();
     const deadline = new Promise<"timeout">((resolve) => setTimeout(() => resolve("timeout"), config.drainTimeoutMs));
     const outcome = await Promise.race([server.shutdown().then(() => "drained" as const), deadline]);
     logger.info("server.stop", { outcome });
@@ -58,7 +145,27 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
   };
   Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
   Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
+
+  loadModel(choice, config, state, logger).catch((err) => {
+    state.status = "failed";
+    state.error = (err as Error).message;
+    logger.error("model.load_failed", { error: err });
+  });
   await server.finished;
+}
+
+async function makeModel(flags: Readonly<Record<string, string | boolean>>): Promise<void> {
+  const preset = flags.preset as Preset | undefined;
+  const out = flags.out as string | undefined;
+  if (!preset) fail("Missing --preset: valid choices are tiny, mini, 20b, 120b, tiny-random");
+  if (!out) fail("Missing --out: the directory to write the checkpoint to");
+  const seed = flags.seed === undefined ? 0 : Number(flags.seed);
+  if (!Number.isSafeInteger(seed) || seed < 0) fail(`Invalid value "${flags.seed}" for --seed: expected an integer`);
+  const logger = createLogger({ level: "info", format: Deno.stderr.isTerminal() ? "pretty" : "json" });
+  const progress = createProgress({ event: "make_model", logger, terminal: terminalWriter() });
+  const started = performance.now();
+  await generateCheckpoint(preset, out, { seed, onProgress: progress });
+  logger.info("make_model.done", { preset, out, seed, ms: Math.round(performance.now() - started) });
 }
 
 async function main(): Promise<void> {
@@ -77,10 +184,15 @@ async function main(): Promise<void> {
     console.log(`gpt-oss-deno ${VERSION}`);
     return;
   }
+  if (commandLine.command === "make-model") return await makeModel(commandLine.flags);
+  if (commandLine.command === "probe") {
+    console.log(JSON.stringify({ candidates: probeBackends() }, null, 2));
+    return;
+  }
   let config: ServerConfig;
   try {
     config = loadServerConfig({
-      flags: commandLine.command === "serve" ? commandLine.flags : {},
+      flags: commandLine.flags,
       env: Deno.env.toObject(),
       readTextFile: readTextFileOrUndefined,
       defaultConfigPath: new URL("configs/server.json", ROOT).pathname,
@@ -91,18 +203,11 @@ async function main(): Promise<void> {
     throw err;
   }
   const logger = createLogger({ level: config.logLevel, format: config.logFormat });
-  switch (commandLine.command) {
-    case "serve":
-      try {
-        await serve(config, logger);
-      } catch (err) {
-        if (err instanceof PortBusyError) fail(err.message);
-        throw err;
-      }
-      return;
-    case "make-model":
-    case "probe":
-      fail(`Command "${commandLine.command}" is not available yet`);
+  try {
+    await serve(config, logger);
+  } catch (err) {
+    if (err instanceof PortBusyError) fail(err.message);
+    throw err;
   }
 }
 

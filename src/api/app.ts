@@ -1,16 +1,20 @@
 /** The Hono app: routes, middleware and the one error handler. Nothing outside src/api knows HTTP. */
+import { createHash, timingSafeEqual } from "node:crypto";
 import { Hono } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { cors } from "hono/cors";
 import type { ServerConfig } from "../config.ts";
+import { InvalidRequestError } from "../errors.ts";
 import type { Logger } from "../obs/logger.ts";
 import { SERVER_NAME, VERSION } from "../version.ts";
+import { chatCompletions } from "./chat_completions.ts";
+import { completions } from "./completions.ts";
+import { getModel, listModels } from "./models.ts";
+import { HttpError, toOpenAiError } from "./openai_errors.ts";
+import { newId, type ServingState } from "./serving.ts";
+import { detokenize, tokenize } from "./tokenize.ts";
 
-/** What /health reports about the model; main.ts updates it as loading proceeds. */
-export interface ServingState {
-  status: "loading" | "ready" | "failed";
-  modelId: string | undefined;
-  backend: string | undefined;
-  error?: string;
-}
+export type { ServingState } from "./serving.ts";
 
 /** Everything the app needs, passed in by main.ts. */
 export interface AppDeps {
@@ -19,15 +23,96 @@ export interface AppDeps {
   readonly state: ServingState;
   readonly startedAtMs: number;
   readonly now?: () => number;
+  /** Process memory for /memory_stats (main.ts passes Deno.memoryUsage). */
+  readonly memoryUsage?: () => { rss: number; heapUsed: number; heapTotal: number; external: number };
+}
+
+type Env = { Variables: { requestId: string; logger: Logger } };
+
+function digest(text: string): Buffer {
+  return createHash("sha256").update(text).digest();
+}
+
+/** Constant-time key check (both sides hashed to equal length first). */
+function keyMatches(given: string | undefined, expected: string): boolean {
+  if (given === undefined) return false;
+  return timingSafeEqual(digest(given), digest(expected));
+}
+
+function bearer(header: string | undefined): string | undefined {
+  const match = /^Bearer\s+(.+)$/i.exec(header ?? "");
+  return match?.[1].trim();
+}
+
+async function readJson(request: Request): Promise<unknown> {
+  const text = await request.text();
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new InvalidRequestError("The request body is not valid JSON");
+  }
+}
+
+function todayUtc(now: () => number): string {
+  return new Date(now()).toISOString().slice(0, 10);
 }
 
 /** Builds the app. */
-export function createApp(deps: AppDeps): Hono {
-  const app = new Hono();
+export function createApp(deps: AppDeps): Hono<Env> {
+  const app = new Hono<Env>();
   const now = deps.now ?? Date.now;
+  const { config, state } = deps;
+  const today = () => todayUtc(now);
+  let inFlight = 0;
+
+  app.use("*", async (c, next) => {
+    const requestId = c.req.header("x-request-id") || newId("req-");
+    const started = performance.now();
+    c.set("requestId", requestId);
+    c.set("logger", deps.logger.child({ request_id: requestId }));
+    inFlight++;
+    try {
+      await next();
+    } finally {
+      inFlight--;
+      c.header("x-request-id", requestId);
+      c.get("logger").debug("request.end", {
+        method: c.req.method,
+        path: c.req.path,
+        status: c.res.status,
+        ms: Math.round(performance.now() - started),
+      });
+    }
+  });
+
+  if (config.corsOrigins.length > 0) {
+    app.use("*", cors({ origin: [...config.corsOrigins], exposeHeaders: ["x-request-id", "retry-after"] }));
+  }
+
+  app.use("*", async (c, next) => {
+    if (config.apiKey === undefined || c.req.path === "/health") return await next();
+    if (!keyMatches(bearer(c.req.header("authorization")), config.apiKey)) {
+      throw new HttpError(401, "Missing or invalid API key", "authentication_error", "invalid_api_key");
+    }
+    await next();
+  });
+
+  app.use(
+    "*",
+    bodyLimit({
+      maxSize: config.maxBodyBytes,
+      onError: () => {
+        throw new HttpError(
+          413,
+          `The request body is larger than the limit of ${config.maxBodyBytes} bytes`,
+          "invalid_request_error",
+          "request_too_large",
+        );
+      },
+    }),
+  );
 
   app.get("/health", (c) => {
-    const { state } = deps;
     const body = {
       status: state.status,
       server: SERVER_NAME,
@@ -38,6 +123,57 @@ export function createApp(deps: AppDeps): Hono {
       ...(state.error ? { error: state.error } : {}),
     };
     return c.json(body, state.status === "ready" ? 200 : 503);
+  });
+
+  app.get("/v1/models", (c) => c.json(listModels(state)));
+  app.get("/v1/models/:id{.+}", (c) => c.json(getModel(state, c.req.param("id"))));
+
+  app.post("/v1/chat/completions", async (c) => {
+    const json = await readJson(c.req.raw);
+    return await chatCompletions(json, c.req.raw.signal, { config, state, logger: c.get("logger"), today });
+  });
+
+  app.post("/v1/completions", async (c) => {
+    const json = await readJson(c.req.raw);
+    return await completions(json, c.req.raw.signal, { config, state, logger: c.get("logger") });
+  });
+
+  app.post("/tokenize", async (c) => c.json(tokenize(await readJson(c.req.raw), state, config, today)));
+  app.post("/detokenize", async (c) => c.json(detokenize(await readJson(c.req.raw), state)));
+
+  app.get("/stats", (c) => {
+    const engine = state.model?.engine;
+    return c.json({
+      status: state.status,
+      model: state.modelId ?? null,
+      http_requests_in_flight: inFlight,
+      engine: engine ? { ...engine.stats } : null,
+    });
+  });
+
+  app.get("/memory_stats", (c) => {
+    const memory = deps.memoryUsage?.();
+    const engine = state.model?.engine;
+    return c.json({
+      backend: state.backend ?? null,
+      process: memory ?? null,
+      kv_caches_held: engine?.stats.kvCachesHeld ?? 0,
+    });
+  });
+
+  app.notFound(() => {
+    throw new HttpError(404, "Not found", "invalid_request_error", "not_found");
+  });
+
+  app.onError((err, c) => {
+    const requestId = c.get("requestId") ?? "unknown";
+    const response = toOpenAiError(err, requestId);
+    const logger = c.get("logger") ?? deps.logger;
+    if (response.status >= 500) logger.error("request.error", { error: err, status: response.status });
+    else logger.info("request.rejected", { status: response.status, message: response.body.error.message });
+    for (const [name, value] of Object.entries(response.headers)) c.header(name, value);
+    c.header("x-request-id", requestId);
+    return c.json(response.body, response.status as 400);
   });
 
   return app;

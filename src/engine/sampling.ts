@@ -131,6 +131,7 @@ export class Sampler {
   readonly #seen = new Set<number>();
   readonly #masked: [number, number] | undefined;
   #scratch = new Float32Array(0);
+  #weights = new Float64Array(0);
 
   constructor(params: SamplingParams, options: { vocabSize: number; promptIds?: readonly number[] }) {
     this.#params = params;
@@ -177,37 +178,58 @@ export class Sampler {
     const p = this.#params;
     let max = -Infinity;
     for (let i = 0; i < z.length; i++) if (z[i] > max) max = z[i];
-    // Candidates: tokens whose probability is not negligible (< 1e-12 of the top one cannot change a draw
-    // by more than 2e-7 in total), kept as (id, probability) and sorted by probability.
-    const threshold = max + p.temperature * Math.log(1e-12);
-    let ids: number[] = [];
-    for (let i = 0; i < z.length; i++) if (z[i] >= threshold) ids.push(i);
-    const weight = new Map<number, number>();
-    for (const id of ids) weight.set(id, Math.exp((z[id] - max) / p.temperature));
-    ids.sort((a, b) => weight.get(b)! - weight.get(a)! || a - b);
-    if (p.topK > 0 && ids.length > p.topK) ids = ids.slice(0, p.topK);
-    let total = ids.reduce((s, id) => s + weight.get(id)!, 0);
+    const weights = this.#weights.length >= z.length ? this.#weights : (this.#weights = new Float64Array(z.length));
+    const invT = 1 / p.temperature;
+    let total = 0;
+    for (let i = 0; i < z.length; i++) {
+      const w = Math.exp((z[i] - max) * invT); // 0 for masked (−∞) logits
+      weights[i] = w;
+      total += w;
+    }
+    if (p.topK <= 0 && p.topP >= 1 && p.minP <= 0) return this.#draw(weights, total, z.length);
+
+    // Candidates: tokens whose weight is not negligible (below 1e-12 of the top one, all of them together cannot
+    // move a draw by more than 2e-7), most likely first.
+    let candidates: number[] = [];
+    if (p.topK > 0) candidates = topIndices(weights.subarray(0, z.length), p.topK);
+    else {
+      for (let i = 0; i < z.length; i++) if (weights[i] >= 1e-12) candidates.push(i);
+      candidates.sort((a, b) => weights[b] - weights[a] || a - b);
+    }
+    total = candidates.reduce((s, id) => s + weights[id], 0);
     if (p.topP < 1) {
       let cumulative = 0;
       let keep = 0;
-      while (keep < ids.length) {
-        cumulative += weight.get(ids[keep])! / total;
+      while (keep < candidates.length) {
+        cumulative += weights[candidates[keep]] / total;
         keep++;
         if (cumulative >= p.topP) break;
       }
-      ids = ids.slice(0, keep);
-      total = ids.reduce((s, id) => s + weight.get(id)!, 0);
+      candidates = candidates.slice(0, keep);
     }
     if (p.minP > 0) {
-      const floor = p.minP * weight.get(ids[0])!;
-      ids = ids.filter((id) => weight.get(id)! >= floor);
-      total = ids.reduce((s, id) => s + weight.get(id)!, 0);
+      const floor = p.minP * weights[candidates[0]];
+      candidates = candidates.filter((id) => weights[id] >= floor);
     }
+    total = candidates.reduce((s, id) => s + weights[id], 0);
     let u = this.#random.next() * total;
-    for (const id of ids) {
-      u -= weight.get(id)!;
+    for (const id of candidates) {
+      u -= weights[id];
       if (u < 0) return id;
     }
-    return ids[ids.length - 1];
+    return candidates[candidates.length - 1];
+  }
+
+  /** Draws from unnormalized weights[0..n). */
+  #draw(weights: Float64Array, total: number, n: number): number {
+    let u = this.#random.next() * total;
+    let last = 0;
+    for (let i = 0; i < n; i++) {
+      if (weights[i] === 0) continue;
+      last = i;
+      u -= weights[i];
+      if (u < 0) return i;
+    }
+    return last;
   }
 }

@@ -33,6 +33,7 @@ export interface MessageHeader {
 export type RecoveryKind =
   | "missing_message_token"
   | "header_extra_tokens"
+  | "header_too_long"
   | "unknown_role"
   | "empty_channel"
   | "start_inside_content"
@@ -47,6 +48,9 @@ export type ParserEvent =
   | { readonly type: "delta"; readonly index: number; readonly text: string }
   | { readonly type: "message"; readonly index: number; readonly message: ParsedMessage }
   | { readonly type: "recovery"; readonly kind: RecoveryKind };
+
+/** Real headers are about 10 tokens; past this many the "header" is text that never reached <|message|>. */
+export const MAX_HEADER_TOKENS = 64;
 
 const ROLES: readonly string[] = ["user", "assistant", "system", "developer", "tool"];
 const TERMINATORS = new Set([END, RETURN, CALL]);
@@ -223,6 +227,13 @@ export class HarmonyParser {
       return;
     }
     this.#headerIds.push(id);
+    if (this.#headerIds.length > MAX_HEADER_TOKENS) {
+      // Degrade to content (§11): an unlabelled message whose text starts with what was taken for a header.
+      events.push({ type: "recovery", kind: "header_too_long" });
+      const text = this.#tokenizer.decode(this.#headerIds);
+      this.#beginContent({ role: this.#pendingRole ?? "assistant" }, events);
+      this.#appendContent(text, events);
+    }
   }
 
   /** The model forgot `<|message|>` (§11 first rows): salvage the header's text as content. */

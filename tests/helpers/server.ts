@@ -19,7 +19,7 @@ export async function runCli(
   options: { env?: Record<string, string>; cwd?: string } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const output = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", MAIN, ...args],
+    args: ["run", "--allow-all", "--unstable-no-legacy-abort", MAIN, ...args],
     env: { NO_COLOR: "1", ...options.env },
     cwd: options.cwd,
     stdout: "piped",
@@ -36,7 +36,7 @@ export async function startServer(
   options: { env?: Record<string, string>; timeoutMs?: number; waitReady?: boolean } = {},
 ): Promise<ServerProcess> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", MAIN, "serve", "--log-format", "json", ...args],
+    args: ["run", "--allow-all", "--unstable-no-legacy-abort", MAIN, "serve", "--log-format", "json", ...args],
     env: { NO_COLOR: "1", ...options.env },
     stdout: "null",
     stderr: "piped",

@@ -1,0 +1,105 @@
+/** What the endpoints need from the loaded model, and request → engine helpers shared by them. */
+import type { SchedulerSettings } from "../config.ts";
+import type { Engine, EngineRequest, TokenEvent } from "../engine/engine.ts";
+import type { SamplingParams } from "../engine/sampling.ts";
+import { InvalidRequestError, ModelNotFoundError, NotReadyError } from "../errors.ts";
+import type { Tokenizer } from "../harmony/tokenizer.ts";
+
+/** A model ready to serve. */
+export interface ServingModel {
+  readonly modelId: string;
+  readonly backend: string;
+  readonly engine: Engine;
+  readonly tokenizer: Tokenizer;
+  /** Unix seconds, for /v1/models. */
+  readonly createdAt: number;
+  /** Stop ids of raw completions (the model's EOS set). */
+  readonly completionStopIds: readonly number[];
+  readonly demo: boolean;
+}
+
+/** What /health reports; main.ts updates it as loading proceeds. */
+export interface ServingState {
+  status: "loading" | "ready" | "failed";
+  modelId: string | undefined;
+  backend: string | undefined;
+  error?: string;
+  model?: ServingModel;
+}
+
+/** The model, or the right error: 503 while loading, 404 for another model id. */
+export function requireModel(state: ServingState, requested: string | undefined): ServingModel {
+  const model = state.model;
+  if (!model) throw new NotReadyError(`The model is ${state.status === "failed" ? "unavailable" : "still loading"}`);
+  if (requested !== undefined && requested !== model.modelId) {
+    throw new ModelNotFoundError(`The model "${requested}" does not exist; this server serves "${model.modelId}"`);
+  }
+  return model;
+}
+
+/** Request fields that map onto sampling. */
+export interface SamplingFields {
+  temperature?: number | null;
+  top_p?: number | null;
+  top_k?: number | null;
+  min_p?: number | null;
+  presence_penalty?: number | null;
+  frequency_penalty?: number | null;
+  repetition_penalty?: number | null;
+  logit_bias?: Record<string, number> | null;
+  seed?: number | null;
+}
+
+/** OpenAI request fields → sampling params. Choice i of n gets seed + i so the choices differ but replay. */
+export function samplingParams(
+  fields: SamplingFields,
+  options: { logprobs: number | undefined; choice: number; vocabSize: number },
+): SamplingParams {
+  const bias = new Map<number, number>();
+  for (const [key, value] of Object.entries(fields.logit_bias ?? {})) {
+    const id = Number(key);
+    if (id >= options.vocabSize) {
+      throw new InvalidRequestError(`logit_bias names token ${id}, outside the vocabulary`, "logit_bias");
+    }
+    bias.set(id, value);
+  }
+  return {
+    temperature: fields.temperature ?? 1,
+    topP: fields.top_p ?? 1,
+    topK: fields.top_k ?? 0,
+    minP: fields.min_p ?? 0,
+    presencePenalty: fields.presence_penalty ?? 0,
+    frequencyPenalty: fields.frequency_penalty ?? 0,
+    repetitionPenalty: fields.repetition_penalty ?? 1,
+    logitBias: bias,
+    seed: fields.seed === null || fields.seed === undefined ? undefined : fields.seed + options.choice,
+    logprobs: options.logprobs,
+  };
+}
+
+/** Default completion length: what the profile says, capped by the context left after the prompt. */
+export function defaultMaxTokens(scheduler: SchedulerSettings, engine: Engine, promptLength: number): number {
+  return Math.max(1, Math.min(scheduler.defaultMaxTokens, engine.maxModelLen - promptLength));
+}
+
+/** Submits n requests, validating all before queueing any; if one is refused, the others are aborted. */
+export function submitAll(
+  engine: Engine,
+  requests: readonly EngineRequest[],
+  controller: AbortController,
+): AsyncIterable<TokenEvent>[] {
+  for (const r of requests) engine.validate(r);
+  const streams: AsyncIterable<TokenEvent>[] = [];
+  try {
+    for (const r of requests) streams.push(engine.submit(r, controller.signal));
+  } catch (err) {
+    controller.abort();
+    throw err;
+  }
+  return streams;
+}
+
+/** A unique id with a prefix (chatcmpl-, cmpl-, req-). */
+export function newId(prefix: string): string {
+  return prefix + crypto.randomUUID().replaceAll("-", "");
+}

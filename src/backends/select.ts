@@ -1,0 +1,39 @@
+/** The capability probe: which backends can run here, why, and which one `--backend` picks. */
+import type { Backend, BackendName } from "./backend.ts";
+import { createReferenceBackend } from "./reference/reference_backend.ts";
+
+/** One backend's probe result. */
+export interface ProbeResult {
+  readonly name: BackendName;
+  readonly available: boolean;
+  readonly reason: string;
+  /** Activation dtype it would use. */
+  readonly dtype: "f32" | "bf16" | "f16";
+}
+
+/** The candidates in order of preference, each with the evidence for or against it. */
+export function probeBackends(): ProbeResult[] {
+  return [
+    { name: "cuda", available: false, reason: "The CUDA backend is not built in this version", dtype: "bf16" },
+    { name: "webgpu", available: false, reason: "The WebGPU backend is not built in this version", dtype: "f32" },
+    { name: "native", available: false, reason: "The native CPU backend is not built in this version", dtype: "f32" },
+    { name: "reference", available: true, reason: "Plain TypeScript: runs everywhere (slow)", dtype: "f32" },
+  ];
+}
+
+const FACTORIES: Partial<Record<BackendName, () => Backend>> = { reference: createReferenceBackend };
+
+/** The chosen backend, or an Error whose message lists the valid names and why the others are out. */
+export function selectBackend(
+  choice: "auto" | BackendName,
+  probes = probeBackends(),
+): { backend: Backend; probe: ProbeResult } {
+  const candidates = choice === "auto" ? probes.filter((p) => p.available) : probes.filter((p) => p.name === choice);
+  const probe = candidates.find((p) => p.available);
+  const factory = probe ? FACTORIES[probe.name] : undefined;
+  if (!probe || !factory) {
+    const why = probes.map((p) => `${p.name}: ${p.available ? "available" : p.reason}`).join("; ");
+    throw new Error(`Backend "${choice}" is not available here (${why})`);
+  }
+  return { backend: factory(), probe };
+}
