@@ -95,6 +95,18 @@ async function loadModel(choice: ModelChoice, config: ServerConfig, state: Servi
 }
 
 async function serve(config: ServerConfig, logger: Logger): Promise<void> {
+  try {
+    selectBackend(config.backend); // fail fast, before listening, on a backend that cannot run here
+  } catch (err) {
+    fail((err as Error).message);
+  }
+  const port = await acquirePort({
+    host: config.host,
+    port: config.port,
+    autoPort: config.autoPort,
+    forcePort: config.forcePort,
+    logger,
+  });
   let choice: ModelChoice;
   try {
     choice = await chooseModel({
@@ -108,18 +120,6 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
     if (err instanceof CheckpointError) fail(err.message);
     throw err;
   }
-  try {
-    selectBackend(config.backend); // fail fast, before listening, on a backend that cannot run here
-  } catch (err) {
-    fail((err as Error).message);
-  }
-  const port = await acquirePort({
-    host: config.host,
-    port: config.port,
-    autoPort: config.autoPort,
-    forcePort: config.forcePort,
-    logger,
-  });
   const state: ServingState = {
     status: "loading",
     modelId: config.servedModelName ?? choice.modelId,

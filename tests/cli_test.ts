@@ -31,6 +31,15 @@ Deno.test("a bad config file exits 2 naming the file and the field", async () =>
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("a missing --model or an unavailable --backend exits 2 with one line", async () => {
+  assertOneLineError(
+    await runCli(["--model", "120b", "--port", "0"], { env: { HF_HOME: "/nonexistent/hf", HOME: "/nonexistent" } }),
+    /Model "120b" not found; looked in: .*\/nonexistent\/hf\/hub\/models--openai--gpt-oss-120b.*huggingface-cli download openai\/gpt-oss-120b/,
+  );
+  assertOneLineError(await runCli(["--model", "/no/such/dir", "--port", "0"]), /Model "\/no\/such\/dir" not found/);
+  assertOneLineError(await runCli(["--backend", "cuda", "--port", "0"]), /Backend "cuda" is not available here/);
+});
+
 Deno.test("--help and --version print and exit 0", async () => {
   const help = await runCli(["--help"]);
   assertEquals(help.code, 0);
