@@ -56,7 +56,7 @@ async function loadModel(choice: ModelChoice, config: ServerConfig, state: Servi
   state.backend = backend.name;
   logger.info("backend.select", { backend: backend.name, reason: probe.reason, dtype: probe.dtype });
   const tokenizer = new Tokenizer();
-  const checkpoint = Checkpoint.open(choice.dir);
+  const checkpoint = Checkpoint.open(choice.dir, { mmap: true, populate: true });
   try {
     const progress = createProgress({ event: "model.load", logger, terminal: terminalWriter() });
     const weights = await loadWeights(checkpoint, backend, (p) => progress(p.bytesDone, p.bytesTotal));

@@ -398,3 +398,20 @@ Deno.test("resolveModel() finds Hub cache snapshots through refs/main and names 
     await Deno.remove(home, { recursive: true });
   }
 });
+
+Deno.test("a memory-mapped checkpoint serves zero-copy views equal to the bytes read from the file", () => {
+  const read = Checkpoint.open(`${GOLDEN_ROOT}tiny/sharded`);
+  const mapped = Checkpoint.open(`${GOLDEN_ROOT}tiny/sharded`, { mmap: true });
+  try {
+    assert(mapped.files.mapped, "mmap is available on Linux");
+    for (const spec of expectedTensors(read.config)) {
+      const view = mapped.read(spec.name);
+      assertEquals(view, read.read(spec.name));
+      assert(view.buffer.byteLength > view.byteLength || spec.name === "", "a view into the whole mapping");
+    }
+  } finally {
+    read.close();
+    mapped.close();
+    mapped.files.unmap();
+  }
+});

@@ -13,8 +13,9 @@ import {
   goldenLogits,
 } from "./helpers/golden.ts";
 
+/** Loads a fixture; the sharded copy is memory-mapped, so the forward pass also runs over zero-copy views. */
 async function loadModel(fixture: string): Promise<Model> {
-  const checkpoint = Checkpoint.open(`${GOLDEN_ROOT}${fixture}`);
+  const checkpoint = Checkpoint.open(`${GOLDEN_ROOT}${fixture}`, { mmap: fixture.includes("sharded") });
   const backend = createReferenceBackend();
   try {
     return createModel(checkpoint.config, await loadWeights(checkpoint, backend), backend);

@@ -4,7 +4,7 @@
  */
 import { CheckpointError } from "../errors.ts";
 import { type ModelConfig, parseHfConfig, parseOriginalConfig } from "./config.ts";
-import { type DType, SafetensorsSet } from "./safetensors.ts";
+import { type DType, type OpenOptions, SafetensorsSet } from "./safetensors.ts";
 
 /** A tensor the model needs: HF name, dtype and shape derived from the config. */
 export interface TensorSpec {
@@ -93,17 +93,17 @@ export class Checkpoint {
   }
 
   /** Opens a checkpoint directory (HF root, or a directory holding OpenAI's `original/` files). */
-  static open(dir: string): Checkpoint {
+  static open(dir: string, options: OpenOptions = {}): Checkpoint {
     const hfConfig = readJson(`${dir}/config.json`);
     if (hfConfig !== undefined && (hfConfig as { model_type?: unknown }).model_type !== undefined) {
       const config = parseHfConfig(hfConfig, `${dir}/config.json`);
-      return new Checkpoint(dir, config, SafetensorsSet.openDirectory(dir));
+      return new Checkpoint(dir, config, SafetensorsSet.openDirectory(dir, options));
     }
     for (const candidate of [dir, `${dir}/original`]) {
       const json = readJson(`${candidate}/config.json`);
       if (json !== undefined && (json as { num_experts?: unknown }).num_experts !== undefined) {
         const config = parseOriginalConfig(json, `${candidate}/config.json`);
-        return new Checkpoint(candidate, config, SafetensorsSet.openDirectory(candidate));
+        return new Checkpoint(candidate, config, SafetensorsSet.openDirectory(candidate, options));
       }
     }
     throw new CheckpointError(
@@ -176,7 +176,7 @@ export class Checkpoint {
     return total;
   }
 
-  /** Reads an HF-named tensor's bytes into a fresh, aligned buffer. */
+  /** An HF-named tensor's bytes: a fresh aligned buffer, or a zero-copy view when the checkpoint is mapped. */
   read(name: string): Uint8Array {
     const location = this.#locations.get(name);
     if (!location) throw new CheckpointError(`Unknown tensor "${name}"`, "tensor_missing", this.dir, name);

@@ -6,6 +6,7 @@
  * `__metadata__` string map), then the data section; offsets are relative to the data section.
  */
 import { CheckpointError } from "../errors.ts";
+import { mapFile, type MappedFile, mmapAvailable } from "./mmap.ts";
 
 /** The dtypes we read. */
 export type DType = "BF16" | "F16" | "F32" | "U8" | "I8" | "I32" | "I64";
@@ -209,12 +210,20 @@ export interface HostTensorBytes {
  */
 export class SafetensorsSet {
   readonly #files = new Map<string, Deno.FsFile>();
+  readonly #mapped = new Map<string, MappedFile>();
   readonly #tensors = new Map<string, TensorInfo>();
   /** The files, in the order they were opened. */
   readonly files: readonly string[];
 
-  private constructor(headers: { header: SafetensorsHeader; file: Deno.FsFile }[], weightMap?: Map<string, string>) {
+  private constructor(
+    headers: { header: SafetensorsHeader; file: Deno.FsFile }[],
+    weightMap: Map<string, string> | undefined,
+    options: OpenOptions,
+  ) {
     for (const { header, file } of headers) this.#files.set(header.file, file);
+    if (options.mmap && mmapAvailable()) {
+      for (const { header } of headers) this.#mapped.set(header.file, mapFile(header.file, { populate: options.populate }));
+    }
     this.files = headers.map((h) => h.header.file);
     for (const { header } of headers) {
       for (const info of header.tensors.values()) {
@@ -248,13 +257,13 @@ export class SafetensorsSet {
   }
 
   /** Opens one file. */
-  static openFile(path: string): SafetensorsSet {
-    return new SafetensorsSet([openSafetensors(path)]);
+  static openFile(path: string, options: OpenOptions = {}): SafetensorsSet {
+    return new SafetensorsSet([openSafetensors(path)], undefined, options);
   }
 
   /** Opens a checkpoint directory: through `model.safetensors.index.json` when present, else every `*.safetensors`. */
-  static openDirectory(dir: string, indexName = "model.safetensors.index.json"): SafetensorsSet {
-    const indexPath = `${dir}/${indexName}`;
+  static openDirectory(dir: string, options: OpenOptions = {}): SafetensorsSet {
+    const indexPath = `${dir}/model.safetensors.index.json`;
     let indexText: string | undefined;
     try {
       indexText = Deno.readTextFileSync(indexPath);
@@ -283,7 +292,7 @@ export class SafetensorsSet {
         for (const o of opened) o.file.close();
         throw err;
       }
-      return new SafetensorsSet(opened, weightMap);
+      return new SafetensorsSet(opened, weightMap, options);
     }
     const names = [...Deno.readDirSync(dir)].filter((e) => e.isFile && e.name.endsWith(".safetensors"))
       .map((e) => e.name).sort();
@@ -297,7 +306,12 @@ export class SafetensorsSet {
       for (const o of opened) o.file.close();
       throw err;
     }
-    return new SafetensorsSet(opened);
+    return new SafetensorsSet(opened, undefined, options);
+  }
+
+  /** True when tensors are served as views of mapped files. */
+  get mapped(): boolean {
+    return this.#mapped.size > 0;
   }
 
   /** Every tensor name. */
@@ -327,13 +341,16 @@ export class SafetensorsSet {
 
   /**
    * Reads `length` bytes of a tensor starting `offset` bytes into it, into `target` (allocated if not given).
-   * The target's buffer is 8-byte aligned when allocated here, so typed views of any dtype work.
+   * The target's buffer is 8-byte aligned when allocated here, so typed views of any dtype work. When the set is
+   * mapped and no target is given, returns a zero-copy view of the mapping instead (read-only by contract).
    */
   readRange(name: string, offset: number, length: number, target?: Uint8Array): Uint8Array {
     const info = this.info(name);
     if (offset < 0 || length < 0 || offset + length > info.end - info.begin) {
       throw new RangeError(`Range [${offset}, ${offset + length}) is outside tensor "${name}"`);
     }
+    const mapping = this.#mapped.get(info.file);
+    if (mapping && !target) return mapping.bytes.subarray(info.begin + offset, info.begin + offset + length);
     const out = target ?? new Uint8Array(new ArrayBuffer(length));
     readExactly(this.#files.get(info.file)!, info.begin + offset, out.subarray(0, length), info.file);
     return out;
@@ -345,7 +362,7 @@ export class SafetensorsSet {
     return { info, bytes: this.readRange(name, 0, info.end - info.begin) };
   }
 
-  /** Closes every file. */
+  /** Closes every file. Mappings stay: views handed out may still be in use (see {@link unmap}). */
   close(): void {
     for (const file of this.#files.values()) {
       try {
@@ -356,6 +373,20 @@ export class SafetensorsSet {
     }
     this.#files.clear();
   }
+
+  /** Unmaps the files: only when no view of them is used any more. */
+  unmap(): void {
+    for (const mapping of this.#mapped.values()) mapping.unmap();
+    this.#mapped.clear();
+  }
+}
+
+/** How to open a set of files. */
+export interface OpenOptions {
+  /** Serve tensors as views of memory-mapped files (zero copy) when the platform allows. */
+  readonly mmap?: boolean;
+  /** With mmap: prefault all pages at open (MAP_POPULATE). */
+  readonly populate?: boolean;
 }
 
 /** Parses model.safetensors.index.json into its weight_map. */
