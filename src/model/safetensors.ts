@@ -222,7 +222,9 @@ export class SafetensorsSet {
   ) {
     for (const { header, file } of headers) this.#files.set(header.file, file);
     if (options.mmap && mmapAvailable()) {
-      for (const { header } of headers) this.#mapped.set(header.file, mapFile(header.file, { populate: options.populate }));
+      for (const { header } of headers) {
+        this.#mapped.set(header.file, mapFile(header.file, { populate: options.populate }));
+      }
     }
     this.files = headers.map((h) => h.header.file);
     for (const { header } of headers) {
