@@ -5,6 +5,7 @@ import { InvalidRequestError } from "../errors.ts";
 import { type ChatMessage, renderChatPrompt, type ToolChoice } from "../harmony/chat.ts";
 import { type ChatEvent, ChatOutputParser, type ChatResult } from "../harmony/chat_output.ts";
 import type { ToolDefinition } from "../harmony/render.ts";
+import { toolChoiceGuide } from "../harmony/tool_guide.ts";
 import type { Tokenizer } from "../harmony/tokenizer.ts";
 import { ASSISTANT_STOP_IDS } from "../harmony/tokens.ts";
 import type { Logger } from "../obs/logger.ts";
@@ -203,6 +204,9 @@ function prepare(json: unknown, deps: ChatDeps): Prepared {
     sampling: samplingParams(request, { logprobs, choice, vocabSize: model.engine.vocabSize }),
     stopTokenIds: new Set(ASSISTANT_STOP_IDS),
     ignoreEos: request.ignore_eos,
+    guide: toolChoice === "required" || typeof toolChoice === "object"
+      ? toolChoiceGuide(model.tokenizer, toolChoice, tools.map((t) => t.name))
+      : undefined,
   }));
   const stops = request.stop === null || request.stop === undefined
     ? []

@@ -20,6 +20,8 @@ export interface EngineRequest {
   readonly stopTokenIds: ReadonlySet<number>;
   /** Ignore stop tokens (vLLM's ignore_eos): generate exactly maxTokens. */
   readonly ignoreEos?: boolean;
+  /** Forces tokens at chosen points (tool_choice "required" / named); undefined = sample freely. */
+  readonly guide?: { next(generated: readonly number[]): number | undefined };
   /** Also report the logprobs of prompt tokens 1..n−1 (completions `echo` with `logprobs`). */
   readonly promptLogprobs?: number;
 }
@@ -301,7 +303,8 @@ export class Engine {
       seq.numComputed += numTokens;
       if (!samples || seq.finished) return;
       const last = rows.subarray(rows.length - vocab);
-      const sampled = seq.sampler.sample(last);
+      const forced = seq.request.guide?.next(seq.tokens.slice(seq.promptLength));
+      const sampled = forced !== undefined ? seq.sampler.force(forced, last) : seq.sampler.sample(last);
       seq.tokens.push(sampled.tokenId);
       generated++;
       if (seq.promptLogprobs && seq.numComputed === seq.promptLength) {

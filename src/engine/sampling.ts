@@ -146,6 +146,12 @@ export class Sampler {
     this.#seen.add(tokenId);
   }
 
+  /** Takes a forced token (guided decoding) instead of sampling; logprobs still come from the model's logits. */
+  force(tokenId: number, logits: Float32Array): SampledToken {
+    this.observe(tokenId);
+    return this.#withLogprobs(tokenId, logits);
+  }
+
   /** Picks the next token from one row of logits (not modified). */
   sample(logits: Float32Array): SampledToken {
     const p = this.#params;
@@ -163,6 +169,11 @@ export class Sampler {
 
     const tokenId = p.temperature <= 1e-5 ? topIndices(z, 1)[0] : this.#sampleRandom(z);
     this.observe(tokenId);
+    return this.#withLogprobs(tokenId, logits);
+  }
+
+  #withLogprobs(tokenId: number, logits: Float32Array): SampledToken {
+    const p = this.#params;
     if (p.logprobs === undefined) return { tokenId };
     const logprobs = logSoftmax(logits);
     return {

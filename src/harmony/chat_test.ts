@@ -175,3 +175,24 @@ Deno.test("final answer, preamble, unknown channels, a cut message and a halluci
   assertEquals(hallucinated.result.content, null);
   assert(hallucinated.parser.recoveries.includes("non_assistant_message"));
 });
+
+Deno.test("toolChoiceGuide() forces the named call after the analysis message, and nothing after a final first message", async () => {
+  const { toolChoiceGuide } = await import("./tool_guide.ts");
+  const guide = toolChoiceGuide(tokenizer, { name: "get_weather" }, ["get_weather", "other"]);
+  const generated = tokenizer.encodeWithSpecials(
+    "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>",
+  );
+  for (let i = 1; i < generated.length; i++) assertEquals(guide.next(generated.slice(0, i)), undefined);
+  const forced: number[] = [];
+  let id;
+  while ((id = guide.next([...generated, ...forced])) !== undefined) forced.push(id);
+  assertEquals(tokenizer.decode(forced), "commentary to=functions.get_weather <|constrain|>json<|message|>");
+  const parser = new ChatOutputParser(tokenizer, { newCallId: () => "call_x" });
+  for (const t of [...generated, ...forced, ...tokenizer.encodeWithSpecials('{"city":"Oslo"}<|call|>')]) parser.push(t);
+  parser.end();
+  assertEquals(parser.result(false).toolCalls, [{ id: "call_x", name: "get_weather", arguments: '{"city":"Oslo"}' }]);
+
+  const answer = toolChoiceGuide(tokenizer, "required", ["a", "b"]);
+  const final = tokenizer.encodeWithSpecials("<|channel|>final<|message|>Hi<|end|><|start|>assistant<|channel|>");
+  for (let i = 1; i <= final.length; i++) assertEquals(answer.next(final.slice(0, i)), undefined);
+});
