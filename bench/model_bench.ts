@@ -8,7 +8,8 @@ import { parseArgs } from "node:util";
 import { selectBackend } from "../src/backends/select.ts";
 import { Checkpoint } from "../src/model/checkpoint.ts";
 import { bytesPerDecodeToken } from "../src/model/cost.ts";
-import { createModel, forward, kvCacheSpec } from "../src/model/gpt_oss.ts";
+import { KvSession } from "../src/engine/kv_session.ts";
+import { createModel } from "../src/model/gpt_oss.ts";
 import { loadWeights } from "../src/model/weights.ts";
 
 function peakRssBytes(): number {
@@ -51,19 +52,23 @@ async function main(): Promise<void> {
   const loadSeconds = (performance.now() - loadStart) / 1000;
   const promptLength = Number(values.prompt), decodeSteps = Number(values.decode);
   const prompt = Array.from({ length: promptLength }, (_, i) => (i * 7919) % Math.min(model.config.vocabSize, 199_998));
-  const kv = backend.createKvCache(kvCacheSpec(model.config, promptLength + decodeSteps + 1));
+  const session = new KvSession(model, {
+    blockSize: 16,
+    numBlocks: Math.ceil((promptLength + decodeSteps + 2) / 16) + 2,
+  });
 
   // Warm-up: one short forward pass compiles the hot loops.
-  const warmKv = backend.createKvCache(kvCacheSpec(model.config, 4));
-  await forward(model, [{ kv: warmKv, tokenIds: [1, 2], logits: "last" }]);
-  backend.releaseKvCache(warmKv);
+  const warm = session.sequence();
+  await session.step([{ seq: warm, tokenIds: [1, 2], logits: "last" }]);
+  session.release(warm);
 
+  const seq = session.sequence();
   const prefillStart = performance.now();
-  let [logits] = await forward(model, [{ kv, tokenIds: prompt, logits: "last" }]);
+  let [logits] = await session.step([{ seq, tokenIds: prompt, logits: "last" }]);
   const prefillSeconds = (performance.now() - prefillStart) / 1000;
   const decodeStart = performance.now();
   for (let i = 0; i < decodeSteps; i++) {
-    [logits] = await forward(model, [{ kv, tokenIds: [argmax(logits)], logits: "last" }]);
+    [logits] = await session.step([{ seq, tokenIds: [argmax(logits)], logits: "last" }]);
   }
   const decodeSeconds = (performance.now() - decodeStart) / 1000;
 

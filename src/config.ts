@@ -67,6 +67,7 @@ const SettingsLayerSchema = z.object({
   corsOrigins: z.array(z.string().min(1)),
   currentDate: z.string().regex(/^\d{4}-\d{2}-\d{2}$/, "expected a date as YYYY-MM-DD"),
   modelCacheDir: z.string().min(1),
+  kvCacheBytes: positiveInt,
   scheduler: SchedulerSettingsSchema.partial(),
 }).partial().strict();
 type SettingsLayer = z.infer<typeof SettingsLayerSchema>;
@@ -96,6 +97,8 @@ export interface ServerConfig {
   readonly currentDate: string | undefined;
   /** Where the built-in demo model is generated; undefined means the user's cache directory. */
   readonly modelCacheDir: string | undefined;
+  /** KV cache budget in bytes (blocks are carved from it at start-up). */
+  readonly kvCacheBytes: number;
   /** The file the settings came from, if any. */
   readonly configFile: string | undefined;
   /** The profile's scheduler settings with every override applied. */
@@ -115,6 +118,7 @@ const DEFAULTS = {
   drainTimeoutMs: 30_000,
   maxBodyBytes: 8 * 1024 * 1024,
   corsOrigins: [],
+  kvCacheBytes: 2 * 1024 ** 3,
 } as const satisfies SettingsLayer;
 
 type ValueKind =
@@ -182,6 +186,7 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
   spec("cors-origins", "corsOrigins", { kind: "list" }, "Comma-separated origins allowed by CORS (off by default)"),
   spec("current-date", "currentDate", { kind: "date" }, "Pin the prompt's current date (YYYY-MM-DD)"),
   spec("model-cache-dir", "modelCacheDir", STRING, "Where the built-in demo model is generated"),
+  spec("kv-cache-bytes", "kvCacheBytes", { kind: "int", min: 1, max: 2 ** 50 }, "KV cache budget in bytes"),
 ];
 
 function describeKind(kind: ValueKind): string {
@@ -366,6 +371,7 @@ export function loadServerConfig(sources: ConfigSources): ServerConfig {
     corsOrigins: Object.freeze([...final.corsOrigins]),
     currentDate: final.currentDate,
     modelCacheDir: final.modelCacheDir,
+    kvCacheBytes: final.kvCacheBytes,
     configFile: fileText === undefined ? undefined : configPath,
     scheduler,
   });

@@ -57,6 +57,7 @@ Deno.test("every serve flag parses into its setting", () => {
     [["--cors-origins", "http://a, http://b"], (c) => c.corsOrigins, ["http://a", "http://b"]],
     [["--current-date", "2025-06-28"], (c) => c.currentDate, "2025-06-28"],
     [["--model-cache-dir", "/tmp/x"], (c) => c.modelCacheDir, "/tmp/x"],
+    [["--kv-cache-bytes", "1048576"], (c) => c.kvCacheBytes, 1048576],
   ];
   const covered = new Set(cases.map(([args]) => args[0].slice(2)));
   for (const spec of SERVE_FLAGS) {

@@ -71,6 +71,7 @@ async function loadModel(choice: ModelChoice, config: ServerConfig, state: Servi
       maxQueuedRequests: config.scheduler.maxQueuedRequests,
       maxQueuedTokens: config.scheduler.maxQueuedTokens,
       maxModelLen: model.config.maxPositionEmbeddings,
+      kvCacheBytes: config.kvCacheBytes,
       logger: logger.child({ component: "engine" }),
     });
     state.model = {

@@ -1,8 +1,9 @@
 /** The reference forward pass against OpenAI's PyTorch logits (../shared/golden). */
-import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
 import { Checkpoint } from "../src/model/checkpoint.ts";
-import { createModel, forward, kvCacheSpec, type Model } from "../src/model/gpt_oss.ts";
+import { KvSession } from "../src/engine/kv_session.ts";
+import { createModel, type Model } from "../src/model/gpt_oss.ts";
 import { loadWeights } from "../src/model/weights.ts";
 import {
   argmax,
@@ -25,14 +26,21 @@ async function loadModel(fixture: string): Promise<Model> {
 }
 
 /** Prefills `ids` in chunks of the given sizes and returns the logits of every position ("all") or the last. */
-async function prefill(model: Model, ids: number[], chunk: number, want: "all" | "last"): Promise<Float32Array> {
-  const kv = model.backend.createKvCache(kvCacheSpec(model.config, 4096));
+async function prefill(
+  model: Model,
+  ids: number[],
+  chunk: number,
+  want: "all" | "last",
+  blockSize = 16,
+): Promise<Float32Array> {
+  const session = new KvSession(model, { blockSize, numBlocks: 64 });
+  const seq = session.sequence();
   const rows: Float32Array[] = [];
   for (let start = 0; start < ids.length; start += chunk) {
     const piece = ids.slice(start, start + chunk);
     const isLast = start + chunk >= ids.length;
-    const [logits] = await forward(model, [{
-      kv,
+    const [logits] = await session.step([{
+      seq,
       tokenIds: piece,
       logits: want === "all" ? "all" : isLast ? "last" : "none",
     }]);
@@ -48,14 +56,15 @@ async function prefill(model: Model, ids: number[], chunk: number, want: "all" |
 }
 
 /** Greedy decoding through the KV cache: prefill, then one token per step. */
-async function greedy(model: Model, ids: number[], steps: number): Promise<number[]> {
-  const kv = model.backend.createKvCache(kvCacheSpec(model.config, 4096));
-  let [logits] = await forward(model, [{ kv, tokenIds: ids, logits: "last" }]);
+async function greedy(model: Model, ids: number[], steps: number, blockSize = 16): Promise<number[]> {
+  const session = new KvSession(model, { blockSize, numBlocks: 64 });
+  const seq = session.sequence();
+  let [logits] = await session.step([{ seq, tokenIds: ids, logits: "last" }]);
   const out: number[] = [];
   for (let i = 0; i < steps; i++) {
     const next = argmax(logits);
     out.push(next);
-    [logits] = await forward(model, [{ kv, tokenIds: [next], logits: "last" }]);
+    [logits] = await session.step([{ seq, tokenIds: [next], logits: "last" }]);
   }
   return out;
 }
@@ -92,10 +101,10 @@ for (const fixture of ["tiny", "tiny-fullvocab"]) {
     const cases = goldenCases(fixture);
     const vocab = model.config.vocabSize;
     // All cases in one batch, each beside the others, then decoded together step by step.
-    const caches = cases.map(() => model.backend.createKvCache(kvCacheSpec(model.config, 4096)));
-    const prefills = await forward(
-      model,
-      cases.map((c, i) => ({ kv: caches[i], tokenIds: c.input_ids, logits: c.logits_positions })),
+    const session = new KvSession(model, { blockSize: 4, numBlocks: 128 });
+    const seqs = cases.map(() => session.sequence());
+    const prefills = await session.step(
+      cases.map((c, i) => ({ seq: seqs[i], tokenIds: c.input_ids, logits: c.logits_positions })),
     );
     cases.forEach((c, i) => assertLogitsClose(prefills[i], expectedRows(fixture, c), `${c.name} batched prefill`));
     const generated: number[][] = cases.map(() => []);
@@ -103,8 +112,31 @@ for (const fixture of ["tiny", "tiny-fullvocab"]) {
     for (let step = 0; step < 24; step++) {
       const next = last.map((l) => argmax(l));
       next.forEach((id, i) => generated[i].push(id));
-      last = await forward(model, caches.map((kv, i) => ({ kv, tokenIds: [next[i]], logits: "last" as const })));
+      last = await session.step(seqs.map((seq, i) => ({ seq, tokenIds: [next[i]], logits: "last" as const })));
     }
     cases.forEach((c, i) => assertEquals(generated[i], c.greedy_ids, `${c.name} batched greedy`));
   });
 }
+
+Deno.test("golden tiny: a prompt served from the prefix cache gives the same logits as computed from scratch", async () => {
+  const model = await loadModel("tiny");
+  const [c] = goldenCases("tiny").filter((x) => x.name === "len19");
+  const session = new KvSession(model, { blockSize: 4, numBlocks: 64 });
+  const first = session.sequence();
+  await session.step([{ seq: first, tokenIds: c.input_ids, logits: "none" }]);
+  session.release(first); // its full blocks stay cached
+  const { blocks, cachedTokens } = session.blocks.startSequence(c.input_ids);
+  assertEquals(cachedTokens, 16); // 4 whole blocks; the last 3 tokens are recomputed
+  const second = { tokens: c.input_ids.slice(0, cachedTokens), computed: cachedTokens, blocks };
+  const [tail] = await session.step([{ seq: second, tokenIds: c.input_ids.slice(cachedTokens), logits: "all" }]);
+  const vocab = c.logits_shape[1];
+  const expected = goldenLogits("tiny", c).subarray(cachedTokens * vocab);
+  assertLogitsClose(tail, expected, "cached prefix");
+  assert(session.blocks.stats.hitTokens === 16);
+});
+
+Deno.test("golden tiny: greedy ids are the same with block sizes 1, 3 and 16 (sliding window 4 across blocks)", async () => {
+  const model = await loadModel("tiny");
+  const [c] = goldenCases("tiny").filter((x) => x.name === "len19");
+  for (const blockSize of [1, 3, 16]) assertEquals(await greedy(model, c.input_ids, 24, blockSize), c.greedy_ids);
+});

@@ -148,6 +148,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
       model: state.modelId ?? null,
       http_requests_in_flight: inFlight,
       engine: engine ? { ...engine.stats } : null,
+      prefix_cache_hit_rate: engine ? engine.memory().prefix_cache.hit_rate : null,
     });
   });
 
@@ -158,6 +159,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
       backend: state.backend ?? null,
       process: memory ?? null,
       kv_caches_held: engine?.stats.kvCachesHeld ?? 0,
+      kv_cache: engine ? engine.memory() : null,
     });
   });
 

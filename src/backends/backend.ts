@@ -27,32 +27,39 @@ export interface DeviceTensor {
   readonly shape: readonly number[];
 }
 
-/** Shape and layer kinds of a per-sequence KV cache. */
-export interface KvCacheSpec {
+/** Shape of a paged KV pool: fixed-size blocks in two groups, full-attention layers and sliding-window layers. */
+export interface KvPoolSpec {
   readonly numLayers: number;
   readonly numKeyValueHeads: number;
   readonly headDim: number;
   /** Per layer: the window (keys kept, current token included), or 0 for a full-attention layer. */
   readonly layerWindows: readonly number[];
-  /** Most positions a sequence may reach (full layers allocate up to this, in growing steps). */
-  readonly maxPositions: number;
+  /** Positions per block. */
+  readonly blockSize: number;
+  /** Blocks of the full-attention group (each holds blockSize positions of every full layer). */
+  readonly numFullBlocks: number;
+  /** Blocks of the sliding-window group. */
+  readonly numSlidingBlocks: number;
 }
 
-/** One sequence's K/V history, owned by the backend; sliding-window layers keep only the window (a ring). */
-export interface KvCache {
-  readonly spec: KvCacheSpec;
-  /** Positions stored so far (the next token's absolute position). */
-  readonly length: number;
+/** The K/V storage of all sequences, owned by the backend; which block holds what is the engine's business. */
+export interface KvPool {
+  readonly spec: KvPoolSpec;
+  /** Bytes held on the device. */
+  readonly sizeBytes: number;
 }
 
-/** Where each sequence's tokens sit in a step's token rows. */
+/** Where each sequence's tokens sit in a step's token rows, and its block tables. */
 export interface BatchSegment {
-  readonly kv: KvCache;
   /** First row of this sequence in the step's [numTokens, …] activations. */
   readonly rowOffset: number;
   readonly numTokens: number;
-  /** Absolute position of the first token (= kv.length before the step). */
+  /** Absolute position of the first token: positions below it are in the cache. */
   readonly startPosition: number;
+  /** Full-layer block of each position block (position / blockSize); covers [0, startPosition + numTokens). */
+  readonly fullBlocks: Int32Array;
+  /** Sliding-layer blocks; only the ones a query of this step can see need be valid (others −1). */
+  readonly slidingBlocks: Int32Array;
 }
 
 /** The step's batch layout, shared by every attention call of the step. */
@@ -93,7 +100,7 @@ export interface Ops {
    */
   rope(q: T, k: T, positions: T, invFreq: T, concentration: number): void;
   /**
-   * Attention with learned sinks over each sequence's cache plus this step's k/v, then appends k/v to the caches.
+   * Writes this step's k/v into each sequence's blocks, then attention with learned sinks over the cache.
    * q [T, nh·d], k/v [T, nkv·d], out [T, nh·d]; sinks [nh] bf16; window 0 = full attention.
    */
   attention(out: T, q: T, k: T, v: T, options: AttentionOptions): void;
@@ -110,6 +117,7 @@ export interface Ops {
 /** Options of {@link Ops.attention}. */
 export interface AttentionOptions {
   readonly batch: AttentionBatch;
+  readonly pool: KvPool;
   readonly layer: number;
   /** [numHeads] bf16 */
   readonly sinks: T;
@@ -141,10 +149,8 @@ export interface Backend {
   flush(): Promise<void>;
   /** Reads a tensor back as f32 (f32 tensors) or i32 (i32 tensors). */
   read(tensor: DeviceTensor): Promise<Float32Array | Int32Array>;
-  /** A new, empty KV cache for one sequence. */
-  createKvCache(spec: KvCacheSpec): KvCache;
-  /** Frees a cache's memory. */
-  releaseKvCache(cache: KvCache): void;
+  /** The KV storage for all sequences (allocated once). */
+  createKvPool(spec: KvPoolSpec): KvPool;
   /** Frees an activation tensor. */
   free(tensor: DeviceTensor): void;
   dispose(): void;

@@ -1,12 +1,21 @@
 /**
- * The engine: token ids in, token events out. Continuous batching: every step the scheduler plans running decodes
- * and prefill chunks; new requests join between steps; finished or cancelled ones leave at once and free their
- * KV cache. No HTTP here, no device calls beyond the model's forward pass.
+ * The engine: token ids in, token events out. Continuous batching over a paged KV cache: every step admits waiting
+ * requests (prefix-cache hits skip their cached blocks), the scheduler plans running decodes and prefill chunks,
+ * blocks are allocated (preempting the newest request by recompute when they run out), the model runs one step,
+ * and finished or cancelled requests leave at once and free their blocks. No HTTP here.
  */
-import type { KvCache } from "../backends/backend.ts";
+import type { KvPool } from "../backends/backend.ts";
 import { ContextOverflowError, InvalidRequestError, OverloadedError } from "../errors.ts";
-import { forward, kvCacheSpec, type LogitsWanted, type Model, type StepSequence } from "../model/gpt_oss.ts";
+import {
+  forward,
+  kvBytesPerPosition,
+  kvPoolSpec,
+  type LogitsWanted,
+  type Model,
+  type StepSequence,
+} from "../model/gpt_oss.ts";
 import type { Logger } from "../obs/logger.ts";
+import { KvBlockManager, type SequenceBlocks } from "./kv_blocks.ts";
 import { logSoftmax, Sampler, type SamplingParams, topIndices } from "./sampling.ts";
 import { planStep, type SchedulerLimits } from "./scheduler.ts";
 
@@ -48,10 +57,14 @@ export type TokenEvent =
     readonly finishReason: FinishReason;
     readonly promptTokens: number;
     readonly completionTokens: number;
+    /** Prompt tokens served from the prefix cache. */
     readonly cachedTokens: number;
-    /** Time spent waiting before the first step that included this request. */
+    /** Time spent waiting before the request was admitted. */
     readonly queueMs: number;
   };
+
+/** Memory pressure levels of the KV cache (README: what each one does). */
+export type PressureLevel = "none" | "moderate" | "high" | "critical";
 
 /** Engine settings. */
 export interface EngineOptions {
@@ -60,10 +73,14 @@ export interface EngineOptions {
   readonly maxQueuedTokens: number;
   /** Longest prompt + completion. */
   readonly maxModelLen: number;
+  /** KV cache budget in bytes (the reference backend stores f32). */
+  readonly kvCacheBytes: number;
+  /** Positions per KV block (default 16). */
+  readonly blockSize?: number;
   readonly logger: Logger;
 }
 
-/** Counters and gauges for /stats. */
+/** Counters and gauges for /stats and /memory_stats. */
 export interface EngineStats {
   running: number;
   waiting: number;
@@ -71,13 +88,18 @@ export interface EngineStats {
   promptTokens: number;
   generatedTokens: number;
   finished: Record<FinishReason, number>;
-  rejected: number;
+  /** Admission decisions by decision and reason. */
+  admission: Record<string, number>;
+  preemptions: number;
   lastBatchSize: number;
   maxBatchSize: number;
-  /** KV caches currently held by requests. */
+  /** Sequences holding KV blocks. */
   kvCachesHeld: number;
   /** Output tokens per second over the last 10 s. */
   tokensPerSecond: number;
+  pressure: PressureLevel;
+  /** Degradations applied, counted per step or request. */
+  pressureActions: Record<string, number>;
 }
 
 /** An unbounded single-consumer queue of events. */
@@ -107,8 +129,11 @@ interface Sequence {
   readonly request: EngineRequest;
   readonly tokens: number[];
   readonly promptLength: number;
+  /** Generation limit: the request's max_tokens, capped under high memory pressure. */
+  maxTokens: number;
   numComputed: number;
-  kv: KvCache | undefined;
+  readonly blocks: SequenceBlocks;
+  cachedTokens: number;
   readonly sampler: Sampler;
   readonly events: EventQueue<TokenEvent>;
   readonly signal: AbortSignal | undefined;
@@ -122,10 +147,22 @@ function topLogprobsOf(logprobs: Float64Array, count: number) {
   return topIndices(logprobs, count).map((id) => ({ tokenId: id, logprob: logprobs[id] }));
 }
 
+function bump(counter: Record<string, number>, key: string): void {
+  counter[key] = (counter[key] ?? 0) + 1;
+}
+
+/** Thresholds on the share of KV blocks held by requests. */
+const PRESSURE_THRESHOLDS: ReadonlyArray<[PressureLevel, number]> = [["critical", 0.97], ["high", 0.9], [
+  "moderate",
+  0.75,
+]];
+
 /** The engine. One per model. */
 export class Engine {
   readonly #model: Model;
   readonly #options: EngineOptions;
+  readonly #pool: KvPool;
+  readonly #blocks: KvBlockManager;
   readonly #waiting: Sequence[] = [];
   readonly #running: Sequence[] = [];
   #loop: Promise<void> | undefined;
@@ -138,16 +175,36 @@ export class Engine {
     promptTokens: 0,
     generatedTokens: 0,
     finished: { stop: 0, length: 0, abort: 0 },
-    rejected: 0,
+    admission: {},
+    preemptions: 0,
     lastBatchSize: 0,
     maxBatchSize: 0,
     kvCachesHeld: 0,
     tokensPerSecond: 0,
+    pressure: "none",
+    pressureActions: {},
   };
 
   constructor(model: Model, options: EngineOptions) {
     this.#model = model;
     this.#options = options;
+    const config = model.config;
+    const blockSize = options.blockSize ?? 16;
+    const perPosition = kvBytesPerPosition(config);
+    const window = config.layerIsSliding.some((s) => s) ? config.slidingWindow : 0;
+    // Sliding layers need at most window + chunk positions per running sequence; keep twice that for the cache.
+    const slidingPerSequence = window > 0 ? Math.ceil((window + options.limits.prefillChunkSize) / blockSize) + 2 : 0;
+    const numSlidingBlocks = Math.min(
+      slidingPerSequence * options.limits.maxNumSeqs * 2,
+      perPosition.sliding > 0 ? Math.floor(options.kvCacheBytes / 2 / (blockSize * perPosition.sliding)) : 0,
+    );
+    const slidingBytes = numSlidingBlocks * blockSize * perPosition.sliding;
+    const numFullBlocks = perPosition.full > 0
+      ? Math.max(1, Math.floor((options.kvCacheBytes - slidingBytes) / (blockSize * perPosition.full)))
+      // A model with only sliding layers still needs block tables for positions: make them cheap.
+      : Math.ceil(options.maxModelLen / blockSize) * options.limits.maxNumSeqs;
+    this.#blocks = new KvBlockManager({ blockSize, numFullBlocks, numSlidingBlocks, window });
+    this.#pool = model.backend.createKvPool(kvPoolSpec(config, { blockSize, numFullBlocks, numSlidingBlocks }));
   }
 
   /** The model's context length as served. */
@@ -158,6 +215,27 @@ export class Engine {
   /** The vocabulary size (for validating token ids). */
   get vocabSize(): number {
     return this.#model.config.vocabSize;
+  }
+
+  /** KV cache state for /memory_stats. */
+  memory() {
+    const usage = this.#blocks.usage();
+    const bytesPerBlock = this.#pool.sizeBytes / Math.max(1, usage.total + this.#blocks.slidingUsage().total);
+    return {
+      block_size: this.#blocks.blockSize,
+      blocks: usage,
+      sliding_blocks: this.#blocks.slidingUsage(),
+      bytes_total: this.#pool.sizeBytes,
+      bytes_used: Math.round(bytesPerBlock * (usage.used + this.#blocks.slidingUsage().used)),
+      pressure: this.stats.pressure,
+      pressure_actions: { ...this.stats.pressureActions },
+      prefix_cache: {
+        ...this.#blocks.stats,
+        hit_rate: this.#blocks.stats.queriedTokens > 0
+          ? this.#blocks.stats.hitTokens / this.#blocks.stats.queriedTokens
+          : 0,
+      },
+    };
   }
 
   /** Checks a request without queueing it; throws the error submit() would. */
@@ -175,28 +253,43 @@ export class Engine {
           `${total} (${request.promptIds.length} in the prompt, ${request.maxTokens} to generate)`,
       );
     }
+    const blocks = this.#blocks.blocksFor(total);
+    if (blocks > this.#blocks.usage().total) {
+      bump(this.stats.admission, "rejected:never_fits");
+      throw new ContextOverflowError(
+        `The request needs ${total} tokens of KV cache (${blocks} blocks) but the cache holds ` +
+          `${this.#blocks.usage().total * this.#blocks.blockSize} tokens; lower max_tokens or the prompt`,
+      );
+    }
   }
 
   /** Queues a request; events arrive until "done". Aborting `signal` ends it with finish reason "abort". */
   submit(request: EngineRequest, signal?: AbortSignal): AsyncIterable<TokenEvent> {
     this.validate(request);
-    const queuedTokens = this.#waiting.reduce((s, q) => s + q.promptLength + q.request.maxTokens, 0);
-    if (
-      this.#waiting.length >= this.#options.maxQueuedRequests ||
-      queuedTokens + request.promptIds.length + request.maxTokens > this.#options.maxQueuedTokens
-    ) {
-      this.stats.rejected++;
+    const queuedTokens = this.#waiting.reduce((s, q) => s + q.promptLength + q.maxTokens, 0);
+    if (this.#waiting.length >= this.#options.maxQueuedRequests) {
+      bump(this.stats.admission, "rejected:queue_full");
       throw new OverloadedError(
         `The server is at capacity: ${this.#waiting.length} requests are waiting`,
         this.#retryAfterSeconds(),
       );
     }
+    if (queuedTokens + request.promptIds.length + request.maxTokens > this.#options.maxQueuedTokens) {
+      bump(this.stats.admission, "rejected:queued_tokens");
+      throw new OverloadedError(
+        `The server is at capacity: ${queuedTokens} tokens are queued`,
+        this.#retryAfterSeconds(),
+      );
+    }
+    bump(this.stats.admission, "queued:accepted");
     const sequence: Sequence = {
       request,
       tokens: [...request.promptIds],
       promptLength: request.promptIds.length,
+      maxTokens: request.maxTokens,
       numComputed: 0,
-      kv: undefined,
+      blocks: { full: [], sliding: [], keys: [] },
+      cachedTokens: 0,
       sampler: new Sampler(request.sampling, { vocabSize: this.vocabSize, promptIds: request.promptIds }),
       events: new EventQueue(),
       signal,
@@ -215,14 +308,12 @@ export class Engine {
   /** Estimated seconds until queued work drains, from the recent output rate (at least 1). */
   #retryAfterSeconds(): number {
     const rate = Math.max(this.stats.tokensPerSecond, 1);
-    const queued = this.#waiting.reduce((s, q) => s + q.request.maxTokens, 0);
+    const queued = this.#waiting.reduce((s, q) => s + q.maxTokens, 0);
     return Math.max(1, Math.ceil(queued / rate));
   }
 
   #wake(): void {
-    if (!this.#loop) {
-      this.#loop = this.#run().finally(() => (this.#loop = undefined));
-    }
+    if (!this.#loop) this.#loop = this.#run().finally(() => (this.#loop = undefined));
   }
 
   /** Resolves once no request is running or waiting. */
@@ -230,7 +321,7 @@ export class Engine {
     while (this.#loop) await this.#loop;
   }
 
-  /** Stops accepting work (used on shutdown); running requests continue. */
+  /** Marks the engine as shutting down (running and queued requests still finish). */
   drain(): void {
     this.#draining = true;
   }
@@ -262,52 +353,141 @@ export class Engine {
     }
   }
 
+  #pressure(): PressureLevel {
+    const usage = this.#blocks.usage();
+    const share = usage.used / Math.max(1, usage.total);
+    for (const [level, threshold] of PRESSURE_THRESHOLDS) if (share >= threshold) return level;
+    return "none";
+  }
+
+  /** Current limits after memory-pressure degradation. */
+  #limits(pressure: PressureLevel): SchedulerLimits {
+    const base = this.#options.limits;
+    if (pressure === "none") return base;
+    bump(this.stats.pressureActions, "smaller_chunks");
+    const chunked = { ...base, prefillChunkSize: Math.max(1, Math.floor(base.prefillChunkSize / 2)) };
+    if (pressure === "moderate") return chunked;
+    bump(this.stats.pressureActions, "smaller_batches");
+    return { ...chunked, maxNumSeqs: Math.max(1, Math.floor(base.maxNumSeqs / 2)) };
+  }
+
+  /** Moves waiting requests into the running set while there is room (FIFO; the first that does not fit waits). */
+  #admit(limits: SchedulerLimits, pressure: PressureLevel): void {
+    while (this.#waiting.length > 0 && this.#running.length < limits.maxNumSeqs) {
+      if (pressure === "critical") {
+        bump(this.stats.pressureActions, "admission_stopped");
+        bump(this.stats.admission, "queued:memory_pressure");
+        return;
+      }
+      const seq = this.#waiting[0];
+      const { blocks, cachedTokens } = this.#blocks.startSequence(seq.tokens);
+      const firstChunk = Math.min(seq.tokens.length - cachedTokens, limits.prefillChunkSize);
+      const needFull = this.#blocks.blocksFor(cachedTokens + firstChunk) - blocks.full.length;
+      const usage = this.#blocks.usage();
+      if (needFull > usage.free + usage.cached) {
+        this.#blocks.free(blocks);
+        bump(this.stats.admission, "queued:no_free_blocks");
+        return;
+      }
+      this.#waiting.shift();
+      seq.blocks.full.push(...blocks.full);
+      seq.blocks.sliding.push(...blocks.sliding);
+      seq.blocks.keys.push(...blocks.keys);
+      // A preempted sequence keeps what it reported: its cached tokens count only the first time.
+      if (seq.queueMs === undefined) seq.cachedTokens = cachedTokens;
+      seq.numComputed = cachedTokens;
+      if (seq.queueMs === undefined) {
+        seq.queueMs = performance.now() - seq.submittedAt;
+        if (pressure === "high") {
+          // Cap generation so the request cannot outgrow the free cache (finish_reason "length" if it hits the cap).
+          const freeTokens = (usage.free + usage.cached) * this.#blocks.blockSize;
+          const cap = Math.max(1, Math.floor(freeTokens / 2) - seq.promptLength);
+          if (cap < seq.maxTokens) {
+            seq.maxTokens = cap;
+            bump(this.stats.pressureActions, "capped_max_tokens");
+          }
+        }
+      }
+      this.#running.push(seq);
+      bump(this.stats.admission, cachedTokens > 0 ? "admitted:prefix_hit" : "admitted:cold");
+    }
+  }
+
+  /** Preempts the newest running sequence other than `keep`: frees its blocks, requeues it for recompute. */
+  #preemptOne(keep: Sequence): boolean {
+    for (let i = this.#running.length - 1; i >= 0; i--) {
+      const victim = this.#running[i];
+      if (victim === keep) continue;
+      this.#running.splice(i, 1);
+      this.#blocks.free(victim.blocks);
+      victim.numComputed = 0;
+      this.#waiting.unshift(victim);
+      this.stats.preemptions++;
+      this.#options.logger.debug("engine.preempt", { request_id: victim.request.id, tokens: victim.tokens.length });
+      return true;
+    }
+    return false;
+  }
+
   async #step(): Promise<void> {
+    const pressure = this.#pressure();
+    this.stats.pressure = pressure;
+    const limits = this.#limits(pressure);
+    this.#admit(limits, pressure);
     const plan = planStep(
       this.#running.map((s) => ({ id: s.request.id, numTokens: s.tokens.length, numComputed: s.numComputed })),
-      this.#waiting.map((s) => ({ id: s.request.id, numTokens: s.tokens.length, numComputed: s.numComputed })),
-      this.#options.limits,
+      [],
+      limits,
     );
-    const now = performance.now();
-    for (const id of plan.admitted) {
-      const index = this.#waiting.findIndex((s) => s.request.id === id);
-      const [seq] = this.#waiting.splice(index, 1);
-      seq.kv = this.#model.backend.createKvCache(kvCacheSpec(this.#model.config, this.#options.maxModelLen));
-      seq.queueMs = now - seq.submittedAt;
-      this.#running.push(seq);
-    }
-    if (plan.chunks.length === 0) return;
     const byId = new Map(this.#running.map((s) => [s.request.id, s]));
-    const stepSequences: StepSequence[] = [];
     const planned: { seq: Sequence; numTokens: number; samples: boolean; logits: LogitsWanted }[] = [];
     for (const chunk of plan.chunks) {
       const seq = byId.get(chunk.id)!;
+      if (!this.#running.includes(seq)) continue; // preempted for an earlier chunk of this step
+      // Blocks for this chunk; when they run out, preempt the newest other request (recompute later).
+      while (!this.#blocks.ensure(seq.blocks, seq.numComputed + chunk.numTokens, seq.numComputed)) {
+        if (!this.#preemptOne(seq)) break;
+      }
+      if (!this.#blocks.ensure(seq.blocks, seq.numComputed + chunk.numTokens, seq.numComputed)) {
+        if (this.#running.length === 1) {
+          // Alone and still out of blocks: it can never finish here.
+          this.#options.logger.warn("engine.kv_exhausted", { request_id: seq.request.id });
+          this.#finish(seq, "length");
+        }
+        continue;
+      }
       const inPrompt = seq.numComputed < seq.promptLength;
       const logits: LogitsWanted = seq.promptLogprobs && inPrompt ? "all" : chunk.samples ? "last" : "none";
-      stepSequences.push({
-        kv: seq.kv!,
-        tokenIds: seq.tokens.slice(seq.numComputed, seq.numComputed + chunk.numTokens),
-        logits,
-      });
       planned.push({ seq, numTokens: chunk.numTokens, samples: chunk.samples, logits });
     }
-    const logits = await forward(this.#model, stepSequences);
+    // A sequence preempted after its chunk was planned must not run.
+    const runnable = planned.filter((p) => this.#running.includes(p.seq));
+    if (runnable.length === 0) return;
+    const stepSequences: StepSequence[] = runnable.map(({ seq, numTokens, logits }) => ({
+      tokenIds: seq.tokens.slice(seq.numComputed, seq.numComputed + numTokens),
+      startPosition: seq.numComputed,
+      fullBlocks: Int32Array.from(seq.blocks.full),
+      slidingBlocks: Int32Array.from(seq.blocks.sliding),
+      logits,
+    }));
+    const logits = await forward(this.#model, this.#pool, stepSequences);
     this.stats.steps++;
-    this.stats.lastBatchSize = planned.length;
-    this.stats.maxBatchSize = Math.max(this.stats.maxBatchSize, planned.length);
+    this.stats.lastBatchSize = runnable.length;
+    this.stats.maxBatchSize = Math.max(this.stats.maxBatchSize, runnable.length);
     const vocab = this.#model.config.vocabSize;
     let generated = 0;
-    planned.forEach(({ seq, numTokens, samples, logits: wanted }, i) => {
+    runnable.forEach(({ seq, numTokens, samples, logits: wanted }, i) => {
       const rows = logits[i];
       if (wanted === "all" && seq.promptLogprobs) this.#recordPromptLogprobs(seq, rows, numTokens);
       seq.numComputed += numTokens;
+      this.#blocks.advance(seq.blocks, seq.tokens, seq.numComputed);
       if (!samples || seq.finished) return;
       const last = rows.subarray(rows.length - vocab);
       const forced = seq.request.guide?.next(seq.tokens.slice(seq.promptLength));
       const sampled = forced !== undefined ? seq.sampler.force(forced, last) : seq.sampler.sample(last);
       seq.tokens.push(sampled.tokenId);
       generated++;
-      if (seq.promptLogprobs && seq.numComputed === seq.promptLength) {
+      if (seq.promptLogprobs && seq.numComputed >= seq.promptLength) {
         seq.events.push({
           type: "prompt_logprobs",
           logprobs: seq.promptLogprobs.logprobs,
@@ -318,7 +498,7 @@ export class Engine {
       seq.events.push({ type: "token", ...sampled });
       const completion = seq.tokens.length - seq.promptLength;
       if (!seq.request.ignoreEos && seq.request.stopTokenIds.has(sampled.tokenId)) this.#finish(seq, "stop");
-      else if (completion >= seq.request.maxTokens || seq.tokens.length >= this.#options.maxModelLen) {
+      else if (completion >= seq.maxTokens || seq.tokens.length >= this.#options.maxModelLen) {
         this.#finish(seq, "length");
       }
     });
@@ -334,6 +514,7 @@ export class Engine {
     for (let r = 0; r < numTokens; r++) {
       const target = seq.numComputed + r + 1;
       if (target >= seq.promptLength) break;
+      if (target < record.logprobs.length) continue; // recomputed after a preemption: already recorded
       const logprobs = logSoftmax(rows.subarray(r * vocab, (r + 1) * vocab));
       record.logprobs.push(logprobs[seq.tokens[target]]);
       record.top.push(seq.request.promptLogprobs! > 0 ? topLogprobsOf(logprobs, seq.request.promptLogprobs!) : []);
@@ -347,15 +528,14 @@ export class Engine {
       const index = list.indexOf(seq);
       if (index >= 0) list.splice(index, 1);
     }
-    if (seq.kv) this.#model.backend.releaseKvCache(seq.kv);
-    seq.kv = undefined;
+    this.#blocks.free(seq.blocks);
     this.stats.finished[reason]++;
     seq.events.push({
       type: "done",
       finishReason: reason,
       promptTokens: seq.promptLength,
       completionTokens: seq.tokens.length - seq.promptLength,
-      cachedTokens: 0,
+      cachedTokens: seq.cachedTokens,
       queueMs: seq.queueMs ?? performance.now() - seq.submittedAt,
     });
     seq.events.close();
@@ -365,7 +545,7 @@ export class Engine {
   #updateGauges(): void {
     this.stats.running = this.#running.length;
     this.stats.waiting = this.#waiting.length;
-    this.stats.kvCachesHeld = this.#running.filter((s) => s.kv !== undefined).length;
+    this.stats.kvCachesHeld = this.#running.filter((s) => s.blocks.full.length > 0).length;
     const horizon = performance.now() - 10_000;
     while (this.#recentTokens.length > 0 && this.#recentTokens[0].at < horizon) this.#recentTokens.shift();
     const count = this.#recentTokens.reduce((s, r) => s + r.count, 0);

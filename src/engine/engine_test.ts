@@ -9,7 +9,7 @@ import { DEFAULT_SAMPLING } from "./sampling.ts";
 
 const GOLDEN = new URL("../../../shared/golden/tiny", import.meta.url).pathname;
 
-async function engine(maxNumSeqs: number): Promise<Engine> {
+async function engine(maxNumSeqs: number, kvCacheBytes = 1 << 24): Promise<Engine> {
   const checkpoint = Checkpoint.open(GOLDEN);
   const backend = createReferenceBackend();
   const model = createModel(checkpoint.config, await loadWeights(checkpoint, backend), backend);
@@ -19,6 +19,8 @@ async function engine(maxNumSeqs: number): Promise<Engine> {
     maxQueuedRequests: 16,
     maxQueuedTokens: 100_000,
     maxModelLen: 4096,
+    kvCacheBytes,
+    blockSize: 4,
     logger: createLogger({ level: "error", format: "json", write: () => {} }),
   });
 }
@@ -95,4 +97,46 @@ Deno.test("cancelling a request ends it with finish reason abort and frees its c
   await e.idle();
   assertEquals(e.stats.kvCachesHeld, 0);
   assertEquals(e.stats.running, 0);
+});
+
+Deno.test("out of KV blocks, requests are preempted and recomputed: same tokens as alone, blocks all returned", async () => {
+  const roomy = await engine(4);
+  const prompts = [[857, 534, 730, 374, 93, 938, 1007], [1, 2, 3, 4, 5, 6], [549, 859, 341, 377, 532]];
+  const alone: number[][] = [];
+  for (const [i, p] of prompts.entries()) alone.push(await tokens(roomy.submit(request(`a${i}`, p, 7 + i))));
+  const tight = await engine(4, 40 * 1024); // about ten 4-position blocks: three requests cannot all fit
+  const together = await Promise.all(prompts.map((p, i) => tokens(tight.submit(request(`t${i}`, p, 7 + i)))));
+  assertEquals(together, alone);
+  assert(tight.stats.preemptions > 0, "preemption happened");
+  await tight.idle();
+  assertEquals(tight.memory().blocks.used, 0);
+  assertEquals(tight.stats.kvCachesHeld, 0);
+});
+
+Deno.test("a repeated prompt is served from the prefix cache with identical tokens", async () => {
+  const e = await engine(2);
+  const prompt = Array.from({ length: 30 }, (_, i) => (i * 37) % 1000);
+  const first = e.submit(request("p1", prompt, undefined, 0));
+  const firstTokens = await tokens(first);
+  let cached = -1;
+  const second: number[] = [];
+  for await (const event of e.submit(request("p2", prompt, undefined, 0))) {
+    if (event.type === "token") second.push(event.tokenId);
+    if (event.type === "done") cached = event.cachedTokens;
+  }
+  assertEquals(second, firstTokens);
+  assertEquals(cached, 28); // 7 whole blocks of 4; the last 2 prompt tokens are recomputed
+  assert(e.memory().prefix_cache.hit_rate > 0.4);
+});
+
+Deno.test("a request that could never fit the KV cache is refused as context_length_exceeded", async () => {
+  const e = await engine(1, 20 * 1024);
+  let message = "";
+  try {
+    e.submit({ ...request("big", [1, 2, 3], 1), maxTokens: 4000 });
+  } catch (err) {
+    message = (err as Error).message;
+  }
+  assert(/needs 4003 tokens of KV cache/.test(message), message);
+  assertEquals(e.stats.admission["rejected:never_fits"], 1);
 });

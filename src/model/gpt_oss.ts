@@ -3,7 +3,7 @@
  * embed → for each layer { x += o_proj(attention(rope(qkv(rmsnorm(x))))); x += moe(rmsnorm(x)) } → norm → lm_head.
  * Sliding-window attention on the layers config.json marks (even layers in the release).
  */
-import type { AttentionBatch, Backend, DeviceTensor, KvCache, KvCacheSpec } from "../backends/backend.ts";
+import type { AttentionBatch, Backend, BatchSegment, DeviceTensor, KvPool, KvPoolSpec } from "../backends/backend.ts";
 import type { ModelConfig } from "./config.ts";
 import { buildRopeTables } from "./rope.ts";
 import type { ModelWeights } from "./weights.ts";
@@ -26,24 +26,38 @@ export function createModel(config: ModelConfig, weights: ModelWeights, backend:
   return { config, weights, backend, ropeInvFreq, ropeConcentration: rope.concentration };
 }
 
-/** The KV cache shape of one sequence of this model. */
-export function kvCacheSpec(config: ModelConfig, maxPositions = config.maxPositionEmbeddings): KvCacheSpec {
+/** The KV pool shape for this model with the given block counts. */
+export function kvPoolSpec(
+  config: ModelConfig,
+  blocks: { blockSize: number; numFullBlocks: number; numSlidingBlocks: number },
+): KvPoolSpec {
   return {
     numLayers: config.numHiddenLayers,
     numKeyValueHeads: config.numKeyValueHeads,
     headDim: config.headDim,
     layerWindows: config.layerIsSliding.map((sliding) => (sliding ? config.slidingWindow : 0)),
-    maxPositions,
+    ...blocks,
   };
+}
+
+/** KV bytes per position of each block group (f32 K and V as the reference stores them; a backend may differ). */
+export function kvBytesPerPosition(config: ModelConfig, bytesPerElement = 4): { full: number; sliding: number } {
+  const row = 2 * config.numKeyValueHeads * config.headDim * bytesPerElement;
+  const sliding = config.layerIsSliding.filter((s) => s).length;
+  return { full: row * (config.numHiddenLayers - sliding), sliding: row * sliding };
 }
 
 /** Which rows of logits a sequence wants back from a step. */
 export type LogitsWanted = "last" | "all" | "none";
 
-/** One sequence's part of a step: new tokens appended after what its cache holds. */
+/** One sequence's part of a step: new tokens at `startPosition`, with the block tables that hold its cache. */
 export interface StepSequence {
-  readonly kv: KvCache;
   readonly tokenIds: readonly number[];
+  readonly startPosition: number;
+  /** Full-layer blocks covering [0, startPosition + tokenIds.length). */
+  readonly fullBlocks: Int32Array;
+  /** Sliding-layer blocks covering what this step's queries can see. */
+  readonly slidingBlocks: Int32Array;
   readonly logits: LogitsWanted;
 }
 
@@ -51,7 +65,11 @@ export interface StepSequence {
  * Runs one step over a batch of sequences (prefill chunks and single decode tokens mixed) and returns, per
  * sequence, its logits rows as [rows × vocabSize] (empty when "none").
  */
-export async function forward(model: Model, sequences: readonly StepSequence[]): Promise<Float32Array[]> {
+export async function forward(
+  model: Model,
+  pool: KvPool,
+  sequences: readonly StepSequence[],
+): Promise<Float32Array[]> {
   const { config, weights, backend } = model;
   const ops = backend.ops;
   const numTokens = sequences.reduce((sum, s) => sum + s.tokenIds.length, 0);
@@ -63,17 +81,23 @@ export async function forward(model: Model, sequences: readonly StepSequence[]):
 
   const ids = new Int32Array(numTokens);
   const positions = new Int32Array(numTokens);
-  const segments = [];
+  const segments: BatchSegment[] = [];
   const logitRows: number[] = [];
   let row = 0;
   for (const seq of sequences) {
-    const start = seq.kv.length;
-    if (start + seq.tokenIds.length > seq.kv.spec.maxPositions) {
+    const start = seq.startPosition;
+    if (Math.ceil((start + seq.tokenIds.length) / pool.spec.blockSize) > seq.fullBlocks.length) {
       throw new RangeError(
-        `Sequence would reach ${start + seq.tokenIds.length} positions, over ${seq.kv.spec.maxPositions}`,
+        `Block table covers ${seq.fullBlocks.length} blocks, too few for position ${start + seq.tokenIds.length - 1}`,
       );
     }
-    segments.push({ kv: seq.kv, rowOffset: row, numTokens: seq.tokenIds.length, startPosition: start });
+    segments.push({
+      rowOffset: row,
+      numTokens: seq.tokenIds.length,
+      startPosition: start,
+      fullBlocks: seq.fullBlocks,
+      slidingBlocks: seq.slidingBlocks,
+    });
     for (let i = 0; i < seq.tokenIds.length; i++) {
       ids[row + i] = seq.tokenIds[i];
       positions[row + i] = start + i;
@@ -110,6 +134,7 @@ export async function forward(model: Model, sequences: readonly StepSequence[]):
     ops.rope(q, k, positionIds, model.ropeInvFreq, model.ropeConcentration);
     ops.attention(attn, q, k, v, {
       batch,
+      pool,
       layer,
       sinks: w.sinks,
       numHeads: config.numAttentionHeads,

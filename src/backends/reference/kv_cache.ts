@@ -1,73 +1,36 @@
-/** The reference backend's per-sequence KV cache: f32 rows; sliding-window layers keep a ring of `window` rows. */
-import type { KvCache, KvCacheSpec } from "../backend.ts";
+/** The reference backend's paged KV pool: f32 K and V per layer, [blocks, blockSize, numKeyValueHeads · headDim]. */
+import type { KvPool, KvPoolSpec } from "../backend.ts";
 
-/** One layer's K and V rows of [numKeyValueHeads · headDim]. */
+/** One layer's storage. */
 export interface RefKvLayer {
-  /** [capacity, nkv·d] f32 */
-  keys: Float32Array;
-  /** [capacity, nkv·d] f32 */
-  values: Float32Array;
-  /** Rows held; a ring when window > 0 (position p lives at row p mod window). */
-  capacity: number;
-  /** Positions written so far. */
-  length: number;
+  /** [numBlocks, blockSize, nkv·d] f32 */
+  readonly keys: Float32Array;
+  /** [numBlocks, blockSize, nkv·d] f32 */
+  readonly values: Float32Array;
+  /** Keys visible to a query (current included); 0 = full attention. */
   readonly window: number;
 }
 
-const INITIAL_FULL_ROWS = 64;
-
-/** A KV cache of the reference backend. */
-export class RefKvCache implements KvCache {
+/** The pool: full-attention layers index the full block group, sliding layers the sliding group. */
+export class RefKvPool implements KvPool {
   readonly layers: RefKvLayer[];
   readonly rowSize: number;
+  readonly sizeBytes: number;
 
-  constructor(readonly spec: KvCacheSpec) {
+  constructor(readonly spec: KvPoolSpec) {
     this.rowSize = spec.numKeyValueHeads * spec.headDim;
     this.layers = spec.layerWindows.map((window) => {
-      const capacity = window > 0 ? window : Math.min(INITIAL_FULL_ROWS, spec.maxPositions);
-      return {
-        keys: new Float32Array(capacity * this.rowSize),
-        values: new Float32Array(capacity * this.rowSize),
-        capacity,
-        length: 0,
-        window,
-      };
+      const blocks = window > 0 ? spec.numSlidingBlocks : spec.numFullBlocks;
+      const size = blocks * spec.blockSize * this.rowSize;
+      return { keys: new Float32Array(size), values: new Float32Array(size), window };
     });
+    this.sizeBytes = this.layers.reduce((sum, l) => sum + l.keys.byteLength + l.values.byteLength, 0);
   }
 
-  /** Positions stored (layer 0 leads; every layer reaches the same length by the end of a step). */
-  get length(): number {
-    return this.layers[0]?.length ?? 0;
-  }
-
-  /** Bytes held. */
-  get sizeBytes(): number {
-    return this.layers.reduce((sum, l) => sum + l.keys.byteLength + l.values.byteLength, 0);
-  }
-
-  /** Row index of absolute position p in a layer. */
-  static row(layer: RefKvLayer, position: number): number {
-    return layer.window > 0 ? position % layer.window : position;
-  }
-
-  /** Makes room for `extra` more positions in a full-attention layer. */
-  reserve(layerIndex: number, extra: number): void {
-    const layer = this.layers[layerIndex];
-    if (layer.window > 0) return;
-    const needed = layer.length + extra;
-    if (needed > this.spec.maxPositions) {
-      throw new RangeError(`KV cache would hold ${needed} positions, over the limit of ${this.spec.maxPositions}`);
-    }
-    if (needed <= layer.capacity) return;
-    let capacity = layer.capacity;
-    while (capacity < needed) capacity *= 2;
-    capacity = Math.min(capacity, this.spec.maxPositions);
-    const keys = new Float32Array(capacity * this.rowSize);
-    const values = new Float32Array(capacity * this.rowSize);
-    keys.set(layer.keys.subarray(0, layer.length * this.rowSize));
-    values.set(layer.values.subarray(0, layer.length * this.rowSize));
-    layer.keys = keys;
-    layer.values = values;
-    layer.capacity = capacity;
+  /** Element offset of position p's row in a layer, through the sequence's block table. */
+  offset(table: Int32Array, position: number): number {
+    const block = table[Math.floor(position / this.spec.blockSize)];
+    if (!(block >= 0)) throw new RangeError(`KV position ${position} has no block`);
+    return (block * this.spec.blockSize + (position % this.spec.blockSize)) * this.rowSize;
   }
 }

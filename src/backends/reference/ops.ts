@@ -3,7 +3,7 @@
  * MXFP4 experts dequantized one row at a time inside the matmul (never materialized whole).
  */
 import type { AttentionOptions, DeviceTensor, MoeMlpOptions, Ops } from "../backend.ts";
-import { RefKvCache } from "./kv_cache.ts";
+import type { RefKvPool } from "./kv_cache.ts";
 import { dequantizeMxfp4Row, widenBf16 } from "../../formats/numeric.ts";
 import { ref } from "./tensor.ts";
 
@@ -121,35 +121,39 @@ function rope(q: DeviceTensor, k: DeviceTensor, positions: DeviceTensor, invFreq
 
 function attention(out: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, opt: AttentionOptions): void {
   const { numHeads, numKeyValueHeads, headDim, window, layer } = opt;
+  const pool = opt.pool as RefKvPool;
+  const kvLayer = pool.layers[layer];
   const qs = ref(q).f32, ks = ref(k).f32, vs = ref(v).f32, o = ref(out).f32;
-  const sinkBits = ref(opt.sinks).u16;
-  const sinks = new Float32Array(numHeads);
-  widenBf16(sinkBits, 0, numHeads, sinks);
+  const sinks = new Float32Array(numHeads); // [numHeads]
+  widenBf16(ref(opt.sinks).u16, 0, numHeads, sinks);
   const groupSize = numHeads / numKeyValueHeads;
   const qWidth = numHeads * headDim, kvWidth = numKeyValueHeads * headDim;
   const scale = 1 / Math.sqrt(headDim);
   for (const seg of opt.batch.segments) {
-    const cache = seg.kv as RefKvCache;
-    const kvLayer = cache.layers[layer];
-    if (kvLayer.length !== seg.startPosition) {
-      throw new RangeError(
-        `attention: layer ${layer} cache holds ${kvLayer.length} positions, step starts at ${seg.startPosition}`,
-      );
+    const table = window > 0 ? seg.slidingBlocks : seg.fullBlocks;
+    // Store this chunk's keys and values first: every position then reads from the cache alike.
+    for (let i = 0; i < seg.numTokens; i++) {
+      const dst = pool.offset(table, seg.startPosition + i);
+      const src = (seg.rowOffset + i) * kvWidth;
+      kvLayer.keys.set(ks.subarray(src, src + kvWidth), dst);
+      kvLayer.values.set(vs.subarray(src, src + kvWidth), dst);
     }
     const scores = scoreScratch.get(seg.startPosition + seg.numTokens);
+    const end = seg.startPosition + seg.numTokens;
+    const keyOffsets = new Int32Array(end); // element offset of each visible position's K/V row
+    for (let j = window > 0 ? Math.max(0, seg.startPosition - window + 1) : 0; j < end; j++) {
+      keyOffsets[j] = pool.offset(table, j);
+    }
     for (let i = 0; i < seg.numTokens; i++) {
       const p = seg.startPosition + i;
       const row = seg.rowOffset + i;
       const first = window > 0 ? Math.max(0, p - window + 1) : 0;
       for (let h = 0; h < numHeads; h++) {
-        const kvHead = Math.floor(h / groupSize);
+        const kvOffset = Math.floor(h / groupSize) * headDim;
         const qBase = row * qWidth + h * headDim;
         let max = sinks[h];
         for (let j = first; j <= p; j++) {
-          const [keys, kBase] = j < seg.startPosition
-            ? [kvLayer.keys, RefKvCache.row(kvLayer, j) * kvWidth + kvHead * headDim]
-            : [ks, (seg.rowOffset + j - seg.startPosition) * kvWidth + kvHead * headDim];
-          const s = dot(qs, qBase, keys, kBase, headDim) * scale;
+          const s = dot(qs, qBase, kvLayer.keys, keyOffsets[j] + kvOffset, headDim) * scale;
           scores[j] = s;
           if (s > max) max = s;
         }
@@ -159,24 +163,12 @@ function attention(out: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: Devic
         for (let j = first; j <= p; j++) {
           const weight = Math.exp(scores[j] - max);
           denominator += weight;
-          const [values, vBase] = j < seg.startPosition
-            ? [kvLayer.values, RefKvCache.row(kvLayer, j) * kvWidth + kvHead * headDim]
-            : [vs, (seg.rowOffset + j - seg.startPosition) * kvWidth + kvHead * headDim];
-          for (let d = 0; d < headDim; d++) o[oBase + d] += weight * values[vBase + d];
+          const vBase = keyOffsets[j] + kvOffset;
+          for (let d = 0; d < headDim; d++) o[oBase + d] += weight * kvLayer.values[vBase + d];
         }
         for (let d = 0; d < headDim; d++) o[oBase + d] /= denominator;
       }
     }
-    // Append after all queries ran: a ring write may replace a row an earlier query of this chunk still needed.
-    cache.reserve(layer, seg.numTokens);
-    const firstKept = kvLayer.window > 0 ? Math.max(0, seg.numTokens - kvLayer.window) : 0;
-    for (let i = firstKept; i < seg.numTokens; i++) {
-      const dst = RefKvCache.row(kvLayer, seg.startPosition + i) * kvWidth;
-      const src = (seg.rowOffset + i) * kvWidth;
-      kvLayer.keys.set(ks.subarray(src, src + kvWidth), dst);
-      kvLayer.values.set(vs.subarray(src, src + kvWidth), dst);
-    }
-    kvLayer.length += seg.numTokens;
   }
 }
 

@@ -1,7 +1,7 @@
 /** The reference backend: plain TypeScript on the host, the correctness oracle for every other backend. */
-import type { Backend, DeviceTensor, DType, HostTensor, KvCache, KvCacheSpec } from "../backend.ts";
+import type { Backend, DeviceTensor, DType, HostTensor, KvPool, KvPoolSpec } from "../backend.ts";
 import { DTYPE_BYTES } from "../backend.ts";
-import { RefKvCache } from "./kv_cache.ts";
+import { RefKvPool } from "./kv_cache.ts";
 import { REFERENCE_OPS } from "./ops.ts";
 import { ref, RefTensor } from "./tensor.ts";
 
@@ -35,11 +35,8 @@ export function createReferenceBackend(): Backend {
       if (t.dtype === "i32") return Promise.resolve(t.i32.slice());
       return Promise.reject(new TypeError(`read: dtype ${t.dtype} is not readable as numbers`));
     },
-    createKvCache(spec: KvCacheSpec): KvCache {
-      return new RefKvCache(spec);
-    },
-    releaseKvCache(_cache: KvCache): void {
-      // Garbage-collected.
+    createKvPool(spec: KvPoolSpec): KvPool {
+      return new RefKvPool(spec);
     },
     free(_tensor: DeviceTensor): void {
       // Garbage-collected.
