@@ -68,6 +68,9 @@ const SettingsLayerSchema = z.object({
   currentDate: z.string().regex(/^\d{4}-\d{2}-\d{2}$/, "expected a date as YYYY-MM-DD"),
   modelCacheDir: z.string().min(1),
   kvCacheBytes: positiveInt,
+  traceSampleRate: z.number().min(0).max(1),
+  traceSlowMs: z.number().int().min(0),
+  logContent: z.boolean(),
   scheduler: SchedulerSettingsSchema.partial(),
 }).partial().strict();
 type SettingsLayer = z.infer<typeof SettingsLayerSchema>;
@@ -99,6 +102,12 @@ export interface ServerConfig {
   readonly modelCacheDir: string | undefined;
   /** KV cache budget in bytes (blocks are carved from it at start-up). */
   readonly kvCacheBytes: number;
+  /** Tail sampling: share of normal traces kept (errors and slow requests are always kept). */
+  readonly traceSampleRate: number;
+  /** Tail sampling: requests at least this slow are always kept. */
+  readonly traceSlowMs: number;
+  /** Log prompts and completions (off by default). */
+  readonly logContent: boolean;
   /** The file the settings came from, if any. */
   readonly configFile: string | undefined;
   /** The profile's scheduler settings with every override applied. */
@@ -119,6 +128,9 @@ const DEFAULTS = {
   maxBodyBytes: 8 * 1024 * 1024,
   corsOrigins: [],
   kvCacheBytes: 2 * 1024 ** 3,
+  traceSampleRate: 0.03,
+  traceSlowMs: 10_000,
+  logContent: false,
 } as const satisfies SettingsLayer;
 
 type ValueKind =
@@ -127,7 +139,8 @@ type ValueKind =
   | { kind: "int"; min: number; max: number }
   | { kind: "choice"; choices: readonly string[] }
   | { kind: "list" }
-  | { kind: "date" };
+  | { kind: "date" }
+  | { kind: "fraction" };
 
 /** One command-line flag of `serve`, with its environment variable and the setting it writes. */
 export interface FlagSpec {
@@ -187,6 +200,9 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
   spec("current-date", "currentDate", { kind: "date" }, "Pin the prompt's current date (YYYY-MM-DD)"),
   spec("model-cache-dir", "modelCacheDir", STRING, "Where the built-in demo model is generated"),
   spec("kv-cache-bytes", "kvCacheBytes", { kind: "int", min: 1, max: 2 ** 50 }, "KV cache budget in bytes"),
+  spec("trace-sample-rate", "traceSampleRate", { kind: "fraction" }, "Share of normal traces exported (0..1)"),
+  spec("trace-slow-ms", "traceSlowMs", { kind: "int", min: 0, max: 86_400_000 }, "Always export traces this slow"),
+  spec("log-content", "logContent", BOOLEAN, "Log prompts and completions"),
 ];
 
 function describeKind(kind: ValueKind): string {
@@ -203,6 +219,8 @@ function describeKind(kind: ValueKind): string {
       return "expected a comma-separated list";
     case "date":
       return "expected a date as YYYY-MM-DD";
+    case "fraction":
+      return "expected a number from 0 to 1";
   }
 }
 
@@ -235,6 +253,11 @@ export function parseValue(spec: FlagSpec, raw: string | boolean, source: string
     case "date":
       if (!/^\d{4}-\d{2}-\d{2}$/.test(raw) || Number.isNaN(Date.parse(raw + "T00:00:00Z"))) throw fail();
       return raw;
+    case "fraction": {
+      const n = Number(raw);
+      if (raw.trim() === "" || !Number.isFinite(n) || n < 0 || n > 1) throw fail();
+      return n;
+    }
   }
 }
 
@@ -372,6 +395,9 @@ export function loadServerConfig(sources: ConfigSources): ServerConfig {
     currentDate: final.currentDate,
     modelCacheDir: final.modelCacheDir,
     kvCacheBytes: final.kvCacheBytes,
+    traceSampleRate: final.traceSampleRate,
+    traceSlowMs: final.traceSlowMs,
+    logContent: final.logContent,
     configFile: fileText === undefined ? undefined : configPath,
     scheduler,
   });

@@ -58,6 +58,9 @@ Deno.test("every serve flag parses into its setting", () => {
     [["--current-date", "2025-06-28"], (c) => c.currentDate, "2025-06-28"],
     [["--model-cache-dir", "/tmp/x"], (c) => c.modelCacheDir, "/tmp/x"],
     [["--kv-cache-bytes", "1048576"], (c) => c.kvCacheBytes, 1048576],
+    [["--trace-sample-rate", "0.5"], (c) => c.traceSampleRate, 0.5],
+    [["--trace-slow-ms", "250"], (c) => c.traceSlowMs, 250],
+    [["--log-content"], (c) => c.logContent, true],
   ];
   const covered = new Set(cases.map(([args]) => args[0].slice(2)));
   for (const spec of SERVE_FLAGS) {
@@ -108,6 +111,7 @@ Deno.test("bad flag values name the flag, the value and the valid choices", () =
     [["--log-format", "xml"], /valid choices are json, pretty/],
     [["--current-date", "2025-13-45"], /expected a date as YYYY-MM-DD/],
     [["--max-num-seqs", "0"], /expected an integer from 1/],
+    [["--trace-sample-rate", "2"], /Invalid value "2" for --trace-sample-rate: expected a number from 0 to 1/],
   ];
   for (const [args, pattern] of bad) {
     assertThrows(() => configFromArgs(args), (err: Error) => err instanceof UsageError && pattern.test(err.message));

@@ -17,6 +17,8 @@ import { createModel } from "./model/gpt_oss.ts";
 import { generateCheckpoint, type Preset } from "./model/synthetic.ts";
 import { loadWeights } from "./model/weights.ts";
 import { createLogger, type Logger } from "./obs/logger.ts";
+import { createMetrics, type Metrics } from "./obs/metrics.ts";
+import { createTracing } from "./obs/tracing.ts";
 import { createProgress } from "./obs/progress.ts";
 import { acquirePort } from "./server/ports.ts";
 import { VERSION } from "./version.ts";
@@ -50,7 +52,13 @@ function terminalWriter(): ((text: string) => void) | undefined {
 }
 
 /** Loads the chosen checkpoint onto the backend and starts the engine; updates `state` as it goes. */
-async function loadModel(choice: ModelChoice, config: ServerConfig, state: ServingState, logger: Logger) {
+async function loadModel(
+  choice: ModelChoice,
+  config: ServerConfig,
+  state: ServingState,
+  logger: Logger,
+  metrics: Metrics,
+) {
   const started = performance.now();
   const { backend, probe } = selectBackend(config.backend);
   state.backend = backend.name;
@@ -83,6 +91,28 @@ async function loadModel(choice: ModelChoice, config: ServerConfig, state: Servi
       completionStopIds: stops,
       demo: choice.demo,
     };
+    metrics.setLabels({ model: state.modelId!, backend: backend.name, profile: config.profile });
+    metrics.setSources({
+      engine: () => {
+        const memory = engine.memory();
+        return {
+          running: engine.stats.running,
+          waiting: engine.stats.waiting,
+          preemptions: engine.stats.preemptions,
+          admission: engine.stats.admission,
+          kvUsage: memory.blocks.used / Math.max(1, memory.blocks.total),
+          prefixQueriedTokens: memory.prefix_cache.queriedTokens,
+          prefixHitTokens: memory.prefix_cache.hitTokens,
+          prefixMisses: memory.prefix_cache.missBlocks,
+        };
+      },
+      memory: () => {
+        // CPU backends report process memory against the machine's.
+        const usage = Deno.memoryUsage();
+        const total = Deno.systemMemoryInfo().total;
+        return [{ device: "cpu", usedBytes: usage.rss, totalBytes: total, utilization: usage.rss / total }];
+      },
+    });
     state.status = "ready";
     logger.info("model.load", {
       model: state.modelId,
@@ -126,7 +156,39 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
     modelId: config.servedModelName ?? choice.modelId,
     backend: undefined,
   };
-  const app = createApp({ config, logger, state, startedAtMs: Date.now(), memoryUsage: () => Deno.memoryUsage() });
+  const metrics = createMetrics();
+  const tracing = createTracing({
+    endpoint: Deno.env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")?.replace(/\/v1\/traces\/?$/, "") ??
+      Deno.env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    serviceName: Deno.env.get("OTEL_SERVICE_NAME") ?? "gpt-oss-deno",
+    version: VERSION,
+    sampleRate: config.traceSampleRate,
+    slowMs: config.traceSlowMs,
+  });
+  logger.info("tracing", {
+    enabled: tracing.enabled,
+    sample_rate: config.traceSampleRate,
+    slow_ms: config.traceSlowMs,
+  });
+  const app = createApp({
+    config,
+    logger,
+    state,
+    startedAtMs: Date.now(),
+    memoryUsage: () => Deno.memoryUsage(),
+    tracer: tracing.tracer,
+    metrics,
+    debugInfo: () => ({
+      probe: probeBackends(),
+      device: {
+        os: Deno.build.os,
+        arch: Deno.build.arch,
+        cpus: navigator.hardwareConcurrency,
+        memory: Deno.systemMemoryInfo(),
+      },
+      tracing: { enabled: tracing.enabled, decisions: tracing.sampler?.decisions ?? null },
+    }),
+  });
   const server = Deno.serve({
     hostname: config.host,
     port,
@@ -141,13 +203,14 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
     state.model?.engine.drain();
     const deadline = new Promise<"timeout">((resolve) => setTimeout(() => resolve("timeout"), config.drainTimeoutMs));
     const outcome = await Promise.race([server.shutdown().then(() => "drained" as const), deadline]);
+    await Promise.race([tracing.shutdown(), new Promise((resolve) => setTimeout(resolve, 5000))]); // flush spans
     logger.info("server.stop", { outcome });
     Deno.exit(0);
   };
   Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
   Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
 
-  loadModel(choice, config, state, logger).catch((err) => {
+  loadModel(choice, config, state, logger, metrics).catch((err) => {
     state.status = "failed";
     state.error = (err as Error).message;
     logger.error("model.load_failed", { error: err });

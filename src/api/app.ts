@@ -1,17 +1,20 @@
 /** The Hono app: routes, middleware and the one error handler. Nothing outside src/api knows HTTP. */
 import { createHash, timingSafeEqual } from "node:crypto";
+import { trace, type Tracer } from "@opentelemetry/api";
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { cors } from "hono/cors";
-import type { ServerConfig } from "../config.ts";
+import { redactConfig, type ServerConfig } from "../config.ts";
 import { InvalidRequestError } from "../errors.ts";
 import type { Logger } from "../obs/logger.ts";
+import type { Metrics } from "../obs/metrics.ts";
 import { SERVER_NAME, VERSION } from "../version.ts";
 import { chatCompletions } from "./chat_completions.ts";
 import { completions } from "./completions.ts";
 import { getModel, listModels } from "./models.ts";
 import { HttpError, toOpenAiError } from "./openai_errors.ts";
 import { newId, type ServingState } from "./serving.ts";
+import { RequestTelemetry } from "./telemetry.ts";
 import { detokenize, tokenize } from "./tokenize.ts";
 
 export type { ServingState } from "./serving.ts";
@@ -25,9 +28,17 @@ export interface AppDeps {
   readonly now?: () => number;
   /** Process memory for /memory_stats (main.ts passes Deno.memoryUsage). */
   readonly memoryUsage?: () => { rss: number; heapUsed: number; heapTotal: number; external: number };
+  /** Tracer (a no-op one when tracing is off). */
+  readonly tracer?: Tracer;
+  readonly metrics?: Metrics;
+  /** Extra facts for the debug bundle (probe result, device info). */
+  readonly debugInfo?: () => Record<string, unknown>;
 }
 
-type Env = { Variables: { requestId: string; logger: Logger } };
+type Env = { Variables: { requestId: string; logger: Logger; telemetry: RequestTelemetry } };
+
+/** Paths without a trace (probes and scrapes). */
+const UNTRACED = new Set(["/health", "/metrics"]);
 
 function digest(text: string): Buffer {
   return createHash("sha256").update(text).digest();
@@ -63,25 +74,37 @@ export function createApp(deps: AppDeps): Hono<Env> {
   const now = deps.now ?? Date.now;
   const { config, state } = deps;
   const today = () => todayUtc(now);
+  const tracer = deps.tracer ?? trace.getTracer("gpt-oss-deno");
+  const recentErrors: Record<string, unknown>[] = [];
   let inFlight = 0;
 
   app.use("*", async (c, next) => {
     const requestId = c.req.header("x-request-id") || newId("req-");
-    const started = performance.now();
     c.set("requestId", requestId);
-    c.set("logger", deps.logger.child({ request_id: requestId }));
+    if (UNTRACED.has(c.req.path)) {
+      c.set("logger", deps.logger.child({ request_id: requestId }));
+      await next();
+      c.header("x-request-id", requestId);
+      return;
+    }
+    const telemetry = new RequestTelemetry(
+      tracer,
+      deps.metrics,
+      deps.logger,
+      requestId,
+      `${c.req.method} ${c.req.path}`,
+    );
+    telemetry.setAttributes({ "http.request.method": c.req.method, "url.path": c.req.path });
+    c.set("telemetry", telemetry);
+    c.set("logger", telemetry.logger);
+    telemetry.logger.info("request.start", { method: c.req.method, path: c.req.path });
     inFlight++;
     try {
       await next();
     } finally {
       inFlight--;
       c.header("x-request-id", requestId);
-      c.get("logger").debug("request.end", {
-        method: c.req.method,
-        path: c.req.path,
-        status: c.res.status,
-        ms: Math.round(performance.now() - started),
-      });
+      telemetry.end(c.res.status, c.error);
     }
   });
 
@@ -130,12 +153,25 @@ export function createApp(deps: AppDeps): Hono<Env> {
 
   app.post("/v1/chat/completions", async (c) => {
     const json = await readJson(c.req.raw);
-    return await chatCompletions(json, c.req.raw.signal, { config, state, logger: c.get("logger"), today });
+    return await chatCompletions(json, c.req.raw.signal, {
+      config,
+      state,
+      logger: c.get("logger"),
+      today,
+      telemetry: c.get("telemetry"),
+      logContent: config.logContent,
+    });
   });
 
   app.post("/v1/completions", async (c) => {
     const json = await readJson(c.req.raw);
-    return await completions(json, c.req.raw.signal, { config, state, logger: c.get("logger") });
+    return await completions(json, c.req.raw.signal, {
+      config,
+      state,
+      logger: c.get("logger"),
+      telemetry: c.get("telemetry"),
+      logContent: config.logContent,
+    });
   });
 
   app.post("/tokenize", async (c) => c.json(tokenize(await readJson(c.req.raw), state, config, today)));
@@ -163,6 +199,38 @@ export function createApp(deps: AppDeps): Hono<Env> {
     });
   });
 
+  app.get("/metrics", async (c) => {
+    if (!deps.metrics) throw new HttpError(404, "Metrics are off", "invalid_request_error", "not_found");
+    const openMetrics = (c.req.header("accept") ?? "").includes("application/openmetrics-text");
+    const { contentType, body } = await deps.metrics.render(openMetrics);
+    return c.body(body, 200, { "content-type": contentType });
+  });
+
+  app.get("/admin/debug/bundle", async (c) => {
+    // The admin key travels in its own header, so it works beside an API key in Authorization.
+    const given = c.req.header("x-admin-key");
+    if (config.adminKey === undefined) {
+      throw new HttpError(403, "The debug bundle needs --admin-key to be set", "permission_error", "admin_disabled");
+    }
+    if (given === undefined) throw new HttpError(401, "Missing admin key", "authentication_error", "invalid_api_key");
+    if (!keyMatches(given, config.adminKey)) {
+      throw new HttpError(403, "Wrong admin key", "permission_error", "invalid_admin_key");
+    }
+    const engine = state.model?.engine;
+    return c.json({
+      version: VERSION,
+      server: SERVER_NAME,
+      generated_at: new Date(now()).toISOString(),
+      config: redactConfig(config),
+      state: { status: state.status, model: state.modelId ?? null, backend: state.backend ?? null, error: state.error },
+      ...(deps.debugInfo?.() ?? {}),
+      memory: { process: deps.memoryUsage?.() ?? null, kv_cache: engine?.memory() ?? null },
+      scheduler: engine ? { ...engine.stats } : null,
+      recent_errors: recentErrors,
+      metrics: deps.metrics ? (await deps.metrics.render(false)).body : null,
+    });
+  });
+
   app.notFound(() => {
     throw new HttpError(404, "Not found", "invalid_request_error", "not_found");
   });
@@ -173,6 +241,13 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const logger = c.get("logger") ?? deps.logger;
     if (response.status >= 500) logger.error("request.error", { error: err, status: response.status });
     else logger.info("request.rejected", { status: response.status, message: response.body.error.message });
+    recentErrors.push({
+      at: new Date(now()).toISOString(),
+      request_id: requestId,
+      status: response.status,
+      message: response.status >= 500 ? (err as Error).message : response.body.error.message,
+    });
+    if (recentErrors.length > 50) recentErrors.shift();
     for (const [name, value] of Object.entries(response.headers)) c.header(name, value);
     c.header("x-request-id", requestId);
     return c.json(response.body, response.status as 400);

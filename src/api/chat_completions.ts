@@ -21,6 +21,7 @@ import {
 } from "./serving.ts";
 import { mergeStreams, sseResponse } from "./sse.ts";
 import { StopStringMatcher } from "./stop_strings.ts";
+import { nowMs, type RequestTelemetry } from "./telemetry.ts";
 
 /** Dependencies of the endpoint. */
 export interface ChatDeps {
@@ -29,6 +30,9 @@ export interface ChatDeps {
   readonly logger: Logger;
   /** Today's date as YYYY-MM-DD (the prompt's "Current date" line). */
   readonly today: () => string;
+  readonly telemetry: RequestTelemetry;
+  /** Log prompts and completions (`--log-content`). */
+  readonly logContent: boolean;
 }
 
 /** A logprob entry in Chat Completions' shape. */
@@ -77,6 +81,8 @@ class Choice {
   readonly logprobs: TokenLogprob[] = [];
   finishedBy: "engine_stop" | "engine_length" | "own_stop" | undefined;
   usage = { promptTokens: 0, completionTokens: 0, cachedTokens: 0 };
+  readonly tokenTimesMs: number[] = [];
+  queueMs: number | undefined;
 
   constructor(
     readonly index: number,
@@ -98,11 +104,13 @@ class Choice {
         completionTokens: event.completionTokens,
         cachedTokens: event.cachedTokens,
       };
+      this.queueMs = event.queueMs;
       if (!this.finishedBy) this.finishedBy = event.finishReason === "length" ? "engine_length" : "engine_stop";
       return this.#filter(this.parser.end(), true);
     }
     if (this.finishedBy === "own_stop") return [];
     this.tokenIds.push(event.tokenId);
+    this.tokenTimesMs.push(nowMs());
     if (wantLogprobs && event.logprob !== undefined) {
       this.logprobs.push({
         ...tokenInfo(tokenizer, event.tokenId),
@@ -245,7 +253,13 @@ function usageOf(choices: Choice[], results: ChatResult[]) {
 
 /** Handles one request; `signal` aborts when the client goes away. */
 export async function chatCompletions(json: unknown, signal: AbortSignal, deps: ChatDeps): Promise<Response> {
-  const p = prepare(json, deps);
+  const startedMs = nowMs();
+  const telemetry = deps.telemetry;
+  const p = telemetry.child("prompt.build", () => prepare(json, deps));
+  telemetry.setAttributes({
+    "gen_ai.request.model": p.model.modelId,
+    "gen_ai.request.max_tokens": p.engineRequests[0].maxTokens,
+  });
   const { model, request } = p;
   const id = newId("chatcmpl-");
   const created = Math.floor(Date.now() / 1000);
@@ -260,10 +274,38 @@ export async function chatCompletions(json: unknown, signal: AbortSignal, deps: 
   // Each choice has its own controller (a stop string ends one choice); the request's aborts them all.
   const streams = p.engineRequests.map((r, i) => submitAll(model.engine, [r], choices[i].controller)[0]);
   const wantLogprobs = request.logprobs === true;
+  const report = () => {
+    for (const choice of choices) {
+      const result = choice.result();
+      telemetry.generation({
+        startedMs,
+        queueMs: choice.queueMs,
+        firstTokenMs: choice.tokenTimesMs[0],
+        lastTokenMs: choice.tokenTimesMs[choice.tokenTimesMs.length - 1],
+        tokenTimesMs: choice.tokenTimesMs,
+        promptTokens: choice.usage.promptTokens,
+        outputTokens: choice.usage.completionTokens,
+        cachedTokens: choice.usage.cachedTokens,
+        finishReason: finishReason(choice, result, p.namedTool),
+        tokensByChannel: choice.parser.tokensByChannel,
+        recoveries: choice.parser.recoveries,
+      });
+      if (deps.logContent) {
+        telemetry.logger.info("request.content", {
+          choice: choice.index,
+          prompt: request.messages,
+          reasoning: result.reasoning,
+          content: result.content,
+          tool_calls: result.toolCalls,
+        });
+      }
+    }
+  };
 
   if (!request.stream) {
     for await (const [i, event] of mergeStreams(streams)) choices[i].onEvent(event, model.tokenizer, wantLogprobs);
     const results = choices.map((c) => c.result());
+    report();
     return Response.json({
       id,
       object: "chat.completion",
@@ -304,7 +346,20 @@ export async function chatCompletions(json: unknown, signal: AbortSignal, deps: 
     model: model.modelId,
     choices: [{ index, delta, logprobs: null, finish_reason: null, ...extra }],
   });
+  const { promise: streamDone, resolve: endStream } = Promise.withResolvers<void>();
+  telemetry.deferUntil(streamDone);
   return sseResponse(async (send) => {
+    const streamStartMs = nowMs();
+    try {
+      await streamChat(send);
+    } finally {
+      report();
+      telemetry.interval("stream", streamStartMs, nowMs());
+      endStream();
+    }
+  }, { requestId: id, logger: telemetry.logger, controller: requestController });
+
+  async function streamChat(send: (data: unknown) => void): Promise<void> {
     for (const choice of choices) {
       send(chunk(choice.index, { role: "assistant", content: "" }, request.return_token_ids ? { token_ids: [] } : {}));
     }
@@ -346,7 +401,7 @@ export async function chatCompletions(json: unknown, signal: AbortSignal, deps: 
         usage: usageOf(choices, choices.map((c) => c.result())),
       });
     }
-  }, { requestId: id, logger: deps.logger, controller: requestController });
+  }
 }
 
 function chatEventDelta(e: ChatEvent, includeReasoning: boolean): Record<string, unknown> | undefined {

@@ -8,12 +8,15 @@ import { type CompletionRequest, CompletionRequestSchema, parseRequest } from ".
 import { defaultMaxTokens, newId, requireModel, samplingParams, type ServingState, submitAll } from "./serving.ts";
 import { mergeStreams, sseResponse } from "./sse.ts";
 import { StopStringMatcher } from "./stop_strings.ts";
+import { nowMs, type RequestTelemetry } from "./telemetry.ts";
 
 /** Dependencies of the endpoint. */
 export interface CompletionDeps {
   readonly config: ServerConfig;
   readonly state: ServingState;
   readonly logger: Logger;
+  readonly telemetry: RequestTelemetry;
+  readonly logContent: boolean;
 }
 
 /** Legacy logprobs: parallel arrays over tokens. */
@@ -41,7 +44,9 @@ class CompletionChoice {
   readonly stops: StopStringMatcher;
   readonly controller = new AbortController();
   finish: "stop" | "length" | undefined;
-  usage = { prompt: 0, completion: 0 };
+  usage = { prompt: 0, completion: 0, cached: 0 };
+  readonly tokenTimesMs: number[] = [];
+  queueMs: number | undefined;
   #offset = 0;
 
   constructor(
@@ -80,6 +85,7 @@ class CompletionChoice {
       case "token": {
         if (this.finish === "stop") return "";
         this.tokenIds.push(event.tokenId);
+        this.tokenTimesMs.push(nowMs());
         if (wantLogprobs && event.logprob !== undefined) {
           this.#addLogprob(event.tokenId, event.logprob, [...(event.topLogprobs ?? [])]);
         }
@@ -92,7 +98,8 @@ class CompletionChoice {
         return text;
       }
       case "done": {
-        this.usage = { prompt: event.promptTokens, completion: event.completionTokens };
+        this.usage = { prompt: event.promptTokens, completion: event.completionTokens, cached: event.cachedTokens };
+        this.queueMs = event.queueMs;
         this.finish ??= event.finishReason === "length" ? "length" : "stop";
         const rest = this.stops.stopped ? "" : this.stops.push(this.decoder.end()) + this.stops.flush();
         this.text += rest;
@@ -104,10 +111,12 @@ class CompletionChoice {
 
 /** Handles one request. */
 export async function completions(json: unknown, signal: AbortSignal, deps: CompletionDeps): Promise<Response> {
+  const startedMs = nowMs();
+  const telemetry = deps.telemetry;
   const request = parseRequest(CompletionRequestSchema, json, "completions");
   const model = requireModel(deps.state, request.model);
   const n = request.n ?? 1;
-  const promptList = prompts(request, model.tokenizer);
+  const promptList = telemetry.child("prompt.build", () => prompts(request, model.tokenizer));
   if (request.echo && request.stream) {
     throw new InvalidRequestError('"echo" is not supported with "stream"', "echo");
   }
@@ -154,8 +163,30 @@ export async function completions(json: unknown, signal: AbortSignal, deps: Comp
     };
   };
 
+  const report = () => {
+    for (const c of choices) {
+      telemetry.generation({
+        startedMs,
+        queueMs: c.queueMs,
+        firstTokenMs: c.tokenTimesMs[0],
+        lastTokenMs: c.tokenTimesMs[c.tokenTimesMs.length - 1],
+        tokenTimesMs: c.tokenTimesMs,
+        promptTokens: c.usage.prompt,
+        outputTokens: c.usage.completion,
+        cachedTokens: c.usage.cached,
+        finishReason: c.finish ?? "stop",
+        tokensByChannel: { raw: c.usage.completion },
+        recoveries: [],
+      });
+      if (deps.logContent) {
+        telemetry.logger.info("request.content", { choice: c.index, prompt: request.prompt, text: c.text });
+      }
+    }
+  };
+
   if (!request.stream) {
     for await (const [i, event] of mergeStreams(streams)) choices[i].onEvent(event, wantLogprobs);
+    report();
     return Response.json({
       id,
       object: "text_completion",
@@ -171,7 +202,20 @@ export async function completions(json: unknown, signal: AbortSignal, deps: Comp
       usage: usage(),
     });
   }
+  const { promise: streamDone, resolve: endStream } = Promise.withResolvers<void>();
+  telemetry.deferUntil(streamDone);
   return sseResponse(async (send) => {
+    const streamStartMs = nowMs();
+    try {
+      await streamCompletion(send);
+    } finally {
+      report();
+      telemetry.interval("stream", streamStartMs, nowMs());
+      endStream();
+    }
+  }, { requestId: id, logger: telemetry.logger, controller: requestController });
+
+  async function streamCompletion(send: (data: unknown) => void): Promise<void> {
     for await (const [i, event] of mergeStreams(streams)) {
       const choice = choices[i];
       const text = choice.onEvent(event, wantLogprobs);
@@ -200,5 +244,5 @@ export async function completions(json: unknown, signal: AbortSignal, deps: Comp
     if (request.stream_options?.include_usage) {
       send({ id, object: "text_completion", created, model: model.modelId, choices: [], usage: usage() });
     }
-  }, { requestId: id, logger: deps.logger, controller: requestController });
+  }
 }

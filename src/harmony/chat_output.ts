@@ -73,6 +73,13 @@ export class ChatOutputParser {
   #stopToken: number | undefined;
   #stopRequested = false;
   readonly recoveries: (RecoveryKind | ChatRecoveryKind)[] = [];
+  /** Generated tokens by what they belonged to: reasoning, final (answers and preambles), tool_call, other. */
+  readonly tokensByChannel: Record<"reasoning" | "final" | "tool_call" | "other", number> = {
+    reasoning: 0,
+    final: 0,
+    tool_call: 0,
+    other: 0,
+  };
 
   constructor(tokenizer: Tokenizer, options: ChatOutputOptions = {}) {
     this.#parser = new HarmonyParser(tokenizer, { initialRole: "assistant" });
@@ -113,6 +120,15 @@ export class ChatOutputParser {
   /** Feeds one generated id. Stop tokens end the message they close and set {@link shouldStop}. */
   push(id: number): ChatEvent[] {
     if (this.#kind?.kind === "reasoning") this.#reasoningTokens++;
+    const kind = this.#kind?.kind;
+    const bucket = kind === "reasoning"
+      ? "reasoning"
+      : kind === "final" || kind === "preamble" || kind === "unlabelled"
+      ? "final"
+      : kind === "call"
+      ? "tool_call"
+      : "other";
+    this.tokensByChannel[bucket]++;
     const out: ChatEvent[] = [];
     if (id === END_OF_TEXT) {
       this.#stopToken = id; // a safety-net stop token: it closes whatever is open
