@@ -1,5 +1,9 @@
-/** The capability probe: which backends can run here, why, and which one `--backend` picks. */
+/**
+ * The capability probe: which backends can run here, with the evidence, and which one `--backend` picks.
+ * Order of preference: cuda → webgpu on a real adapter → native CPU → webgpu on a fallback adapter → reference.
+ */
 import type { Backend, BackendName } from "./backend.ts";
+import { createNativeBackend, loadNativeLibrary } from "./native/native_backend.ts";
 import { createReferenceBackend } from "./reference/reference_backend.ts";
 
 /** One backend's probe result. */
@@ -11,17 +15,31 @@ export interface ProbeResult {
   readonly dtype: "f32" | "bf16" | "f16";
 }
 
+function probeNative(): ProbeResult {
+  try {
+    const library = loadNativeLibrary();
+    const kind = Deno.UnsafePointerView.getCString(library.symbols.gptoss_backend_kind()!);
+    library.close();
+    return { name: "native", available: true, reason: `build/libgptoss_cpu.so loaded (${kind})`, dtype: "f32" };
+  } catch (err) {
+    return { name: "native", available: false, reason: (err as Error).message, dtype: "f32" };
+  }
+}
+
 /** The candidates in order of preference, each with the evidence for or against it. */
 export function probeBackends(): ProbeResult[] {
   return [
     { name: "cuda", available: false, reason: "The CUDA backend is not built in this version", dtype: "bf16" },
     { name: "webgpu", available: false, reason: "The WebGPU backend is not built in this version", dtype: "f32" },
-    { name: "native", available: false, reason: "The native CPU backend is not built in this version", dtype: "f32" },
+    probeNative(),
     { name: "reference", available: true, reason: "Plain TypeScript: runs everywhere (slow)", dtype: "f32" },
   ];
 }
 
-const FACTORIES: Partial<Record<BackendName, () => Backend>> = { reference: createReferenceBackend };
+const FACTORIES: Partial<Record<BackendName, () => Backend>> = {
+  reference: createReferenceBackend,
+  native: () => createNativeBackend(),
+};
 
 /** The chosen backend, or an Error whose message lists the valid names and why the others are out. */
 export function selectBackend(
@@ -29,7 +47,7 @@ export function selectBackend(
   probes = probeBackends(),
 ): { backend: Backend; probe: ProbeResult } {
   const candidates = choice === "auto" ? probes.filter((p) => p.available) : probes.filter((p) => p.name === choice);
-  const probe = candidates.find((p) => p.available);
+  const probe = candidates.find((p) => p.available && FACTORIES[p.name]);
   const factory = probe ? FACTORIES[probe.name] : undefined;
   if (!probe || !factory) {
     const why = probes.map((p) => `${p.name}: ${p.available ? "available" : p.reason}`).join("; ");

@@ -1,0 +1,166 @@
+/*
+ * gptoss.h — the C ABI of gpt-oss-deno's native backends (CPU now; CUDA implements the same header).
+ *
+ * Model-shaped ops, mirrored one to one by src/backends/backend.ts. Ops are *enqueued*: each call validates its
+ * arguments, records a command and returns at once; gptoss_flush() runs everything enqueued so far (one long call,
+ * bound with `nonblocking: true` in Deno). Every call returns a gptoss_status; on failure gptoss_last_error() says
+ * why. Tensors are row-major; activations are f32, weights bf16 or packed MXFP4 (u8 blocks and scales).
+ *
+ * Ownership: tensors made by gptoss_tensor_wrap() borrow host memory (weights, used in place from the checkpoint's
+ * memory mapping: the caller keeps it alive and unchanged); gptoss_tensor_alloc() memory belongs to the context.
+ * Nothing here is thread-safe: one thread drives a context; the library parallelises inside gptoss_flush().
+ */
+#ifndef GPTOSS_H
+#define GPTOSS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Bumped on every incompatible change; the TypeScript bindings refuse a library of another version. */
+#define GPTOSS_ABI_VERSION 1
+
+typedef enum gptoss_status {
+  GPTOSS_OK = 0,
+  GPTOSS_INVALID_ARGUMENT = 1, /* a null handle, a bad enum, a negative size */
+  GPTOSS_SHAPE_MISMATCH = 2,   /* tensors whose shapes or dtypes do not fit the op */
+  GPTOSS_OUT_OF_MEMORY = 3,
+  GPTOSS_UNSUPPORTED = 4, /* an op or dtype this backend does not implement */
+  GPTOSS_NO_DEVICE = 5,   /* CUDA: no driver or no device */
+  GPTOSS_INTERNAL = 6,
+} gptoss_status;
+
+typedef enum gptoss_dtype {
+  GPTOSS_F32 = 0,
+  GPTOSS_BF16 = 1,
+  GPTOSS_U8 = 2,
+  GPTOSS_I32 = 3,
+} gptoss_dtype;
+
+typedef struct gptoss_context gptoss_context;
+typedef struct gptoss_tensor gptoss_tensor;
+typedef struct gptoss_kv_pool gptoss_kv_pool;
+
+/** Paged KV pool shape (backend.ts KvPoolSpec). `layer_windows` has num_layers entries: 0 = full attention. */
+typedef struct gptoss_kv_pool_spec {
+  int32_t num_layers;
+  int32_t num_key_value_heads;
+  int32_t head_dim;
+  int32_t block_size;
+  int32_t num_full_blocks;
+  int32_t num_sliding_blocks;
+} gptoss_kv_pool_spec;
+
+/** Attention arguments (backend.ts AttentionOptions without the batch). */
+typedef struct gptoss_attention_args {
+  int32_t layer;
+  int32_t num_heads;
+  int32_t num_key_value_heads;
+  int32_t head_dim;
+  int32_t window; /* keys visible to a query, current included; 0 = unlimited */
+} gptoss_attention_args;
+
+/** MoE MLP arguments. */
+typedef struct gptoss_moe_args {
+  int32_t intermediate_size;
+  float swiglu_limit;
+} gptoss_moe_args;
+
+/** The packed experts of one layer (backend.ts MoeWeights). */
+typedef struct gptoss_moe_weights {
+  gptoss_tensor* gate_up_blocks; /* [E, 2I, H/32, 16] u8 */
+  gptoss_tensor* gate_up_scales; /* [E, 2I, H/32] u8 */
+  gptoss_tensor* gate_up_bias;   /* [E, 2I] bf16 */
+  gptoss_tensor* down_blocks;    /* [E, H, I/32, 16] u8 */
+  gptoss_tensor* down_scales;    /* [E, H, I/32] u8 */
+  gptoss_tensor* down_bias;      /* [E, H] bf16 */
+} gptoss_moe_weights;
+
+/** The ABI version the library was built with (GPTOSS_ABI_VERSION). */
+uint32_t gptoss_abi_version(void);
+
+/** "cpu" or "cuda". */
+const char* gptoss_backend_kind(void);
+
+/** Creates a context; num_threads <= 0 means all cores. */
+gptoss_status gptoss_context_create(int32_t num_threads, gptoss_context** out);
+
+/** Destroys a context and every tensor and pool it owns. */
+void gptoss_context_destroy(gptoss_context* ctx);
+
+/** The message of the last failed call on this context (valid until the next call). */
+const char* gptoss_last_error(gptoss_context* ctx);
+
+/** A tensor over caller-owned host memory (no copy). `shape` has `ndim` entries. */
+gptoss_status gptoss_tensor_wrap(gptoss_context* ctx, int32_t dtype, int32_t ndim, const int64_t* shape, void* data,
+                                 gptoss_tensor** out);
+
+/** A tensor in context memory, 64-byte aligned, contents undefined. */
+gptoss_status gptoss_tensor_alloc(gptoss_context* ctx, int32_t dtype, int32_t ndim, const int64_t* shape,
+                                  gptoss_tensor** out);
+
+/** Copies `bytes` (the whole tensor) from host memory into a tensor. Runs after what is enqueued. */
+gptoss_status gptoss_tensor_write(gptoss_context* ctx, gptoss_tensor* tensor, const void* data, size_t bytes);
+
+/** Runs what is enqueued, then copies the whole tensor out. */
+gptoss_status gptoss_tensor_read(gptoss_context* ctx, gptoss_tensor* tensor, void* data, size_t bytes);
+
+/** Frees a tensor handle (and its memory when the context owns it). */
+void gptoss_tensor_free(gptoss_context* ctx, gptoss_tensor* tensor);
+
+/** Allocates a KV pool. `layer_windows` has spec->num_layers entries. */
+gptoss_status gptoss_kv_pool_create(gptoss_context* ctx, const gptoss_kv_pool_spec* spec, const int32_t* layer_windows,
+                                    gptoss_kv_pool** out);
+
+/** Bytes a pool holds. */
+uint64_t gptoss_kv_pool_bytes(gptoss_kv_pool* pool);
+
+/** out[t] = table[ids[t]]: out [T, H] f32, table [V, H] bf16, ids [T] i32. */
+gptoss_status gptoss_embed(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* table, gptoss_tensor* ids);
+
+/** out = x · rsqrt(mean(x²) + eps) · weight per row; weight [H] bf16. */
+gptoss_status gptoss_rmsnorm(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* weight,
+                             float eps);
+
+/** out[t, n] = Σ_k x[t, k] · weight[n, k] + bias[n]; weight [N, K] bf16; bias [N] bf16 or NULL. */
+gptoss_status gptoss_matmul(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* weight,
+                            gptoss_tensor* bias);
+
+/** Half-split (NeoX) rotation of q and k in place with YaRN frequencies inv_freq [d/2] f32, scaled cos/sin. */
+gptoss_status gptoss_rope(gptoss_context* ctx, gptoss_tensor* q, gptoss_tensor* k, gptoss_tensor* positions,
+                          gptoss_tensor* inv_freq, float concentration);
+
+/**
+ * Writes this step's k/v into the pool through each sequence's block tables, then attention with learned sinks.
+ * `batch` encodes the segments as int32: [count, then per segment: row_offset, num_tokens, start_position,
+ * num_blocks, full_blocks[num_blocks], sliding_blocks[num_blocks]]; it is copied at enqueue.
+ */
+gptoss_status gptoss_attention(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* q, gptoss_tensor* k,
+                               gptoss_tensor* v, gptoss_tensor* sinks, gptoss_kv_pool* pool,
+                               const gptoss_attention_args* args, const int32_t* batch, size_t batch_length);
+
+/** Top-k of logits [T, E] (ties: lowest index), softmax over the k: ids [T, k] i32, weights [T, k] f32. */
+gptoss_status gptoss_moe_route(gptoss_context* ctx, gptoss_tensor* ids, gptoss_tensor* weights, gptoss_tensor* logits,
+                               int32_t top_k);
+
+/** out[t] = Σ_j w[t, j] · (down_e · swiglu(gate_up_e · x[t] + b1_e) + b2_e), experts packed MXFP4. */
+gptoss_status gptoss_moe_mlp(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* ids,
+                             gptoss_tensor* weights, const gptoss_moe_weights* experts, const gptoss_moe_args* args);
+
+/** out = a + b. */
+gptoss_status gptoss_add(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* a, gptoss_tensor* b);
+
+/** out[r] = x[rows[r]]. */
+gptoss_status gptoss_gather_rows(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* rows);
+
+/** Runs everything enqueued; returns the first failure (the failing op is named by gptoss_last_error). */
+gptoss_status gptoss_flush(gptoss_context* ctx);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GPTOSS_H */

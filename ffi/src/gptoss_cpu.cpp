@@ -1,0 +1,444 @@
+// The CPU implementation of ffi/include/gptoss.h: handles, validation at enqueue, a command queue run by
+// gptoss_flush(), and the kernels in kernels/cpu/.
+#include <omp.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "../../kernels/cpu/kernels.h"
+#include "../include/gptoss.h"
+
+using namespace gptoss::cpu;
+
+struct gptoss_tensor {
+  gptoss_dtype dtype;
+  std::vector<int64_t> shape;
+  int64_t numel;
+  void* data;
+  bool owned;
+};
+
+struct gptoss_kv_pool {
+  gptoss_kv_pool_spec spec;
+  std::vector<KvLayer> layers;
+  std::vector<std::unique_ptr<float[]>> storage;
+  uint64_t bytes;
+};
+
+struct gptoss_context {
+  std::string last_error;
+  std::vector<std::pair<std::string, std::function<void()>>> queue;
+  std::vector<std::unique_ptr<gptoss_tensor>> tensors;
+  std::vector<std::unique_ptr<gptoss_kv_pool>> pools;
+};
+
+namespace {
+
+size_t dtype_size(gptoss_dtype d) {
+  switch (d) {
+    case GPTOSS_F32:
+    case GPTOSS_I32: return 4;
+    case GPTOSS_BF16: return 2;
+    case GPTOSS_U8: return 1;
+  }
+  return 0;
+}
+
+const char* dtype_name(gptoss_dtype d) {
+  switch (d) {
+    case GPTOSS_F32: return "f32";
+    case GPTOSS_BF16: return "bf16";
+    case GPTOSS_U8: return "u8";
+    case GPTOSS_I32: return "i32";
+  }
+  return "?";
+}
+
+/** Thrown by validation; turned into a status and gptoss_last_error() at the ABI boundary. */
+struct Failure {
+  gptoss_status status;
+  std::string message;
+};
+
+[[noreturn]] void fail(gptoss_status status, const std::string& message) { throw Failure{status, message}; }
+
+std::string shape_text(const gptoss_tensor* t) {
+  std::string s = "[";
+  for (size_t i = 0; i < t->shape.size(); i++) s += (i ? ", " : "") + std::to_string(t->shape[i]);
+  return s + "] " + dtype_name(t->dtype);
+}
+
+const gptoss_tensor* need(const gptoss_tensor* t, const char* name, gptoss_dtype dtype) {
+  if (!t) fail(GPTOSS_INVALID_ARGUMENT, std::string(name) + " is a null handle");
+  if (t->dtype != dtype) {
+    fail(GPTOSS_SHAPE_MISMATCH, std::string(name) + " is " + shape_text(t) + ", expected dtype " + dtype_name(dtype));
+  }
+  return t;
+}
+
+int64_t cols(const gptoss_tensor* t) { return t->shape.empty() ? 1 : t->shape.back(); }
+int64_t rows(const gptoss_tensor* t) { return t->shape.empty() ? 1 : t->numel / cols(t); }
+
+void expect(bool condition, const std::string& message) {
+  if (!condition) fail(GPTOSS_SHAPE_MISMATCH, message);
+}
+
+template <typename T>
+T* ptr(const gptoss_tensor* t) {
+  return static_cast<T*>(t->data);
+}
+
+/** Runs `body` (validation + enqueue) and converts failures into a status and the context's last error. */
+gptoss_status guard(gptoss_context* ctx, const char* op, const std::function<void()>& body) {
+  if (!ctx) return GPTOSS_INVALID_ARGUMENT;
+  try {
+    body();
+    return GPTOSS_OK;
+  } catch (const Failure& f) {
+    ctx->last_error = std::string(op) + ": " + f.message;
+    return f.status;
+  } catch (const std::bad_alloc&) {
+    ctx->last_error = std::string(op) + ": out of memory";
+    return GPTOSS_OUT_OF_MEMORY;
+  } catch (const std::exception& e) {
+    ctx->last_error = std::string(op) + ": " + e.what();
+    return GPTOSS_INTERNAL;
+  }
+}
+
+gptoss_status make_tensor(gptoss_context* ctx, int32_t dtype, int32_t ndim, const int64_t* shape, void* data,
+                          bool owned, gptoss_tensor** out) {
+  return guard(ctx, owned ? "tensor_alloc" : "tensor_wrap", [&] {
+    if (!out) fail(GPTOSS_INVALID_ARGUMENT, "out is null");
+    if (dtype < GPTOSS_F32 || dtype > GPTOSS_I32) fail(GPTOSS_INVALID_ARGUMENT, "unknown dtype " + std::to_string(dtype));
+    if (ndim < 0 || ndim > 8 || (ndim > 0 && !shape)) fail(GPTOSS_INVALID_ARGUMENT, "bad rank or null shape");
+    auto t = std::make_unique<gptoss_tensor>();
+    t->dtype = static_cast<gptoss_dtype>(dtype);
+    t->numel = 1;
+    for (int32_t i = 0; i < ndim; i++) {
+      if (shape[i] < 0) fail(GPTOSS_INVALID_ARGUMENT, "negative dimension");
+      t->shape.push_back(shape[i]);
+      t->numel *= shape[i];
+    }
+    const size_t bytes = static_cast<size_t>(t->numel) * dtype_size(t->dtype);
+    if (owned) {
+      t->data = std::aligned_alloc(64, ((bytes + 63) / 64) * 64 + 64);
+      if (!t->data) throw std::bad_alloc();
+    } else {
+      if (!data && bytes > 0) fail(GPTOSS_INVALID_ARGUMENT, "data is null");
+      t->data = data;
+    }
+    t->owned = owned;
+    *out = t.get();
+    ctx->tensors.push_back(std::move(t));
+  });
+}
+
+}  // namespace
+
+extern "C" {
+
+uint32_t gptoss_abi_version(void) { return GPTOSS_ABI_VERSION; }
+
+const char* gptoss_backend_kind(void) {
+  static const std::string kind = std::string("cpu/") + isa_name(detect_isa());
+  return kind.c_str();
+}
+
+gptoss_status gptoss_context_create(int32_t num_threads, gptoss_context** out) {
+  if (!out) return GPTOSS_INVALID_ARGUMENT;
+  try {
+    *out = new gptoss_context();
+  } catch (const std::bad_alloc&) {
+    return GPTOSS_OUT_OF_MEMORY;
+  }
+  if (num_threads > 0) omp_set_num_threads(num_threads);
+  return GPTOSS_OK;
+}
+
+void gptoss_context_destroy(gptoss_context* ctx) {
+  if (!ctx) return;
+  for (auto& t : ctx->tensors)
+    if (t->owned) std::free(t->data);
+  delete ctx;
+}
+
+const char* gptoss_last_error(gptoss_context* ctx) { return ctx ? ctx->last_error.c_str() : "null context"; }
+
+gptoss_status gptoss_tensor_wrap(gptoss_context* ctx, int32_t dtype, int32_t ndim, const int64_t* shape, void* data,
+                                 gptoss_tensor** out) {
+  return make_tensor(ctx, dtype, ndim, shape, data, false, out);
+}
+
+gptoss_status gptoss_tensor_alloc(gptoss_context* ctx, int32_t dtype, int32_t ndim, const int64_t* shape,
+                                  gptoss_tensor** out) {
+  return make_tensor(ctx, dtype, ndim, shape, nullptr, true, out);
+}
+
+gptoss_status gptoss_tensor_write(gptoss_context* ctx, gptoss_tensor* tensor, const void* data, size_t bytes) {
+  return guard(ctx, "tensor_write", [&] {
+    if (!tensor || !data) fail(GPTOSS_INVALID_ARGUMENT, "null tensor or data");
+    const size_t size = static_cast<size_t>(tensor->numel) * dtype_size(tensor->dtype);
+    if (bytes != size) fail(GPTOSS_SHAPE_MISMATCH, std::to_string(bytes) + " bytes for a tensor of " + std::to_string(size));
+    std::vector<uint8_t> copy(static_cast<const uint8_t*>(data), static_cast<const uint8_t*>(data) + bytes);
+    ctx->queue.emplace_back("tensor_write", [tensor, copy = std::move(copy)] { std::memcpy(tensor->data, copy.data(), copy.size()); });
+  });
+}
+
+gptoss_status gptoss_tensor_read(gptoss_context* ctx, gptoss_tensor* tensor, void* data, size_t bytes) {
+  const gptoss_status status = gptoss_flush(ctx);
+  if (status != GPTOSS_OK) return status;
+  return guard(ctx, "tensor_read", [&] {
+    if (!tensor || !data) fail(GPTOSS_INVALID_ARGUMENT, "null tensor or data");
+    const size_t size = static_cast<size_t>(tensor->numel) * dtype_size(tensor->dtype);
+    if (bytes != size) fail(GPTOSS_SHAPE_MISMATCH, std::to_string(bytes) + " bytes for a tensor of " + std::to_string(size));
+    std::memcpy(data, tensor->data, bytes);
+  });
+}
+
+void gptoss_tensor_free(gptoss_context* ctx, gptoss_tensor* tensor) {
+  if (!ctx || !tensor) return;
+  for (auto it = ctx->tensors.begin(); it != ctx->tensors.end(); ++it) {
+    if (it->get() == tensor) {
+      if (tensor->owned) std::free(tensor->data);
+      ctx->tensors.erase(it);
+      return;
+    }
+  }
+}
+
+gptoss_status gptoss_kv_pool_create(gptoss_context* ctx, const gptoss_kv_pool_spec* spec, const int32_t* layer_windows,
+                                    gptoss_kv_pool** out) {
+  return guard(ctx, "kv_pool_create", [&] {
+    if (!spec || !out || (!layer_windows && spec->num_layers > 0)) fail(GPTOSS_INVALID_ARGUMENT, "null argument");
+    if (spec->num_layers < 0 || spec->block_size <= 0 || spec->num_full_blocks < 0 || spec->num_sliding_blocks < 0 ||
+        spec->num_key_value_heads <= 0 || spec->head_dim <= 0) {
+      fail(GPTOSS_INVALID_ARGUMENT, "bad pool shape");
+    }
+    auto pool = std::make_unique<gptoss_kv_pool>();
+    pool->spec = *spec;
+    pool->bytes = 0;
+    const int64_t row = static_cast<int64_t>(spec->num_key_value_heads) * spec->head_dim;
+    for (int32_t l = 0; l < spec->num_layers; l++) {
+      const int32_t window = layer_windows[l];
+      const int64_t blocks = window > 0 ? spec->num_sliding_blocks : spec->num_full_blocks;
+      const int64_t size = blocks * spec->block_size * row;
+      auto keys = std::unique_ptr<float[]>(new float[static_cast<size_t>(size)]());
+      auto values = std::unique_ptr<float[]>(new float[static_cast<size_t>(size)]());
+      pool->layers.push_back(KvLayer{keys.get(), values.get(), blocks, window});
+      pool->storage.push_back(std::move(keys));
+      pool->storage.push_back(std::move(values));
+      pool->bytes += static_cast<uint64_t>(size) * 8;
+    }
+    *out = pool.get();
+    ctx->pools.push_back(std::move(pool));
+  });
+}
+
+uint64_t gptoss_kv_pool_bytes(gptoss_kv_pool* pool) { return pool ? pool->bytes : 0; }
+
+gptoss_status gptoss_embed(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* table, gptoss_tensor* ids) {
+  return guard(ctx, "embed_f32_bf16w", [&] {
+    need(out, "out", GPTOSS_F32), need(table, "table", GPTOSS_BF16), need(ids, "ids", GPTOSS_I32);
+    expect(table->shape.size() == 2 && cols(out) == cols(table) && rows(out) == ids->numel,
+           "out " + shape_text(out) + " must be [ids, hidden of table " + shape_text(table) + "]");
+    const int64_t vocab = table->shape[0];
+    ctx->queue.emplace_back("embed_f32_bf16w", [=] {
+      for (int64_t t = 0; t < ids->numel; t++) {
+        const int32_t id = ptr<int32_t>(ids)[t];
+        if (id < 0 || id >= vocab) fail(GPTOSS_INVALID_ARGUMENT, "token id " + std::to_string(id) + " outside the vocabulary");
+      }
+      embed_f32_bf16w(ptr<float>(out), ptr<uint16_t>(table), ptr<int32_t>(ids), ids->numel, cols(table));
+    });
+  });
+}
+
+gptoss_status gptoss_rmsnorm(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* weight,
+                             float eps) {
+  return guard(ctx, "rmsnorm_f32_bf16w", [&] {
+    need(out, "out", GPTOSS_F32), need(x, "x", GPTOSS_F32), need(weight, "weight", GPTOSS_BF16);
+    expect(out->numel == x->numel && weight->numel == cols(x), "x " + shape_text(x) + " and weight " + shape_text(weight));
+    ctx->queue.emplace_back("rmsnorm_f32_bf16w", [=] {
+      rmsnorm_f32_bf16w(ptr<float>(out), ptr<float>(x), ptr<uint16_t>(weight), rows(x), cols(x), eps);
+    });
+  });
+}
+
+gptoss_status gptoss_matmul(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* weight,
+                            gptoss_tensor* bias) {
+  return guard(ctx, "matmul_f32_bf16w", [&] {
+    need(out, "out", GPTOSS_F32), need(x, "x", GPTOSS_F32), need(weight, "weight", GPTOSS_BF16);
+    if (bias) need(bias, "bias", GPTOSS_BF16);
+    expect(weight->shape.size() == 2, "weight must be [N, K], got " + shape_text(weight));
+    const int64_t n = weight->shape[0], k = weight->shape[1];
+    expect(cols(x) == k, "x " + shape_text(x) + " does not match weight " + shape_text(weight));
+    expect(cols(out) == n && rows(out) == rows(x), "out " + shape_text(out) + " must be [" + std::to_string(rows(x)) + ", " + std::to_string(n) + "]");
+    expect(!bias || bias->numel == n, "bias " + (bias ? shape_text(bias) : std::string()) + " must have N entries");
+    ctx->queue.emplace_back("matmul_f32_bf16w", [=] {
+      matmul_f32_bf16w(ptr<float>(out), ptr<float>(x), ptr<uint16_t>(weight), bias ? ptr<uint16_t>(bias) : nullptr,
+                       rows(x), n, k);
+    });
+  });
+}
+
+gptoss_status gptoss_rope(gptoss_context* ctx, gptoss_tensor* q, gptoss_tensor* k, gptoss_tensor* positions,
+                          gptoss_tensor* inv_freq, float concentration) {
+  return guard(ctx, "rope_f32", [&] {
+    need(q, "q", GPTOSS_F32), need(k, "k", GPTOSS_F32), need(positions, "positions", GPTOSS_I32);
+    need(inv_freq, "inv_freq", GPTOSS_F32);
+    const int64_t head_dim = inv_freq->numel * 2;
+    expect(head_dim > 0 && head_dim <= 512 && cols(q) % head_dim == 0 && cols(k) % head_dim == 0,
+           "head_dim " + std::to_string(head_dim) + " does not divide q " + shape_text(q) + " and k " + shape_text(k));
+    expect(rows(q) == positions->numel && rows(k) == positions->numel, "q, k and positions differ in tokens");
+    ctx->queue.emplace_back("rope_f32", [=] {
+      rope_f32(ptr<float>(q), ptr<float>(k), ptr<int32_t>(positions), ptr<float>(inv_freq), concentration, rows(q),
+               cols(q), cols(k), head_dim);
+    });
+  });
+}
+
+gptoss_status gptoss_attention(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* q, gptoss_tensor* k,
+                               gptoss_tensor* v, gptoss_tensor* sinks, gptoss_kv_pool* pool,
+                               const gptoss_attention_args* args, const int32_t* batch, size_t batch_length) {
+  return guard(ctx, "attention_f32", [&] {
+    need(out, "out", GPTOSS_F32), need(q, "q", GPTOSS_F32), need(k, "k", GPTOSS_F32), need(v, "v", GPTOSS_F32);
+    need(sinks, "sinks", GPTOSS_BF16);
+    if (!pool || !args || !batch) fail(GPTOSS_INVALID_ARGUMENT, "null pool, args or batch");
+    const gptoss_attention_args a = *args;
+    if (a.layer < 0 || a.layer >= pool->spec.num_layers) fail(GPTOSS_INVALID_ARGUMENT, "layer out of range");
+    if (a.num_key_value_heads != pool->spec.num_key_value_heads || a.head_dim != pool->spec.head_dim ||
+        a.num_heads % a.num_key_value_heads != 0) {
+      fail(GPTOSS_SHAPE_MISMATCH, "heads do not match the pool");
+    }
+    expect(cols(q) == int64_t{a.num_heads} * a.head_dim && cols(k) == int64_t{a.num_key_value_heads} * a.head_dim &&
+               k->numel == v->numel && out->numel == q->numel && sinks->numel == a.num_heads,
+           "q " + shape_text(q) + ", k " + shape_text(k) + " or sinks do not match the heads");
+    // Copy and check the batch descriptor now: the caller's buffer may be reused before flush.
+    auto words = std::make_shared<std::vector<int32_t>>(batch, batch + batch_length);
+    auto segments = std::make_shared<std::vector<Segment>>();
+    size_t at = 1;
+    const int32_t count = batch_length > 0 ? (*words)[0] : -1;
+    if (count < 0) fail(GPTOSS_INVALID_ARGUMENT, "empty batch descriptor");
+    const KvLayer& layer = pool->layers[static_cast<size_t>(a.layer)];
+    for (int32_t s = 0; s < count; s++) {
+      if (at + 4 > words->size()) fail(GPTOSS_INVALID_ARGUMENT, "truncated batch descriptor");
+      Segment seg{(*words)[at], (*words)[at + 1], (*words)[at + 2], (*words)[at + 3], nullptr, nullptr};
+      at += 4;
+      if (seg.num_blocks < 0 || at + 2 * static_cast<size_t>(seg.num_blocks) > words->size()) {
+        fail(GPTOSS_INVALID_ARGUMENT, "truncated block tables");
+      }
+      seg.full_blocks = words->data() + at;
+      seg.sliding_blocks = words->data() + at + seg.num_blocks;
+      at += 2 * static_cast<size_t>(seg.num_blocks);
+      const int64_t end = int64_t{seg.start_position} + seg.num_tokens;
+      if (seg.row_offset < 0 || seg.num_tokens < 0 || seg.start_position < 0 || seg.row_offset + seg.num_tokens > rows(q)) {
+        fail(GPTOSS_INVALID_ARGUMENT, "segment rows out of range");
+      }
+      if ((end + pool->spec.block_size - 1) / pool->spec.block_size > seg.num_blocks) {
+        fail(GPTOSS_INVALID_ARGUMENT, "block table too short for position " + std::to_string(end - 1));
+      }
+      // Every block a query of this step touches must exist in this layer's group.
+      const int64_t first = a.window > 0 ? std::max<int64_t>(0, seg.start_position - a.window + 1) : 0;
+      const int32_t* table = a.window > 0 ? seg.sliding_blocks : seg.full_blocks;
+      for (int64_t b = first / pool->spec.block_size; b * pool->spec.block_size < end; b++) {
+        if (table[b] < 0 || table[b] >= layer.num_blocks) fail(GPTOSS_INVALID_ARGUMENT, "invalid block id in table");
+      }
+      segments->push_back(seg);
+    }
+    const int32_t block_size = pool->spec.block_size;
+    ctx->queue.emplace_back("attention_f32", [=] {
+      attention_f32(ptr<float>(out), ptr<float>(q), ptr<float>(k), ptr<float>(v), ptr<uint16_t>(sinks), layer,
+                    block_size, segments->data(), static_cast<int32_t>(segments->size()), a.num_heads,
+                    a.num_key_value_heads, a.head_dim);
+      (void)words;  // keeps the block tables alive until the command ran
+    });
+  });
+}
+
+gptoss_status gptoss_moe_route(gptoss_context* ctx, gptoss_tensor* ids, gptoss_tensor* weights, gptoss_tensor* logits,
+                               int32_t top_k) {
+  return guard(ctx, "moe_route_f32", [&] {
+    need(ids, "ids", GPTOSS_I32), need(weights, "weights", GPTOSS_F32), need(logits, "logits", GPTOSS_F32);
+    expect(top_k > 0 && top_k <= cols(logits) && ids->numel == rows(logits) * top_k && weights->numel == ids->numel,
+           "ids/weights must be [tokens, top_k] for logits " + shape_text(logits));
+    ctx->queue.emplace_back("moe_route_f32", [=] {
+      moe_route_f32(ptr<int32_t>(ids), ptr<float>(weights), ptr<float>(logits), rows(logits), cols(logits), top_k);
+    });
+  });
+}
+
+gptoss_status gptoss_moe_mlp(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* ids,
+                             gptoss_tensor* weights, const gptoss_moe_weights* experts, const gptoss_moe_args* args) {
+  return guard(ctx, "moe_mlp_f32_mxfp4w", [&] {
+    need(out, "out", GPTOSS_F32), need(x, "x", GPTOSS_F32), need(ids, "ids", GPTOSS_I32);
+    need(weights, "weights", GPTOSS_F32);
+    if (!experts || !args) fail(GPTOSS_INVALID_ARGUMENT, "null experts or args");
+    const gptoss_moe_weights e = *experts;
+    need(e.gate_up_blocks, "gate_up_blocks", GPTOSS_U8), need(e.gate_up_scales, "gate_up_scales", GPTOSS_U8);
+    need(e.gate_up_bias, "gate_up_bias", GPTOSS_BF16), need(e.down_blocks, "down_blocks", GPTOSS_U8);
+    need(e.down_scales, "down_scales", GPTOSS_U8), need(e.down_bias, "down_bias", GPTOSS_BF16);
+    const int64_t hidden = cols(x), inter = args->intermediate_size;
+    expect(e.gate_up_blocks->shape.size() == 4, "gate_up_blocks must be [E, 2I, H/32, 16]");
+    const int64_t num_experts = e.gate_up_blocks->shape[0];
+    expect(e.gate_up_blocks->shape[1] == 2 * inter && e.gate_up_blocks->shape[2] * 32 == hidden &&
+               e.gate_up_scales->numel * 16 == e.gate_up_blocks->numel && e.gate_up_bias->numel == num_experts * 2 * inter,
+           "gate_up tensors do not match hidden " + std::to_string(hidden) + " and intermediate " + std::to_string(inter));
+    expect(e.down_blocks->numel == num_experts * hidden * inter / 2 && e.down_scales->numel * 16 == e.down_blocks->numel &&
+               e.down_bias->numel == num_experts * hidden,
+           "down tensors do not match");
+    expect(out->numel == x->numel && rows(ids) == rows(x) && weights->numel == ids->numel, "out/ids/weights shapes");
+    const int32_t top_k = static_cast<int32_t>(cols(ids));
+    const float limit = args->swiglu_limit;
+    MoeWeights w{ptr<uint8_t>(e.gate_up_blocks), ptr<uint8_t>(e.gate_up_scales), ptr<uint16_t>(e.gate_up_bias),
+                 ptr<uint8_t>(e.down_blocks),    ptr<uint8_t>(e.down_scales),    ptr<uint16_t>(e.down_bias),
+                 num_experts};
+    ctx->queue.emplace_back("moe_mlp_f32_mxfp4w", [=] {
+      for (int64_t i = 0; i < ids->numel; i++) {
+        const int32_t id = ptr<int32_t>(ids)[i];
+        if (id < 0 || id >= num_experts) fail(GPTOSS_INVALID_ARGUMENT, "expert id out of range");
+      }
+      moe_mlp_f32_mxfp4w(ptr<float>(out), ptr<float>(x), ptr<int32_t>(ids), ptr<float>(weights), w, rows(x), top_k,
+                         hidden, inter, limit);
+    });
+  });
+}
+
+gptoss_status gptoss_add(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* a, gptoss_tensor* b) {
+  return guard(ctx, "add_f32", [&] {
+    need(out, "out", GPTOSS_F32), need(a, "a", GPTOSS_F32), need(b, "b", GPTOSS_F32);
+    expect(out->numel == a->numel && a->numel == b->numel, "operands differ in size");
+    ctx->queue.emplace_back("add_f32", [=] { add_f32(ptr<float>(out), ptr<float>(a), ptr<float>(b), a->numel); });
+  });
+}
+
+gptoss_status gptoss_gather_rows(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* rows_t) {
+  return guard(ctx, "gather_rows_f32", [&] {
+    need(out, "out", GPTOSS_F32), need(x, "x", GPTOSS_F32), need(rows_t, "rows", GPTOSS_I32);
+    expect(cols(out) == cols(x) && rows(out) == rows_t->numel, "out must be [rows, width of x]");
+    ctx->queue.emplace_back("gather_rows_f32", [=] {
+      for (int64_t r = 0; r < rows_t->numel; r++) {
+        const int32_t row = ptr<int32_t>(rows_t)[r];
+        if (row < 0 || row >= rows(x)) fail(GPTOSS_INVALID_ARGUMENT, "row index out of range");
+      }
+      gather_rows_f32(ptr<float>(out), ptr<float>(x), ptr<int32_t>(rows_t), rows_t->numel, cols(x));
+    });
+  });
+}
+
+gptoss_status gptoss_flush(gptoss_context* ctx) {
+  if (!ctx) return GPTOSS_INVALID_ARGUMENT;
+  auto queue = std::move(ctx->queue);
+  ctx->queue.clear();
+  for (auto& [name, command] : queue) {
+    const gptoss_status status = guard(ctx, name.c_str(), command);
+    if (status != GPTOSS_OK) return status;  // the rest of the step is dropped
+  }
+  return GPTOSS_OK;
+}
+
+}  // extern "C"

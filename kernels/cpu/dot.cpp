@@ -1,0 +1,231 @@
+// Vector dot products: the hot loops of matmul (bf16 rows) and the MoE (MXFP4 rows), with runtime dispatch
+// between AVX-512, AVX2+FMA and scalar code.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <string>
+
+#include "kernels.h"
+
+namespace gptoss::cpu {
+namespace {
+
+// FP4 E2M1 values times 2 (so they are integers), by nibble; the ½ is folded into the block scale.
+alignas(16) const int8_t kFp4Twice[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+struct ScaleTable {
+  float half[256];  // 2^(s − 127) / 2: exact in f32 (s = 0 gives a subnormal, still exact)
+  ScaleTable() {
+    for (int s = 0; s < 256; s++) half[s] = std::ldexp(0.5f, s - 127);
+  }
+};
+const ScaleTable kScales;
+
+void bf16_scalar(const uint16_t* w, const float* x, int64_t stride, int64_t k, int rows, float* out) {
+  for (int r = 0; r < rows; r++) {
+    float acc = 0;
+    for (int64_t i = 0; i < k; i++) acc += bf16_to_f32(w[i]) * x[r * stride + i];
+    out[r] = acc;
+  }
+}
+
+void mxfp4_scalar(const uint8_t* blocks, const uint8_t* scales, const float* x, int64_t stride, int64_t num_blocks,
+                  int rows, float* out) {
+  for (int r = 0; r < rows; r++) {
+    float acc = 0;
+    for (int64_t g = 0; g < num_blocks; g++) {
+      const float scale = kScales.half[scales[g]];
+      const float* xg = x + r * stride + g * 32;
+      float block = 0;
+      for (int j = 0; j < 16; j++) {
+        const uint8_t byte = blocks[g * 16 + j];
+        block += kFp4Twice[byte & 15] * xg[2 * j] + kFp4Twice[byte >> 4] * xg[2 * j + 1];
+      }
+      acc += block * scale;
+    }
+    out[r] = acc;
+  }
+}
+
+template <int R>
+__attribute__((target("avx2,fma"))) void bf16_avx2_rows(const uint16_t* w, const float* x, int64_t stride, int64_t k,
+                                                         float* out) {
+  __m256 acc[R];
+  for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) {
+    const __m256i bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
+    const __m256 wv = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
+    for (int r = 0; r < R; r++) acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + r * stride + i), acc[r]);
+  }
+  for (int r = 0; r < R; r++) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+    s = _mm_hadd_ps(s, s);
+    s = _mm_hadd_ps(s, s);
+    float total = _mm_cvtss_f32(s);
+    for (int64_t j = i; j < k; j++) total += bf16_to_f32(w[j]) * x[r * stride + j];
+    out[r] = total;
+  }
+}
+
+__attribute__((target("avx2,fma"))) void bf16_avx2(const uint16_t* w, const float* x, int64_t stride, int64_t k,
+                                                   int rows, float* out) {
+  switch (rows) {
+    case 1: return bf16_avx2_rows<1>(w, x, stride, k, out);
+    case 2: return bf16_avx2_rows<2>(w, x, stride, k, out);
+    case 3: return bf16_avx2_rows<3>(w, x, stride, k, out);
+    default: return bf16_avx2_rows<4>(w, x, stride, k, out);
+  }
+}
+
+template <int R>
+__attribute__((target("avx512f,avx512bw"))) void bf16_avx512_rows(const uint16_t* w, const float* x, int64_t stride,
+                                                                    int64_t k, float* out) {
+  __m512 acc[R];
+  for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    const __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i)));
+    const __m512 wv = _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
+    for (int r = 0; r < R; r++) acc[r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + r * stride + i), acc[r]);
+  }
+  for (int r = 0; r < R; r++) {
+    float total = _mm512_reduce_add_ps(acc[r]);
+    for (int64_t j = i; j < k; j++) total += bf16_to_f32(w[j]) * x[r * stride + j];
+    out[r] = total;
+  }
+}
+
+__attribute__((target("avx512f,avx512bw"))) void bf16_avx512(const uint16_t* w, const float* x, int64_t stride,
+                                                             int64_t k, int rows, float* out) {
+  switch (rows) {
+    case 1: return bf16_avx512_rows<1>(w, x, stride, k, out);
+    case 2: return bf16_avx512_rows<2>(w, x, stride, k, out);
+    case 3: return bf16_avx512_rows<3>(w, x, stride, k, out);
+    default: return bf16_avx512_rows<4>(w, x, stride, k, out);
+  }
+}
+
+// Decodes the 32 codes of one MXFP4 block into two vectors of 16 int8 values (2× FP4), in element order:
+// low nibble = even element, high nibble = odd element.
+__attribute__((target("avx2"))) inline void decode_block(const uint8_t* block, __m128i* first, __m128i* second) {
+  const __m128i lut = _mm_load_si128(reinterpret_cast<const __m128i*>(kFp4Twice));
+  const __m128i mask = _mm_set1_epi8(0x0f);
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block));
+  const __m128i lo = _mm_and_si128(bytes, mask);
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+  *first = _mm_shuffle_epi8(lut, _mm_unpacklo_epi8(lo, hi));
+  *second = _mm_shuffle_epi8(lut, _mm_unpackhi_epi8(lo, hi));
+}
+
+template <int R>
+__attribute__((target("avx2,fma"))) void mxfp4_avx2_rows(const uint8_t* blocks, const uint8_t* scales,
+                                                          const float* x, int64_t stride, int64_t num_blocks,
+                                                          float* out) {
+  __m256 acc[R];
+  for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < num_blocks; g++) {
+    __m128i v0, v1;
+    decode_block(blocks + g * 16, &v0, &v1);
+    const __m256 scale = _mm256_set1_ps(kScales.half[scales[g]]);
+    const __m256 w0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0)), scale);
+    const __m256 w1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8))), scale);
+    const __m256 w2 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1)), scale);
+    const __m256 w3 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8))), scale);
+    for (int r = 0; r < R; r++) {
+      const float* xg = x + r * stride + g * 32;
+      acc[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xg), acc[r]);
+      acc[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xg + 8), acc[r]);
+      acc[r] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xg + 16), acc[r]);
+      acc[r] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xg + 24), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; r++) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+    s = _mm_hadd_ps(s, s);
+    s = _mm_hadd_ps(s, s);
+    out[r] = _mm_cvtss_f32(s);
+  }
+}
+
+__attribute__((target("avx2,fma"))) void mxfp4_avx2(const uint8_t* blocks, const uint8_t* scales, const float* x,
+                                                    int64_t stride, int64_t num_blocks, int rows, float* out) {
+  switch (rows) {
+    case 1: return mxfp4_avx2_rows<1>(blocks, scales, x, stride, num_blocks, out);
+    case 2: return mxfp4_avx2_rows<2>(blocks, scales, x, stride, num_blocks, out);
+    case 3: return mxfp4_avx2_rows<3>(blocks, scales, x, stride, num_blocks, out);
+    default: return mxfp4_avx2_rows<4>(blocks, scales, x, stride, num_blocks, out);
+  }
+}
+
+template <int R>
+__attribute__((target("avx512f,avx512bw"))) void mxfp4_avx512_rows(const uint8_t* blocks, const uint8_t* scales,
+                                                                     const float* x, int64_t stride,
+                                                                     int64_t num_blocks, float* out) {
+  const __m128i lut = _mm_load_si128(reinterpret_cast<const __m128i*>(kFp4Twice));
+  const __m128i mask = _mm_set1_epi8(0x0f);
+  __m512 acc[R];
+  for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < num_blocks; g++) {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + g * 16));
+    const __m128i lo = _mm_and_si128(bytes, mask);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+    const __m512 scale = _mm512_set1_ps(kScales.half[scales[g]]);
+    const __m512 w0 =
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(lut, _mm_unpacklo_epi8(lo, hi)))), scale);
+    const __m512 w1 =
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(lut, _mm_unpackhi_epi8(lo, hi)))), scale);
+    for (int r = 0; r < R; r++) {
+      const float* xg = x + r * stride + g * 32;
+      acc[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xg), acc[r]);
+      acc[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xg + 16), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+__attribute__((target("avx512f,avx512bw"))) void mxfp4_avx512(const uint8_t* blocks, const uint8_t* scales,
+                                                              const float* x, int64_t stride, int64_t num_blocks,
+                                                              int rows, float* out) {
+  switch (rows) {
+    case 1: return mxfp4_avx512_rows<1>(blocks, scales, x, stride, num_blocks, out);
+    case 2: return mxfp4_avx512_rows<2>(blocks, scales, x, stride, num_blocks, out);
+    case 3: return mxfp4_avx512_rows<3>(blocks, scales, x, stride, num_blocks, out);
+    default: return mxfp4_avx512_rows<4>(blocks, scales, x, stride, num_blocks, out);
+  }
+}
+
+}  // namespace
+
+Isa detect_isa() {
+  __builtin_cpu_init();
+  // GPTOSS_CPU_ISA=scalar|avx2 forces a narrower path (tests run every path the CPU has).
+  const char* forced = std::getenv("GPTOSS_CPU_ISA");
+  if (forced && std::string(forced) == "scalar") return Isa::scalar;
+  if (forced && std::string(forced) == "avx2" && __builtin_cpu_supports("avx2")) return Isa::avx2;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return Isa::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
+  return Isa::scalar;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return "avx512";
+    case Isa::avx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+const DotKernels& dot_kernels() {
+  static const DotKernels kernels = [] {
+    switch (detect_isa()) {
+      case Isa::avx512: return DotKernels{bf16_avx512, mxfp4_avx512};
+      case Isa::avx2: return DotKernels{bf16_avx2, mxfp4_avx2};
+      default: return DotKernels{bf16_scalar, mxfp4_scalar};
+    }
+  }();
+  return kernels;
+}
+
+}  // namespace gptoss::cpu

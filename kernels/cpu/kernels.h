@@ -1,0 +1,82 @@
+// CPU kernels of the native backend: one file per op, named like the op (and like kernels/cuda/ and the
+// TypeScript op table). Activations f32; weights bf16 (raw bits) or MXFP4 (u8 codes + E8M0 scales).
+// Each kernel parallelises with OpenMP over its own outer loop; callers run them one after another.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace gptoss::cpu {
+
+/** Which vector code paths this CPU takes (chosen once at load). */
+enum class Isa { scalar, avx2, avx512 };
+Isa detect_isa();
+const char* isa_name(Isa isa);
+
+/** Dot products of one weight row with up to 4 activation rows (x + t * x_stride), accumulated in f32. */
+struct DotKernels {
+  void (*bf16)(const uint16_t* w, const float* x, int64_t x_stride, int64_t k, int rows, float* out);
+  /** One MXFP4 row: `num_blocks` blocks of 32 weights (16 code bytes + 1 scale byte each). */
+  void (*mxfp4)(const uint8_t* blocks, const uint8_t* scales, const float* x, int64_t x_stride, int64_t num_blocks,
+                int rows, float* out);
+};
+const DotKernels& dot_kernels();
+
+void embed_f32_bf16w(float* out, const uint16_t* table, const int32_t* ids, int64_t num_tokens, int64_t hidden);
+void rmsnorm_f32_bf16w(float* out, const float* x, const uint16_t* weight, int64_t rows, int64_t hidden, float eps);
+void matmul_f32_bf16w(float* out, const float* x, const uint16_t* weight, const uint16_t* bias, int64_t num_tokens,
+                      int64_t n, int64_t k);
+void rope_f32(float* q, float* k, const int32_t* positions, const float* inv_freq, float concentration,
+              int64_t num_tokens, int64_t q_width, int64_t k_width, int64_t head_dim);
+
+/** One sequence's slice of a step and its block tables. */
+struct Segment {
+  int32_t row_offset;
+  int32_t num_tokens;
+  int32_t start_position;
+  int32_t num_blocks;
+  const int32_t* full_blocks;
+  const int32_t* sliding_blocks;
+};
+
+/** One layer's K/V storage: [num_blocks, block_size, kv_width] f32 each. */
+struct KvLayer {
+  float* keys;
+  float* values;
+  int64_t num_blocks;
+  int32_t window;
+};
+
+void attention_f32(float* out, const float* q, const float* k, const float* v, const uint16_t* sinks,
+                   const KvLayer& layer, int32_t block_size, const Segment* segments, int32_t num_segments,
+                   int32_t num_heads, int32_t num_kv_heads, int32_t head_dim);
+
+void moe_route_f32(int32_t* ids, float* weights, const float* logits, int64_t num_tokens, int64_t num_experts,
+                   int32_t top_k);
+
+/** Packed experts of one layer. */
+struct MoeWeights {
+  const uint8_t* gate_up_blocks;
+  const uint8_t* gate_up_scales;
+  const uint16_t* gate_up_bias;
+  const uint8_t* down_blocks;
+  const uint8_t* down_scales;
+  const uint16_t* down_bias;
+  int64_t num_experts;
+};
+
+void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const float* weights, const MoeWeights& w,
+                        int64_t num_tokens, int32_t top_k, int64_t hidden, int64_t intermediate, float swiglu_limit);
+
+void add_f32(float* out, const float* a, const float* b, int64_t n);
+void gather_rows_f32(float* out, const float* x, const int32_t* rows, int64_t num_rows, int64_t width);
+
+/** bf16 bits → f32. */
+inline float bf16_to_f32(uint16_t bits) {
+  union {
+    uint32_t u;
+    float f;
+  } v{static_cast<uint32_t>(bits) << 16};
+  return v.f;
+}
+
+}  // namespace gptoss::cpu

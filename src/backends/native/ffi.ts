@@ -1,0 +1,54 @@
+/**
+ * The Deno.dlopen symbol table of ffi/include/gptoss.h — the one place that knows the native ABI's shapes.
+ * tests/native_abi_test.ts checks it against the header, so the two cannot drift.
+ */
+
+/** ABI version these bindings speak (GPTOSS_ABI_VERSION). */
+export const GPTOSS_ABI_VERSION = 1;
+
+/** gptoss_status. */
+export const GPTOSS_STATUS = [
+  "GPTOSS_OK",
+  "GPTOSS_INVALID_ARGUMENT",
+  "GPTOSS_SHAPE_MISMATCH",
+  "GPTOSS_OUT_OF_MEMORY",
+  "GPTOSS_UNSUPPORTED",
+  "GPTOSS_NO_DEVICE",
+  "GPTOSS_INTERNAL",
+] as const;
+
+/** gptoss_dtype. */
+export const GPTOSS_DTYPE = { f32: 0, bf16: 1, u8: 2, i32: 3 } as const;
+
+const P = "pointer" as const;
+const B = "buffer" as const;
+
+/** Every exported function of gptoss.h. */
+export const SYMBOLS = {
+  gptoss_abi_version: { parameters: [], result: "u32" },
+  gptoss_backend_kind: { parameters: [], result: P },
+  gptoss_context_create: { parameters: ["i32", B], result: "i32" },
+  gptoss_context_destroy: { parameters: [P], result: "void" },
+  gptoss_last_error: { parameters: [P], result: P },
+  gptoss_tensor_wrap: { parameters: [P, "i32", "i32", B, B, B], result: "i32" },
+  gptoss_tensor_alloc: { parameters: [P, "i32", "i32", B, B], result: "i32" },
+  gptoss_tensor_write: { parameters: [P, P, B, "usize"], result: "i32" },
+  gptoss_tensor_read: { parameters: [P, P, B, "usize"], result: "i32" },
+  gptoss_tensor_free: { parameters: [P, P], result: "void" },
+  gptoss_kv_pool_create: { parameters: [P, B, B, B], result: "i32" },
+  gptoss_kv_pool_bytes: { parameters: [P], result: "u64" },
+  gptoss_embed: { parameters: [P, P, P, P], result: "i32" },
+  gptoss_rmsnorm: { parameters: [P, P, P, P, "f32"], result: "i32" },
+  gptoss_matmul: { parameters: [P, P, P, P, P], result: "i32" },
+  gptoss_rope: { parameters: [P, P, P, P, P, "f32"], result: "i32" },
+  gptoss_attention: { parameters: [P, P, P, P, P, P, P, B, B, "usize"], result: "i32" },
+  gptoss_moe_route: { parameters: [P, P, P, P, "i32"], result: "i32" },
+  gptoss_moe_mlp: { parameters: [P, P, P, P, P, B, B], result: "i32" },
+  gptoss_add: { parameters: [P, P, P, P], result: "i32" },
+  gptoss_gather_rows: { parameters: [P, P, P, P], result: "i32" },
+  // The one long call: runs a whole step's commands on library threads without blocking Deno's event loop.
+  gptoss_flush: { parameters: [P], result: "i32", nonblocking: true },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The loaded library. */
+export type GptossLibrary = Deno.DynamicLibrary<typeof SYMBOLS>;
