@@ -32,8 +32,14 @@ Deno.test("a bad config file exits 2 naming the file and the field", async () =>
 });
 
 Deno.test("a missing --model or an unavailable --backend exits 2 with one line", async () => {
+  // HOME moves away, so Deno's own cache must be named (else it would print download lines of its own).
+  const denoDir = JSON.parse(
+    new TextDecoder().decode((await new Deno.Command(Deno.execPath(), { args: ["info", "--json"] }).output()).stdout),
+  ).denoDir;
   assertOneLineError(
-    await runCli(["--model", "120b", "--port", "0"], { env: { HF_HOME: "/nonexistent/hf", HOME: "/nonexistent" } }),
+    await runCli(["--model", "120b", "--port", "0"], {
+      env: { HF_HOME: "/nonexistent/hf", HOME: "/nonexistent", DENO_DIR: denoDir },
+    }),
     /Model "120b" not found; looked in: .*\/nonexistent\/hf\/hub\/models--openai--gpt-oss-120b.*huggingface-cli download openai\/gpt-oss-120b/,
   );
   assertOneLineError(await runCli(["--model", "/no/such/dir", "--port", "0"]), /Model "\/no\/such\/dir" not found/);

@@ -1,6 +1,9 @@
 /** The reference forward pass against OpenAI's PyTorch logits (../shared/golden). */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import type { Backend } from "../src/backends/backend.ts";
+import { createNativeBackend } from "../src/backends/native/native_backend.ts";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
+import { probeBackends } from "../src/backends/select.ts";
 import { Checkpoint } from "../src/model/checkpoint.ts";
 import { KvSession } from "../src/engine/kv_session.ts";
 import { createModel, type Model } from "../src/model/gpt_oss.ts";
@@ -15,9 +18,10 @@ import {
 } from "./helpers/golden.ts";
 
 /** Loads a fixture; the sharded copy is memory-mapped, so the forward pass also runs over zero-copy views. */
-async function loadModel(fixture: string): Promise<Model> {
-  const checkpoint = Checkpoint.open(`${GOLDEN_ROOT}${fixture}`, { mmap: fixture.includes("sharded") });
-  const backend = createReferenceBackend();
+async function loadModel(fixture: string, backend: Backend = createReferenceBackend()): Promise<Model> {
+  const checkpoint = Checkpoint.open(`${GOLDEN_ROOT}${fixture}`, {
+    mmap: fixture.includes("sharded") || backend.name !== "reference",
+  });
   try {
     return createModel(checkpoint.config, await loadWeights(checkpoint, backend), backend);
   } finally {
@@ -140,3 +144,26 @@ Deno.test("golden tiny: greedy ids are the same with block sizes 1, 3 and 16 (sl
   const [c] = goldenCases("tiny").filter((x) => x.name === "len19");
   for (const blockSize of [1, 3, 16]) assertEquals(await greedy(model, c.input_ids, 24, blockSize), c.greedy_ids);
 });
+
+const native = probeBackends().find((p) => p.name === "native")!;
+if (!native.available) console.log(`golden native: skipped: ${native.reason}`);
+for (const fixture of ["tiny", "tiny-fullvocab"]) {
+  Deno.test({
+    name:
+      `golden ${fixture} on the native backend: logits within 1e-3 + 1e-5·|ref| (f32 accumulation), greedy ids equal`,
+    ignore: !native.available,
+    fn: async () => {
+      const model = await loadModel(fixture, createNativeBackend({ numThreads: 2 }));
+      for (const c of goldenCases(fixture)) {
+        for (const chunk of [c.input_ids.length, 3]) {
+          assertLogitsClose(
+            await prefill(model, c.input_ids, chunk, c.logits_positions),
+            expectedRows(fixture, c),
+            `${c.name} chunk ${chunk}`,
+          );
+        }
+        assertEquals(await greedy(model, c.input_ids, c.greedy_ids.length, 4), c.greedy_ids, `${c.name} greedy ids`);
+      }
+    },
+  });
+}

@@ -23,10 +23,15 @@ struct gptoss_tensor {
   bool owned;
 };
 
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+
 struct gptoss_kv_pool {
   gptoss_kv_pool_spec spec;
   std::vector<KvLayer> layers;
-  std::vector<std::unique_ptr<float[]>> storage;
+  /** calloc'ed: large blocks come from mmap as untouched zero pages, so a big pool costs nothing until used. */
+  std::vector<std::unique_ptr<float, FreeDeleter>> storage;
   uint64_t bytes;
 };
 
@@ -228,8 +233,9 @@ gptoss_status gptoss_kv_pool_create(gptoss_context* ctx, const gptoss_kv_pool_sp
       const int32_t window = layer_windows[l];
       const int64_t blocks = window > 0 ? spec->num_sliding_blocks : spec->num_full_blocks;
       const int64_t size = blocks * spec->block_size * row;
-      auto keys = std::unique_ptr<float[]>(new float[static_cast<size_t>(size)]());
-      auto values = std::unique_ptr<float[]>(new float[static_cast<size_t>(size)]());
+      auto keys = std::unique_ptr<float, FreeDeleter>(static_cast<float*>(std::calloc(static_cast<size_t>(size), sizeof(float))));
+      auto values = std::unique_ptr<float, FreeDeleter>(static_cast<float*>(std::calloc(static_cast<size_t>(size), sizeof(float))));
+      if ((size > 0 && !keys) || (size > 0 && !values)) throw std::bad_alloc();
       pool->layers.push_back(KvLayer{keys.get(), values.get(), blocks, window});
       pool->storage.push_back(std::move(keys));
       pool->storage.push_back(std::move(values));

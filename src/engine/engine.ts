@@ -300,6 +300,7 @@ export class Engine {
     };
     this.#waiting.push(sequence);
     this.stats.promptTokens += request.promptIds.length;
+    this.#updateGauges();
     signal?.addEventListener("abort", () => this.#wake(), { once: true });
     this.#wake();
     return sequence.events.drain();

@@ -42,7 +42,9 @@ class NativeKvPool implements KvPool {
 
 function handleOf(tensor: DeviceTensor | undefined, op: string): Deno.PointerValue {
   if (tensor === undefined) return null;
-  if (!(tensor instanceof NativeTensor)) throw new BackendError(`${op}: a tensor does not belong to the native backend`, op);
+  if (!(tensor instanceof NativeTensor)) {
+    throw new BackendError(`${op}: a tensor does not belong to the native backend`, op);
+  }
   return tensor.handle;
 }
 
@@ -58,14 +60,19 @@ export function loadNativeLibrary(options: { path?: string; build?: boolean } = 
   if (!exists && (options.build ?? true) && path === NATIVE_LIBRARY_PATH) {
     const result = new Deno.Command("bash", { args: [BUILD_SCRIPT], stdout: "piped", stderr: "piped" }).outputSync();
     if (!result.success) {
-      throw new BackendError(`Cannot build the native library: ${new TextDecoder().decode(result.stderr).split("\n")[0]}`, "load");
+      throw new BackendError(
+        `Cannot build the native library: ${new TextDecoder().decode(result.stderr).split("\n")[0]}`,
+        "load",
+      );
     }
   }
   let library: GptossLibrary;
   try {
     library = Deno.dlopen(path, SYMBOLS);
   } catch (err) {
-    throw new BackendError(`Cannot load the native library "${path}": ${(err as Error).message}`, "load", { cause: err });
+    throw new BackendError(`Cannot load the native library "${path}": ${(err as Error).message}`, "load", {
+      cause: err,
+    });
   }
   const version = library.symbols.gptoss_abi_version();
   if (version !== GPTOSS_ABI_VERSION) {
@@ -109,26 +116,47 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
 
   const ops: Ops = {
     embed(o, table, ids) {
-      check(s.gptoss_embed(ctx, handleOf(o, "embed"), handleOf(table, "embed"), handleOf(ids, "embed")), "embed_f32_bf16w");
+      check(
+        s.gptoss_embed(ctx, handleOf(o, "embed"), handleOf(table, "embed"), handleOf(ids, "embed")),
+        "embed_f32_bf16w",
+      );
     },
     rmsnorm(o, x, weight, eps) {
-      check(s.gptoss_rmsnorm(ctx, handleOf(o, "rmsnorm"), handleOf(x, "rmsnorm"), handleOf(weight, "rmsnorm"), eps), "rmsnorm_f32_bf16w");
+      check(
+        s.gptoss_rmsnorm(ctx, handleOf(o, "rmsnorm"), handleOf(x, "rmsnorm"), handleOf(weight, "rmsnorm"), eps),
+        "rmsnorm_f32_bf16w",
+      );
     },
     matmul(o, x, weight, bias) {
       check(
-        s.gptoss_matmul(ctx, handleOf(o, "matmul"), handleOf(x, "matmul"), handleOf(weight, "matmul"), handleOf(bias, "matmul")),
+        s.gptoss_matmul(
+          ctx,
+          handleOf(o, "matmul"),
+          handleOf(x, "matmul"),
+          handleOf(weight, "matmul"),
+          handleOf(bias, "matmul"),
+        ),
         "matmul_f32_bf16w",
       );
     },
     rope(q, k, positions, invFreq, concentration) {
       check(
-        s.gptoss_rope(ctx, handleOf(q, "rope"), handleOf(k, "rope"), handleOf(positions, "rope"), handleOf(invFreq, "rope"), concentration),
+        s.gptoss_rope(
+          ctx,
+          handleOf(q, "rope"),
+          handleOf(k, "rope"),
+          handleOf(positions, "rope"),
+          handleOf(invFreq, "rope"),
+          concentration,
+        ),
         "rope_f32",
       );
     },
     attention(o, q, k, v, opt: AttentionOptions) {
       const pool = opt.pool;
-      if (!(pool instanceof NativeKvPool)) throw new BackendError("attention: the pool does not belong to the native backend", "attention");
+      if (!(pool instanceof NativeKvPool)) {
+        throw new BackendError("attention: the pool does not belong to the native backend", "attention");
+      }
       attentionArgs.set([opt.layer, opt.numHeads, opt.numKeyValueHeads, opt.headDim, opt.window]);
       const words: number[] = [opt.batch.segments.length];
       for (const seg of opt.batch.segments) {
@@ -155,7 +183,13 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
     },
     moeRoute(ids, weights, logits, topK) {
       check(
-        s.gptoss_moe_route(ctx, handleOf(ids, "moeRoute"), handleOf(weights, "moeRoute"), handleOf(logits, "moeRoute"), topK),
+        s.gptoss_moe_route(
+          ctx,
+          handleOf(ids, "moeRoute"),
+          handleOf(weights, "moeRoute"),
+          handleOf(logits, "moeRoute"),
+          topK,
+        ),
         "moe_route_f32",
       );
     },
@@ -182,7 +216,10 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
       check(s.gptoss_add(ctx, handleOf(o, "add"), handleOf(a, "add"), handleOf(b, "add")), "add_f32");
     },
     gatherRows(o, x, rows) {
-      check(s.gptoss_gather_rows(ctx, handleOf(o, "gatherRows"), handleOf(x, "gatherRows"), handleOf(rows, "gatherRows")), "gather_rows_f32");
+      check(
+        s.gptoss_gather_rows(ctx, handleOf(o, "gatherRows"), handleOf(x, "gatherRows"), handleOf(rows, "gatherRows")),
+        "gather_rows_f32",
+      );
     },
   };
 
@@ -206,11 +243,19 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
     upload(tensor: HostTensor): DeviceTensor {
       const size = tensor.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[tensor.dtype];
       if (tensor.data.byteLength !== size) {
-        throw new BackendError(`upload: ${tensor.data.byteLength} bytes for shape [${tensor.shape}] ${tensor.dtype}`, "upload");
+        throw new BackendError(
+          `upload: ${tensor.data.byteLength} bytes for shape [${tensor.shape}] ${tensor.dtype}`,
+          "upload",
+        );
       }
       // Zero copy: the library reads the host bytes in place (a view of the checkpoint's mapping).
       const data = tensor.data.byteOffset % DTYPE_BYTES[tensor.dtype] === 0 ? tensor.data : tensor.data.slice();
-      return new NativeTensor(tensor.dtype, tensor.shape, tensorCall("gptoss_tensor_wrap", tensor.dtype, tensor.shape, data), data);
+      return new NativeTensor(
+        tensor.dtype,
+        tensor.shape,
+        tensorCall("gptoss_tensor_wrap", tensor.dtype, tensor.shape, data),
+        data,
+      );
     },
     alloc(shape: readonly number[], dtype: DType): DeviceTensor {
       const reused = spare.get(keyOf(shape, dtype))?.pop();
@@ -229,7 +274,9 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
       const t = tensor as NativeTensor;
       check(await s.gptoss_flush(ctx), "flush");
       const result = t.dtype === "i32" ? new Int32Array(t.bytes / 4) : new Float32Array(t.bytes / 4);
-      if (t.dtype !== "f32" && t.dtype !== "i32") throw new BackendError(`read: dtype ${t.dtype} is not readable`, "read");
+      if (t.dtype !== "f32" && t.dtype !== "i32") {
+        throw new BackendError(`read: dtype ${t.dtype} is not readable`, "read");
+      }
       check(s.gptoss_tensor_read(ctx, handleOf(t, "read"), result, BigInt(result.byteLength)), "tensor_read");
       return result;
     },

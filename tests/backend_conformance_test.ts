@@ -1,0 +1,323 @@
+/**
+ * Every op of every available backend against the reference backend (the oracle), in the style of Hono's shared
+ * router suite: one table of cases, run once per backend. Shapes: one token, several, sizes that are not a multiple
+ * of any vector width (tails), GQA ratios 1/2/3/8, the sliding-window boundary, and the real 20b dimensions for
+ * matmul and the MoE. A backend that cannot run here is skipped with its reason printed.
+ */
+import { ok as assert } from "node:assert/strict";
+import type { AttentionBatch, Backend, DeviceTensor, DType, MoeWeights } from "../src/backends/backend.ts";
+import { createNativeBackend } from "../src/backends/native/native_backend.ts";
+import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
+import { probeBackends } from "../src/backends/select.ts";
+import { f32ToBf16 } from "../src/formats/numeric.ts";
+
+/** Backends under test, with why a missing one is missing. */
+const probes = probeBackends();
+const candidates: { name: string; create: () => Backend; skip?: string }[] = [
+  {
+    name: "native",
+    create: () => createNativeBackend({ numThreads: 2 }),
+    skip: probes.find((p) => p.name === "native")!.available
+      ? undefined
+      : probes.find((p) => p.name === "native")!.reason,
+  },
+  { name: "webgpu", create: () => createReferenceBackend(), skip: probes.find((p) => p.name === "webgpu")!.reason },
+];
+
+/**
+ * Tolerances, f32 everywhere: the backends sum in a different order (vector lanes, threads) than the reference's
+ * f64 accumulators, so a dot product of K terms of magnitude ~1 differs by about √K·2⁻²⁴·|terms| — under 1e-5 for
+ * K ≤ 8192; 1e-4 absolute + 1e-4 relative leaves a 10× margin. Exact ops (embed, gather, route ids) must match.
+ */
+const TOLERANCE = { abs: 1e-4, rel: 1e-4 };
+
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
+  };
+}
+
+function bf16Data(count: number, seed: number, scale = 1): Uint8Array {
+  const random = rng(seed);
+  const bits = new Uint16Array(count);
+  for (let i = 0; i < count; i++) bits[i] = f32ToBf16(random() * 2 * scale);
+  return new Uint8Array(bits.buffer);
+}
+
+function f32Data(count: number, seed: number, scale = 1): Float32Array {
+  const random = rng(seed);
+  return Float32Array.from({ length: count }, () => random() * 2 * scale);
+}
+
+/** Realistic MXFP4 experts: random codes, scales around 2^-6. */
+function mxfp4Weights(backend: Backend, e: number, h: number, i: number, seed: number): MoeWeights {
+  const random = rng(seed);
+  const bytes = (n: number, f: () => number) => Uint8Array.from({ length: n }, f);
+  const up = (dtype: DType, shape: number[], data: Uint8Array) => backend.upload({ dtype, shape, data });
+  return {
+    gateUpBlocks: up("u8", [e, 2 * i, h / 32, 16], bytes(e * 2 * i * h / 2, () => Math.floor((random() + 0.5) * 256))),
+    gateUpScales: up("u8", [e, 2 * i, h / 32], bytes(e * 2 * i * h / 32, () => 118 + Math.floor((random() + 0.5) * 6))),
+    gateUpBias: up("bf16", [e, 2 * i], bf16Data(e * 2 * i, seed + 1, 0.1)),
+    downBlocks: up("u8", [e, h, i / 32, 16], bytes(e * h * i / 2, () => Math.floor((random() + 0.5) * 256))),
+    downScales: up("u8", [e, h, i / 32], bytes(e * h * i / 32, () => 118 + Math.floor((random() + 0.5) * 6))),
+    downBias: up("bf16", [e, h], bf16Data(e * h, seed + 2, 0.1)),
+  };
+}
+
+function compare(
+  label: string,
+  actual: Float32Array | Int32Array,
+  expected: Float32Array | Int32Array,
+  exact = false,
+): void {
+  assert(actual.length === expected.length, `${label}: ${actual.length} values, expected ${expected.length}`);
+  for (let i = 0; i < expected.length; i++) {
+    const diff = Math.abs(actual[i] - expected[i]);
+    const ok = exact ? actual[i] === expected[i] : diff <= TOLERANCE.abs + TOLERANCE.rel * Math.abs(expected[i]);
+    if (!ok) throw new Error(`${label}: element ${i} is ${actual[i]}, reference ${expected[i]}`);
+  }
+}
+
+/** Runs `build` on both backends and compares the tensors it returns. */
+async function both(
+  label: string,
+  backend: Backend,
+  build: (b: Backend) => DeviceTensor[],
+  exact = false,
+): Promise<void> {
+  const reference = createReferenceBackend();
+  const expected = build(reference);
+  const actual = build(backend);
+  await backend.flush();
+  for (let i = 0; i < expected.length; i++) {
+    compare(`${label} [output ${i}]`, await backend.read(actual[i]), await reference.read(expected[i]), exact);
+  }
+}
+
+function input(b: Backend, data: Float32Array | Int32Array, shape: number[]): DeviceTensor {
+  const t = b.alloc(shape, data instanceof Int32Array ? "i32" : "f32");
+  b.write(t, data);
+  return t;
+}
+
+for (const candidate of candidates) {
+  const ignore = candidate.skip !== undefined;
+  if (ignore) console.log(`conformance: skipping ${candidate.name}: ${candidate.skip}`);
+  const test = (name: string, fn: (backend: Backend) => Promise<void>) =>
+    Deno.test({ name: `${candidate.name}: ${name}`, ignore, fn: () => fn(candidate.create()) });
+
+  test("embed_f32_bf16w: one token and several, odd hidden size", async (backend) => {
+    for (const [tokens, hidden] of [[1, 37], [5, 64]]) {
+      const table = bf16Data(1000 * hidden, 1);
+      await both(`embed T=${tokens} H=${hidden}`, backend, (b) => {
+        const out = b.alloc([tokens, hidden], "f32");
+        b.ops.embed(
+          out,
+          b.upload({ dtype: "bf16", shape: [1000, hidden], data: table }),
+          input(b, Int32Array.from({ length: tokens }, (_, i) => (i * 397) % 1000), [tokens]),
+        );
+        return [out];
+      }, true);
+    }
+  });
+
+  test("rmsnorm_f32_bf16w: tails and the real hidden size", async (backend) => {
+    for (const [rows, hidden] of [[1, 37], [3, 2880]]) {
+      const weight = bf16Data(hidden, 2);
+      const x = f32Data(rows * hidden, 3, 4);
+      await both(`rmsnorm ${rows}x${hidden}`, backend, (b) => {
+        const out = b.alloc([rows, hidden], "f32");
+        b.ops.rmsnorm(
+          out,
+          input(b, x, [rows, hidden]),
+          b.upload({ dtype: "bf16", shape: [hidden], data: weight }),
+          1e-5,
+        );
+        return [out];
+      });
+    }
+  });
+
+  test("matmul_f32_bf16w: tails, bias or none, and the real q_proj [4096, 2880]", async (backend) => {
+    for (
+      const [tokens, n, k, bias] of [[1, 5, 37, true], [7, 33, 64, false], [1, 4096, 2880, true], [
+        5,
+        4096,
+        2880,
+        true,
+      ]] as const
+    ) {
+      const w = bf16Data(n * k, 4, 1 / Math.sqrt(k));
+      const b = bf16Data(n, 5);
+      const x = f32Data(tokens * k, 6);
+      await both(`matmul T=${tokens} N=${n} K=${k}`, backend, (be) => {
+        const out = be.alloc([tokens, n], "f32");
+        be.ops.matmul(
+          out,
+          input(be, x, [tokens, k]),
+          be.upload({ dtype: "bf16", shape: [n, k], data: w }),
+          bias ? be.upload({ dtype: "bf16", shape: [n], data: b }) : undefined,
+        );
+        return [out];
+      });
+    }
+  });
+
+  test("rope_f32: YaRN frequencies, head sizes 16 and 64, far positions", async (backend) => {
+    for (const headDim of [16, 64]) {
+      const invFreq = Float32Array.from(
+        { length: headDim / 2 },
+        (_, i) => 150000 ** (-(2 * i) / headDim) / (i > 8 ? 32 : 1),
+      );
+      const positions = Int32Array.from([0, 1, 127, 128, 5000]);
+      const q = f32Data(5 * 4 * headDim, 7), k = f32Data(5 * 2 * headDim, 8);
+      await both(`rope d=${headDim}`, backend, (b) => {
+        const tq = input(b, q, [5, 4 * headDim]), tk = input(b, k, [5, 2 * headDim]);
+        b.ops.rope(tq, tk, input(b, positions, [5]), input(b, invFreq, [headDim / 2]), 1.3465735902799727);
+        return [tq, tk];
+      });
+    }
+  });
+
+  test("attention_f32: GQA 1/2/3/8, full and sliding window across the boundary, two segments, cached steps", async (backend) => {
+    for (
+      const [heads, kvHeads, headDim, window] of [[2, 2, 16, 0], [4, 2, 16, 4], [6, 2, 16, 0], [8, 1, 64, 5], [
+        64,
+        8,
+        64,
+        128,
+      ]]
+    ) {
+      const blockSize = 4;
+      const sinks = bf16Data(heads, 9);
+      const qWidth = heads * headDim, kvWidth = kvHeads * headDim;
+      // Sequence A: 7 tokens then 3; sequence B: 2 tokens then 6 (crossing the window), batched in both steps.
+      const steps = [[7, 2], [3, 6]];
+      await both(`attention ${heads}/${kvHeads} d=${headDim} window=${window}`, backend, (b) => {
+        const pool = b.createKvPool({
+          numLayers: 1,
+          numKeyValueHeads: kvHeads,
+          headDim,
+          layerWindows: [window],
+          blockSize,
+          numFullBlocks: 16,
+          numSlidingBlocks: 16,
+        });
+        const tables = [Int32Array.from([0, 1, 2, 3]), Int32Array.from([8, 9, 10, 11])];
+        const outputs: DeviceTensor[] = [];
+        const starts = [0, 0];
+        steps.forEach((sizes, step) => {
+          const numTokens = sizes[0] + sizes[1];
+          const batch: AttentionBatch = {
+            numTokens,
+            segments: sizes.map((n, s) => ({
+              rowOffset: s === 0 ? 0 : sizes[0],
+              numTokens: n,
+              startPosition: starts[s],
+              fullBlocks: tables[s],
+              slidingBlocks: tables[s],
+            })),
+          };
+          const out = b.alloc([numTokens, qWidth], "f32");
+          b.ops.attention(
+            out,
+            input(b, f32Data(numTokens * qWidth, 10 + step), [numTokens, qWidth]),
+            input(b, f32Data(numTokens * kvWidth, 20 + step), [numTokens, kvWidth]),
+            input(b, f32Data(numTokens * kvWidth, 30 + step), [numTokens, kvWidth]),
+            {
+              batch,
+              pool,
+              layer: 0,
+              sinks: b.upload({ dtype: "bf16", shape: [heads], data: sinks }),
+              numHeads: heads,
+              numKeyValueHeads: kvHeads,
+              headDim,
+              window,
+            },
+          );
+          outputs.push(out);
+          sizes.forEach((n, s) => (starts[s] += n));
+        });
+        return outputs;
+      });
+    }
+  });
+
+  test("moe_route_f32: top-4 of 32 with ties resolved to the lowest index", async (backend) => {
+    const logits = f32Data(5 * 32, 11, 3);
+    logits[7] = logits[9] = logits[3] = 9; // a three-way tie in token 0
+    await both("moe route ids", backend, (b) => {
+      const ids = b.alloc([5, 4], "i32"), weights = b.alloc([5, 4], "f32");
+      b.ops.moeRoute(ids, weights, input(b, logits, [5, 32]), 4);
+      return [ids];
+    }, true);
+    await both("moe route weights", backend, (b) => {
+      const ids = b.alloc([5, 4], "i32"), weights = b.alloc([5, 4], "f32");
+      b.ops.moeRoute(ids, weights, input(b, logits, [5, 32]), 4);
+      return [weights];
+    });
+  });
+
+  test("moe_mlp_f32_mxfp4w: small shapes and the real 20b expert size (H = I = 2880)", async (backend) => {
+    for (const [tokens, hidden, inter, experts] of [[3, 64, 96, 8], [1, 2880, 2880, 4], [2, 2880, 2880, 4]]) {
+      const x = f32Data(tokens * hidden, 12);
+      const ids = Int32Array.from({ length: tokens * 4 }, (_, i) => (i * 3 + Math.floor(i / 4)) % experts);
+      for (let t = 0; t < tokens; t++) {
+        // Distinct experts per token.
+        const seen = new Set<number>();
+        for (let j = 0; j < 4; j++) {
+          let e = ids[t * 4 + j];
+          while (seen.has(e)) e = (e + 1) % experts;
+          ids[t * 4 + j] = e;
+          seen.add(e);
+        }
+      }
+      const weights = Float32Array.from({ length: tokens * 4 }, (_, i) => [0.4, 0.3, 0.2, 0.1][i % 4]);
+      await both(`moe mlp T=${tokens} H=${hidden} I=${inter}`, backend, (b) => {
+        const out = b.alloc([tokens, hidden], "f32");
+        b.ops.moeMlp(out, input(b, x, [tokens, hidden]), input(b, ids, [tokens, 4]), input(b, weights, [tokens, 4]), {
+          weights: mxfp4Weights(b, experts, hidden, inter, 13),
+          intermediateSize: inter,
+          swigluLimit: 7,
+        });
+        return [out];
+      });
+    }
+  });
+
+  test("add_f32 and gather_rows_f32", async (backend) => {
+    const a = f32Data(3 * 37, 14), c = f32Data(3 * 37, 15);
+    await both("add", backend, (b) => {
+      const out = b.alloc([3, 37], "f32");
+      b.ops.add(out, input(b, a, [3, 37]), input(b, c, [3, 37]));
+      return [out];
+    }, true);
+    await both("gather", backend, (b) => {
+      const out = b.alloc([2, 37], "f32");
+      b.ops.gatherRows(out, input(b, a, [3, 37]), input(b, Int32Array.from([2, 0]), [2]));
+      return [out];
+    }, true);
+  });
+}
+
+// The native library picks AVX-512, AVX2 or scalar code at load; run this suite again on each narrower path.
+for (const isa of ["avx2", "scalar"]) {
+  Deno.test({
+    name: `native (${isa} path): the conformance suite passes`,
+    ignore: candidates[0].skip !== undefined || Deno.env.get("GPTOSS_CPU_ISA") !== undefined,
+    fn: async () => {
+      const result = await new Deno.Command(Deno.execPath(), {
+        args: ["test", "-A", "--filter", "native: ", new URL(import.meta.url).pathname],
+        env: { GPTOSS_CPU_ISA: isa, NO_COLOR: "1" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const text = new TextDecoder().decode(result.stdout) + new TextDecoder().decode(result.stderr);
+      assert(result.success && /ok \| 8 passed/.test(text), text.slice(-2000));
+    },
+  });
+}

@@ -1,0 +1,151 @@
+/** The native ABI: the TS symbol table equals the header; bad input at the boundary gives typed errors. */
+import {
+  deepStrictEqual as assertEquals,
+  ok as assert,
+  rejects as assertRejects,
+  throws as assertThrows,
+} from "node:assert/strict";
+import { createNativeBackend, loadNativeLibrary } from "../src/backends/native/native_backend.ts";
+import { GPTOSS_ABI_VERSION, SYMBOLS } from "../src/backends/native/ffi.ts";
+import { BackendError } from "../src/errors.ts";
+
+const HEADER = Deno.readTextFileSync(new URL("../ffi/include/gptoss.h", import.meta.url));
+const nativeAvailable = (() => {
+  try {
+    loadNativeLibrary().close();
+    return true;
+  } catch (err) {
+    console.log(`native ABI tests skipped: ${(err as Error).message}`);
+    return false;
+  }
+})();
+
+/** C parameter type → the Deno FFI type our table must use for it. */
+function ffiType(cType: string): string[] {
+  const t = cType.replace(/\bconst\b/g, "").replace(/\s+/g, " ").trim();
+  if (t.endsWith("*")) {
+    // Handles and strings are pointers; caller-provided arrays and structs are buffers.
+    return /^(gptoss_context|gptoss_tensor|gptoss_kv_pool|char|void) ?\*$/.test(t) && !/^void ?\*$/.test(t)
+      ? ["pointer"]
+      : ["buffer", "pointer"];
+  }
+  return [
+    {
+      "int32_t": "i32",
+      "uint32_t": "u32",
+      "uint64_t": "u64",
+      "size_t": "usize",
+      "float": "f32",
+      "void": "void",
+      "gptoss_status": "i32",
+    }[t] ?? `unknown C type ${t}`,
+  ];
+}
+
+function headerFunctions(): Map<string, { result: string; params: string[] }> {
+  const functions = new Map<string, { result: string; params: string[] }>();
+  const source = HEADER.replace(/\/\*[\s\S]*?\*\//g, "");
+  for (const match of source.matchAll(/^([\w\s*]+?)\s*\b(gptoss_\w+)\s*\(([^)]*)\);/gm)) {
+    const params = match[3].trim() === "void" || match[3].trim() === ""
+      ? []
+      : match[3].split(",").map((p) => p.trim().replace(/\s*\b\w+$/, "").trim());
+    functions.set(match[2], { result: match[1].trim(), params });
+  }
+  return functions;
+}
+
+Deno.test("the TS symbol table matches ffi/include/gptoss.h: names, parameter and result types", () => {
+  const header = headerFunctions();
+  assert(header.size >= 20, `parsed ${header.size} functions`);
+  assertEquals([...header.keys()].sort(), Object.keys(SYMBOLS).sort());
+  for (const [name, { result, params }] of header) {
+    const symbol = SYMBOLS[name as keyof typeof SYMBOLS] as Deno.ForeignFunction;
+    assertEquals(symbol.parameters.length, params.length, `${name}: parameter count`);
+    params.forEach((p, i) => {
+      const allowed = ffiType(p);
+      assert(
+        allowed.includes(symbol.parameters[i] as string),
+        `${name} parameter ${i} (${p}) bound as ${symbol.parameters[i]}`,
+      );
+    });
+    assert(ffiType(result).includes(symbol.result as string), `${name} result (${result}) bound as ${symbol.result}`);
+  }
+  assert(
+    new RegExp(`#define GPTOSS_ABI_VERSION ${GPTOSS_ABI_VERSION}\\b`).test(HEADER),
+    "ABI version constant matches",
+  );
+});
+
+Deno.test({
+  name: "bad input at the boundary: wrong shapes and dtypes, null handles, bad ids → BackendError naming the op",
+  ignore: !nativeAvailable,
+  fn: async () => {
+    const backend = createNativeBackend({ numThreads: 1 });
+    const x = backend.alloc([2, 8], "f32");
+    const weight = backend.upload({ dtype: "bf16", shape: [3, 5], data: new Uint8Array(30) });
+    assertThrows(
+      () => backend.ops.matmul(backend.alloc([2, 3], "f32"), x, weight),
+      (err: Error) =>
+        err instanceof BackendError && err.op === "matmul_f32_bf16w" && /does not match weight/.test(err.message),
+    );
+    assertThrows(
+      () => backend.ops.rmsnorm(x, x, backend.alloc([8], "f32"), 1e-5),
+      (err: Error) => err instanceof BackendError && /expected dtype bf16/.test(err.message),
+    );
+    const library = loadNativeLibrary();
+    const status = library.symbols.gptoss_add(null, null, null, null);
+    assertEquals(status, 1); // GPTOSS_INVALID_ARGUMENT, no crash
+    const out = new BigUint64Array(1);
+    library.symbols.gptoss_context_create(1, out);
+    const ctx = Deno.UnsafePointer.create(out[0]);
+    assertEquals(library.symbols.gptoss_add(ctx, null, null, null), 1);
+    assert(/null handle/.test(Deno.UnsafePointerView.getCString(library.symbols.gptoss_last_error(ctx)!)));
+    library.symbols.gptoss_context_destroy(ctx);
+    library.close();
+    // A token id outside the vocabulary fails at flush, naming the op, and the backend keeps working.
+    const table = backend.upload({ dtype: "bf16", shape: [10, 8], data: new Uint8Array(160) });
+    const ids = backend.alloc([2], "i32");
+    backend.write(ids, Int32Array.from([3, 99]));
+    backend.ops.embed(x, table, ids);
+    await assertRejects(
+      () => backend.flush(),
+      (err: Error) => err instanceof BackendError && /embed_f32_bf16w: token id 99/.test(err.message),
+    );
+    backend.write(ids, Int32Array.from([3, 4]));
+    backend.ops.embed(x, table, ids);
+    await backend.flush();
+    backend.dispose();
+  },
+});
+
+Deno.test({
+  name: "a library of another ABI version is refused with a typed error",
+  ignore: !nativeAvailable,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      // A stub exporting every symbol, whose version query answers 999.
+      const stubs = Object.keys(SYMBOLS).map((name) =>
+        name === "gptoss_abi_version"
+          ? "unsigned gptoss_abi_version(void) { return 999; }"
+          : `int ${name}() { return 0; }`
+      );
+      await Deno.writeTextFile(`${dir}/stub.c`, stubs.join("\n") + "\n");
+      const build = await new Deno.Command("cc", {
+        args: ["-shared", "-fPIC", "-o", `${dir}/libstub.so`, `${dir}/stub.c`],
+      }).output();
+      assert(build.success, new TextDecoder().decode(build.stderr));
+      assertThrows(
+        () => loadNativeLibrary({ path: `${dir}/libstub.so` }),
+        (err: Error) =>
+          err instanceof BackendError && /speaks ABI version 999; these bindings need version 1/.test(err.message),
+      );
+      assertThrows(
+        () => loadNativeLibrary({ path: `${dir}/missing.so`, build: false }),
+        (err: Error) => err instanceof BackendError && /Cannot load the native library/.test(err.message),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
