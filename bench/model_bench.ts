@@ -92,6 +92,7 @@ async function main(): Promise<void> {
     peak_rss_gb: Number((peakRssBytes() / 1e9).toFixed(2)),
   };
   console.log(JSON.stringify(report, null, 2));
+  backend.dispose(); // with GPTOSS_PROFILE=1 the native backend prints its time per op
 }
 
 await main();

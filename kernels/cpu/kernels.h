@@ -70,6 +70,15 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
 void add_f32(float* out, const float* a, const float* b, int64_t n);
 void gather_rows_f32(float* out, const float* x, const int32_t* rows, int64_t num_rows, int64_t width);
 
+/**
+ * Prefetches [p, p + bytes) into L2. The hardware streamers stop at 4 KiB page boundaries, and weights mapped from
+ * the checkpoint sit on 4 KiB pages, so the row loops fetch a few rows ahead themselves.
+ */
+inline void prefetch_range(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 2);
+}
+
 /** bf16 bits → f32. */
 inline float bf16_to_f32(uint16_t bits) {
   union {
