@@ -144,7 +144,7 @@ for (const candidate of candidates) {
 
   test("matmul_f32_bf16w: tails, bias or none, and the real q_proj [4096, 2880]", async (backend) => {
     for (
-      const [tokens, n, k, bias] of [[1, 5, 37, true], [7, 33, 64, false], [1, 4096, 2880, true], [
+      const [tokens, n, k, bias] of [[1, 5, 37, true], [7, 33, 64, false], [70, 9, 40, true], [1, 4096, 2880, true], [
         5,
         4096,
         2880,
@@ -263,7 +263,14 @@ for (const candidate of candidates) {
   });
 
   test("moe_mlp_f32_mxfp4w: small shapes and the real 20b expert size (H = I = 2880)", async (backend) => {
-    for (const [tokens, hidden, inter, experts] of [[3, 64, 96, 8], [1, 2880, 2880, 4], [2, 2880, 2880, 4]]) {
+    for (
+      const [tokens, hidden, inter, experts] of [[3, 64, 96, 8], [6, 64, 96, 4], [20, 64, 96, 4], [1, 2880, 2880, 4], [
+        2,
+        2880,
+        2880,
+        4,
+      ]]
+    ) {
       const x = f32Data(tokens * hidden, 12);
       const ids = Int32Array.from({ length: tokens * 4 }, (_, i) => (i * 3 + Math.floor(i / 4)) % experts);
       for (let t = 0; t < tokens; t++) {

@@ -229,7 +229,87 @@ __attribute__((target("avx512f,avx512bw"))) void mxfp4_avx512(const uint8_t* blo
   }
 }
 
+void f32_scalar(const float* w, const float* x, int64_t stride, int64_t k, int rows, float* out) {
+  for (int r = 0; r < rows; r++) {
+    float acc = 0;
+    for (int64_t i = 0; i < k; i++) acc += w[i] * x[r * stride + i];
+    out[r] = acc;
+  }
+}
+
+template <int R>
+__attribute__((target("avx2,fma"))) void f32_avx2_rows(const float* w, const float* x, int64_t stride, int64_t k,
+                                                        float* out) {
+  __m256 acc[R];
+  for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) {
+    const __m256 wv = _mm256_loadu_ps(w + i);
+    for (int r = 0; r < R; r++) acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + r * stride + i), acc[r]);
+  }
+  for (int r = 0; r < R; r++) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+    s = _mm_hadd_ps(s, s);
+    s = _mm_hadd_ps(s, s);
+    float total = _mm_cvtss_f32(s);
+    for (int64_t j = i; j < k; j++) total += w[j] * x[r * stride + j];
+    out[r] = total;
+  }
+}
+
+__attribute__((target("avx2,fma"))) void f32_avx2(const float* w, const float* x, int64_t stride, int64_t k, int rows,
+                                                  float* out) {
+  switch (rows) {
+    case 1: return f32_avx2_rows<1>(w, x, stride, k, out);
+    case 2: return f32_avx2_rows<2>(w, x, stride, k, out);
+    case 3: return f32_avx2_rows<3>(w, x, stride, k, out);
+    default: return f32_avx2_rows<4>(w, x, stride, k, out);
+  }
+}
+
+template <int R>
+__attribute__((target("avx512f"))) void f32_avx512_rows(const float* w, const float* x, int64_t stride, int64_t k,
+                                                        float* out) {
+  __m512 acc[R];
+  for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    const __m512 wv = _mm512_loadu_ps(w + i);
+    for (int r = 0; r < R; r++) acc[r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + r * stride + i), acc[r]);
+  }
+  for (int r = 0; r < R; r++) {
+    float total = _mm512_reduce_add_ps(acc[r]);
+    for (int64_t j = i; j < k; j++) total += w[j] * x[r * stride + j];
+    out[r] = total;
+  }
+}
+
+__attribute__((target("avx512f"))) void f32_avx512(const float* w, const float* x, int64_t stride, int64_t k, int rows,
+                                                   float* out) {
+  switch (rows) {
+    case 1: return f32_avx512_rows<1>(w, x, stride, k, out);
+    case 2: return f32_avx512_rows<2>(w, x, stride, k, out);
+    case 3: return f32_avx512_rows<3>(w, x, stride, k, out);
+    default: return f32_avx512_rows<4>(w, x, stride, k, out);
+  }
+}
+
 }  // namespace
+
+void widen_bf16_row(const uint16_t* w, int64_t k, float* out) {
+  for (int64_t i = 0; i < k; i++) out[i] = bf16_to_f32(w[i]);
+}
+
+void dequantize_mxfp4_row(const uint8_t* blocks, const uint8_t* scales, int64_t num_blocks, float* out) {
+  for (int64_t g = 0; g < num_blocks; g++) {
+    const float scale = kScales.half[scales[g]];
+    for (int j = 0; j < 16; j++) {
+      const uint8_t byte = blocks[g * 16 + j];
+      out[g * 32 + 2 * j] = kFp4Twice[byte & 15] * scale;
+      out[g * 32 + 2 * j + 1] = kFp4Twice[byte >> 4] * scale;
+    }
+  }
+}
 
 Isa detect_isa() {
   __builtin_cpu_init();
@@ -253,9 +333,9 @@ const char* isa_name(Isa isa) {
 const DotKernels& dot_kernels() {
   static const DotKernels kernels = [] {
     switch (detect_isa()) {
-      case Isa::avx512: return DotKernels{bf16_avx512, mxfp4_avx512};
-      case Isa::avx2: return DotKernels{bf16_avx2, mxfp4_avx2};
-      default: return DotKernels{bf16_scalar, mxfp4_scalar};
+      case Isa::avx512: return DotKernels{bf16_avx512, mxfp4_avx512, f32_avx512};
+      case Isa::avx2: return DotKernels{bf16_avx2, mxfp4_avx2, f32_avx2};
+      default: return DotKernels{bf16_scalar, mxfp4_scalar, f32_scalar};
     }
   }();
   return kernels;

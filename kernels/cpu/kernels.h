@@ -18,7 +18,14 @@ struct DotKernels {
   /** One MXFP4 row: `num_blocks` blocks of 32 weights (16 code bytes + 1 scale byte each). */
   void (*mxfp4)(const uint8_t* blocks, const uint8_t* scales, const float* x, int64_t x_stride, int64_t num_blocks,
                 int rows, float* out);
+  /** An f32 row (a weight row decoded once, for prefill batches of more than 4 tokens). */
+  void (*f32)(const float* w, const float* x, int64_t x_stride, int64_t k, int rows, float* out);
 };
+
+/** Decodes one bf16 weight row to f32. */
+void widen_bf16_row(const uint16_t* w, int64_t k, float* out);
+/** Decodes one MXFP4 row (num_blocks × 32 weights) to f32, in element order. */
+void dequantize_mxfp4_row(const uint8_t* blocks, const uint8_t* scales, int64_t num_blocks, float* out);
 const DotKernels& dot_kernels();
 
 void embed_f32_bf16w(float* out, const uint16_t* table, const int32_t* ids, int64_t num_tokens, int64_t hidden);

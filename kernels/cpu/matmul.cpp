@@ -1,6 +1,7 @@
 // matmul_f32_bf16w: out[T, N] = x[T, K] · W[N, K]ᵀ + b. Threads split the weight rows; each row is read once per
 // group of 4 tokens (it stays in L1 between groups), so decode streams the weights exactly once.
 #include <algorithm>
+#include <vector>
 
 #include "kernels.h"
 
@@ -9,15 +10,23 @@ namespace gptoss::cpu {
 void matmul_f32_bf16w(float* out, const float* x, const uint16_t* weight, const uint16_t* bias, int64_t num_tokens,
                       int64_t n, int64_t k) {
   const DotKernels& dot = dot_kernels();
-#pragma omp parallel for schedule(static, 16)
-  for (int64_t row = 0; row < n; row++) {
-    const uint16_t* w = weight + row * k;
-    const float b = bias ? bf16_to_f32(bias[row]) : 0.0f;
-    float acc[4];
-    for (int64_t t = 0; t < num_tokens; t += 4) {
-      const int rows = static_cast<int>(std::min<int64_t>(4, num_tokens - t));
-      dot.bf16(w, x + t * k, k, k, rows, acc);
-      for (int r = 0; r < rows; r++) out[(t + r) * n + row] = acc[r] + b;
+  // More than 4 tokens (prefill): decode each weight row to f32 once and reuse it for every group of 4 tokens.
+  const bool decode_once = num_tokens > 64;  // measured: below this, converting per group of 4 tokens wins
+#pragma omp parallel
+  {
+    std::vector<float> row_f32(decode_once ? static_cast<size_t>(k) : 0);
+#pragma omp for schedule(static, 16)
+    for (int64_t row = 0; row < n; row++) {
+      const uint16_t* w = weight + row * k;
+      const float b = bias ? bf16_to_f32(bias[row]) : 0.0f;
+      if (decode_once) widen_bf16_row(w, k, row_f32.data());
+      float acc[4];
+      for (int64_t t = 0; t < num_tokens; t += 4) {
+        const int rows = static_cast<int>(std::min<int64_t>(4, num_tokens - t));
+        if (decode_once) dot.f32(row_f32.data(), x + t * k, k, k, rows, acc);
+        else dot.bf16(w, x + t * k, k, k, rows, acc);
+        for (int r = 0; r < rows; r++) out[(t + r) * n + row] = acc[r] + b;
+      }
     }
   }
 }

@@ -19,6 +19,11 @@ export interface HostTensor {
   readonly shape: readonly number[];
   /** Row-major bytes; byteOffset aligned to the element size. */
   readonly data: Uint8Array;
+  /**
+   * True when `data` is memory the JS engine never moves or frees while referenced (a file mapping): a backend may
+   * then keep a raw pointer to it. Otherwise a backend that needs the bytes beyond the call copies them.
+   */
+  readonly external?: boolean;
 }
 
 /** An opaque handle to a tensor owned by one backend. */

@@ -51,7 +51,7 @@ export async function loadWeights(
     const data = checkpoint.read(name);
     bytesDone += data.byteLength;
     const dtype = BACKEND_DTYPE[spec.dtype as keyof typeof BACKEND_DTYPE] as DType;
-    const tensor = backend.upload({ dtype, shape: spec.shape, data });
+    const tensor = backend.upload({ dtype, shape: spec.shape, data, external: checkpoint.files.mapped });
     onProgress?.({ bytesDone, bytesTotal, tensor: name });
     return tensor;
   };

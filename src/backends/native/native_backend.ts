@@ -108,6 +108,9 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
   const kind = Deno.UnsafePointerView.getCString(s.gptoss_backend_kind()!);
   // Freed activation tensors are kept by shape and handed out again: no native allocation per decode step.
   const spare = new Map<string, NativeTensor[]>();
+  // Host memory the library reads in place (weights): held here until freed, so that the garbage collector can never
+  // release it while an enqueued command still points at it.
+  const borrowed = new Set<NativeTensor>();
   const keyOf = (shape: readonly number[], dtype: DType) => `${dtype}:${shape.join("x")}`;
 
   const attentionArgs = new Int32Array(5);
@@ -248,7 +251,18 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
           "upload",
         );
       }
-      // Zero copy: the library reads the host bytes in place (a view of the checkpoint's mapping).
+      if (!tensor.external) {
+        // A pointer into a JS-heap buffer is valid only during the call that receives it: copy such weights.
+        const copy = new NativeTensor(
+          tensor.dtype,
+          tensor.shape,
+          tensorCall("gptoss_tensor_alloc", tensor.dtype, tensor.shape),
+          undefined,
+        );
+        check(s.gptoss_tensor_write(ctx, copy.handle, tensor.data, BigInt(tensor.data.byteLength)), "tensor_write");
+        return copy;
+      }
+      // Zero copy: the library reads the host bytes in place (a view of the checkpoint's mapping, never moved).
       const data = tensor.data.byteOffset % DTYPE_BYTES[tensor.dtype] === 0 ? tensor.data : tensor.data.slice();
       return new NativeTensor(
         tensor.dtype,
@@ -295,7 +309,11 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
     },
     free(tensor: DeviceTensor): void {
       const t = tensor as NativeTensor;
-      if (t.host !== undefined) return; // weights stay
+      if (t.host !== undefined) {
+        borrowed.delete(t);
+        s.gptoss_tensor_free(ctx, t.handle);
+        return;
+      }
       const key = keyOf(t.shape, t.dtype);
       const list = spare.get(key) ?? [];
       if (list.length < 8) {
@@ -308,6 +326,7 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
     dispose(): void {
       s.gptoss_context_destroy(ctx);
       ctx = null;
+      borrowed.clear();
     },
   };
 }
