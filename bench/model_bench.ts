@@ -42,6 +42,7 @@ async function main(): Promise<void> {
       backend: { type: "string", default: "reference" },
       prompt: { type: "string", default: "32" },
       decode: { type: "string", default: "8" },
+      batch: { type: "string", default: "1" },
     },
   });
   if (!values.dir) throw new Error("Give --dir DIR (generate one with: deno task make-model --preset mini --out DIR)");
@@ -52,9 +53,10 @@ async function main(): Promise<void> {
   const loadSeconds = (performance.now() - loadStart) / 1000;
   const promptLength = Number(values.prompt), decodeSteps = Number(values.decode);
   const prompt = Array.from({ length: promptLength }, (_, i) => (i * 7919) % Math.min(model.config.vocabSize, 199_998));
+  const batch = Number(values.batch);
   const session = new KvSession(model, {
     blockSize: 16,
-    numBlocks: Math.ceil((promptLength + decodeSteps + 2) / 16) + 2,
+    numBlocks: batch * (Math.ceil((promptLength + decodeSteps + 2) / 16) + 2),
   });
 
   // Warm-up: one short forward pass compiles the hot loops.
@@ -62,19 +64,22 @@ async function main(): Promise<void> {
   await session.step([{ seq: warm, tokenIds: [1, 2], logits: "last" }]);
   session.release(warm);
 
-  const seq = session.sequence();
+  // `batch` sequences prefill together, then decode together one token each per step.
+  const seqs = Array.from({ length: batch }, () => session.sequence());
   const prefillStart = performance.now();
-  let [logits] = await session.step([{ seq, tokenIds: prompt, logits: "last" }]);
+  let logits = await session.step(seqs.map((seq) => ({ seq, tokenIds: prompt, logits: "last" as const })));
   const prefillSeconds = (performance.now() - prefillStart) / 1000;
   const decodeStart = performance.now();
   for (let i = 0; i < decodeSteps; i++) {
-    [logits] = await session.step([{ seq, tokenIds: [argmax(logits)], logits: "last" }]);
+    logits = await session.step(
+      seqs.map((seq, b) => ({ seq, tokenIds: [argmax(logits[b])], logits: "last" as const })),
+    );
   }
   const decodeSeconds = (performance.now() - decodeStart) / 1000;
 
   const bandwidth = await measureBandwidth(2);
   const bytesPerToken = bytesPerDecodeToken(model.config);
-  const decodeRate = decodeSteps / decodeSeconds;
+  const decodeRate = (decodeSteps * batch) / decodeSeconds; // output tokens/s over the whole batch
   const ceiling = bandwidth ? bandwidth / bytesPerToken : undefined;
   const report = {
     checkpoint: values.dir,
@@ -82,7 +87,8 @@ async function main(): Promise<void> {
     layers: model.config.numHiddenLayers,
     load_s: Number(loadSeconds.toFixed(2)),
     prefill_tokens: promptLength,
-    prefill_tokens_per_s: Number((promptLength / prefillSeconds).toFixed(3)),
+    batch,
+    prefill_tokens_per_s: Number(((promptLength * batch) / prefillSeconds).toFixed(3)),
     decode_tokens: decodeSteps,
     decode_tokens_per_s: Number(decodeRate.toFixed(3)),
     weight_bytes_per_token: bytesPerToken,

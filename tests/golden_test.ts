@@ -3,7 +3,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import type { Backend } from "../src/backends/backend.ts";
 import { createNativeBackend } from "../src/backends/native/native_backend.ts";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
-import { probeBackends } from "../src/backends/select.ts";
+import { probeBackends, selectBackend } from "../src/backends/select.ts";
 import { Checkpoint } from "../src/model/checkpoint.ts";
 import { KvSession } from "../src/engine/kv_session.ts";
 import { createModel, type Model } from "../src/model/gpt_oss.ts";
@@ -145,25 +145,28 @@ Deno.test("golden tiny: greedy ids are the same with block sizes 1, 3 and 16 (sl
   for (const blockSize of [1, 3, 16]) assertEquals(await greedy(model, c.input_ids, 24, blockSize), c.greedy_ids);
 });
 
-const native = probeBackends().find((p) => p.name === "native")!;
-if (!native.available) console.log(`golden native: skipped: ${native.reason}`);
-for (const fixture of ["tiny", "tiny-fullvocab"]) {
-  Deno.test({
-    name:
-      `golden ${fixture} on the native backend: logits within 1e-3 + 1e-5·|ref| (f32 accumulation), greedy ids equal`,
-    ignore: !native.available,
-    fn: async () => {
-      const model = await loadModel(fixture, createNativeBackend({ numThreads: 2 }));
-      for (const c of goldenCases(fixture)) {
-        for (const chunk of [c.input_ids.length, 3]) {
-          assertLogitsClose(
-            await prefill(model, c.input_ids, chunk, c.logits_positions),
-            expectedRows(fixture, c),
-            `${c.name} chunk ${chunk}`,
-          );
+for (const name of ["native", "cuda"] as const) {
+  const probe = probeBackends().find((p) => p.name === name)!;
+  if (!probe.available) console.log(`golden ${name}: skipped: ${probe.reason}`);
+  for (const fixture of ["tiny", "tiny-fullvocab"]) {
+    Deno.test({
+      name:
+        `golden ${fixture} on the ${name} backend: logits within 1e-3 + 1e-5·|ref| (f32 accumulation), greedy ids equal`,
+      ignore: !probe.available,
+      fn: async () => {
+        const backend = name === "native" ? createNativeBackend({ numThreads: 2 }) : selectBackend("cuda").backend;
+        const model = await loadModel(fixture, backend);
+        for (const c of goldenCases(fixture)) {
+          for (const chunk of [c.input_ids.length, 3]) {
+            assertLogitsClose(
+              await prefill(model, c.input_ids, chunk, c.logits_positions),
+              expectedRows(fixture, c),
+              `${c.name} chunk ${chunk}`,
+            );
+          }
+          assertEquals(await greedy(model, c.input_ids, c.greedy_ids.length, 4), c.greedy_ids, `${c.name} greedy ids`);
         }
-        assertEquals(await greedy(model, c.input_ids, c.greedy_ids.length, 4), c.greedy_ids, `${c.name} greedy ids`);
-      }
-    },
-  });
+      },
+    });
+  }
 }

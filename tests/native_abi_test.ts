@@ -5,7 +5,8 @@ import {
   rejects as assertRejects,
   throws as assertThrows,
 } from "node:assert/strict";
-import { createNativeBackend, loadNativeLibrary } from "../src/backends/native/native_backend.ts";
+import { createNativeBackend, CUDA_LIBRARY_PATH, loadNativeLibrary } from "../src/backends/native/native_backend.ts";
+import { probeBackends } from "../src/backends/select.ts";
 import { GPTOSS_ABI_VERSION, SYMBOLS } from "../src/backends/native/ffi.ts";
 import { BackendError } from "../src/errors.ts";
 
@@ -146,6 +147,43 @@ Deno.test({
       );
     } finally {
       await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+const cudaBuilt = (() => {
+  try {
+    Deno.statSync(CUDA_LIBRARY_PATH);
+    return true;
+  } catch {
+    console.log("CUDA library tests skipped: build/libgptoss_cuda.so is not built (needs nvcc: deno task build:cuda)");
+    return false;
+  }
+})();
+
+Deno.test({
+  name: "the CUDA library exports the same symbol table and ABI version, and reports a missing device cleanly",
+  ignore: !cudaBuilt,
+  fn: () => {
+    const library = loadNativeLibrary({ path: CUDA_LIBRARY_PATH, build: false }); // every symbol of SYMBOLS resolves
+    try {
+      assertEquals(library.symbols.gptoss_abi_version(), GPTOSS_ABI_VERSION);
+      assertEquals(Deno.UnsafePointerView.getCString(library.symbols.gptoss_backend_kind()!), "cuda");
+      const out = new BigUint64Array(1);
+      const status = library.symbols.gptoss_context_create(1, out);
+      if (status === 0) {
+        console.log("a CUDA device is present: the no-device path cannot be checked here");
+        library.symbols.gptoss_context_destroy(Deno.UnsafePointer.create(out[0]));
+        return;
+      }
+      assertEquals(status, 5); // GPTOSS_NO_DEVICE
+      const message = Deno.UnsafePointerView.getCString(library.symbols.gptoss_last_error(null)!);
+      assert(/^no CUDA device: /.test(message), message);
+      const probe = probeBackends().find((p) => p.name === "cuda")!;
+      assertEquals(probe.available, false);
+      assertEquals(probe.reason, message);
+    } finally {
+      library.close();
     }
   },
 });

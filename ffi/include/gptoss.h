@@ -91,7 +91,10 @@ gptoss_status gptoss_context_create(int32_t num_threads, gptoss_context** out);
 /** Destroys a context and every tensor and pool it owns. */
 void gptoss_context_destroy(gptoss_context* ctx);
 
-/** The message of the last failed call on this context (valid until the next call). */
+/**
+ * The message of the last failed call on this context (valid until the next call). With NULL: why the last
+ * gptoss_context_create() on this thread failed (CUDA: "no CUDA device: …" with cudaGetDeviceCount's error).
+ */
 const char* gptoss_last_error(gptoss_context* ctx);
 
 /** A tensor over caller-owned host memory (no copy). `shape` has `ndim` entries. */

@@ -180,7 +180,9 @@ void gptoss_context_destroy(gptoss_context* ctx) {
   delete ctx;
 }
 
-const char* gptoss_last_error(gptoss_context* ctx) { return ctx ? ctx->last_error.c_str() : "null context"; }
+const char* gptoss_last_error(gptoss_context* ctx) {
+  return ctx ? ctx->last_error.c_str() : "no context (gptoss_context_create failed or was not called)";
+}
 
 gptoss_status gptoss_tensor_wrap(gptoss_context* ctx, int32_t dtype, int32_t ndim, const int64_t* shape, void* data,
                                  gptoss_tensor** out) {

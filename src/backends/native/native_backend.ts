@@ -20,6 +20,8 @@ import { GPTOSS_ABI_VERSION, GPTOSS_DTYPE, GPTOSS_STATUS, type GptossLibrary, SY
 
 /** Where the library is built (deno task build:native). */
 export const NATIVE_LIBRARY_PATH = new URL("../../../build/libgptoss_cpu.so", import.meta.url).pathname;
+/** The same ABI on NVIDIA GPUs (deno task build:cuda). */
+export const CUDA_LIBRARY_PATH = new URL("../../../build/libgptoss_cuda.so", import.meta.url).pathname;
 const BUILD_SCRIPT = new URL("../../../ffi/build.sh", import.meta.url).pathname;
 
 /** A tensor of the native backend: a handle plus, for borrowed memory, the host bytes it must keep alive. */
@@ -90,6 +92,8 @@ export interface NativeBackendOptions {
   /** Threads for the library's OpenMP regions (default: all cores). */
   readonly numThreads?: number;
   readonly library?: GptossLibrary;
+  /** "cuda" when `library` is the CUDA build. */
+  readonly name?: "native" | "cuda";
 }
 
 /** Creates the native backend. */
@@ -100,7 +104,7 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
   let ctx: Deno.PointerValue = null;
   const check = (status: number, op: string) => {
     if (status === 0) return;
-    const message = ctx ? Deno.UnsafePointerView.getCString(s.gptoss_last_error(ctx)!) : "no context";
+    const message = Deno.UnsafePointerView.getCString(s.gptoss_last_error(ctx)!);
     throw new BackendError(`${message} (${GPTOSS_STATUS[status] ?? `status ${status}`})`, op);
   };
   check(s.gptoss_context_create(options.numThreads ?? 0, out), "context_create");
@@ -241,7 +245,7 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
   };
 
   return {
-    name: "native",
+    name: options.name ?? "native",
     kind,
     upload(tensor: HostTensor): DeviceTensor {
       const size = tensor.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[tensor.dtype];
