@@ -1,6 +1,6 @@
 /**
  * Load benchmark over HTTP (a script, not a test):
- *   deno run -A bench/load.ts [--model DIR] [--requests 48] [--max-tokens 32]
+ *   deno run -A bench/load.ts [--model DIR] [--requests 48] [--max-tokens 32] [--backend reference|native]
  * Starts a server on 127.0.0.1 (reference backend; by default a generated `tiny` preset), then:
  *  1. concurrency 1 and 8: N streaming requests with mixed prompt lengths, 10% cancelled after 3 tokens. Reports
  *     TTFT, end-to-end and inter-token latency p50/p95/p99, output tokens/s and errors; the c=8 / c=1 throughput
@@ -136,6 +136,7 @@ async function main(): Promise<void> {
       model: { type: "string" },
       requests: { type: "string", default: "48" },
       "max-tokens": { type: "string", default: "32" },
+      backend: { type: "string", default: "reference" },
     },
   });
   let dir = values.model;
@@ -145,7 +146,7 @@ async function main(): Promise<void> {
     dir = `${temporary}/tiny`;
     await generateCheckpoint("tiny", dir, { seed: 3 });
   }
-  const server = await startServer(["--port", "0", "--model", dir, "--max-num-seqs", "8"]);
+  const server = await startServer(["--port", "0", "--model", dir, "--max-num-seqs", "8", "--backend", values.backend!]);
   const model = (await (await fetch(`${server.baseUrl}/v1/models`)).json()).data[0].id;
   try {
     const requests = Number(values.requests), maxTokens = Number(values["max-tokens"]);
