@@ -146,7 +146,16 @@ async function main(): Promise<void> {
     dir = `${temporary}/tiny`;
     await generateCheckpoint("tiny", dir, { seed: 3 });
   }
-  const server = await startServer(["--port", "0", "--model", dir, "--max-num-seqs", "8", "--backend", values.backend!]);
+  const server = await startServer([
+    "--port",
+    "0",
+    "--model",
+    dir,
+    "--max-num-seqs",
+    "8",
+    "--backend",
+    values.backend!,
+  ]);
   const model = (await (await fetch(`${server.baseUrl}/v1/models`)).json()).data[0].id;
   try {
     const requests = Number(values.requests), maxTokens = Number(values["max-tokens"]);

@@ -10,6 +10,13 @@ import { createNativeBackend } from "../src/backends/native/native_backend.ts";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
 import { probeBackends } from "../src/backends/select.ts";
 import { f32ToBf16 } from "../src/formats/numeric.ts";
+import { rng as uniform } from "./helpers/random.ts";
+
+/** Uniform in [−0.5, 0.5). */
+function rng(seed: number): () => number {
+  const next = uniform(seed);
+  return () => next() - 0.5;
+}
 
 /** Backends under test, with why a missing one is missing. */
 const probes = probeBackends();
@@ -30,16 +37,6 @@ const candidates: { name: string; create: () => Backend; skip?: string }[] = [
  * K ≤ 8192; 1e-4 absolute + 1e-4 relative leaves a 10× margin. Exact ops (embed, gather, route ids) must match.
  */
 const TOLERANCE = { abs: 1e-4, rel: 1e-4 };
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
-  };
-}
 
 function bf16Data(count: number, seed: number, scale = 1): Uint8Array {
   const random = rng(seed);

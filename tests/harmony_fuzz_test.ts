@@ -3,6 +3,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { ChatOutputParser } from "../src/harmony/chat_output.ts";
 import { HarmonyParser, parseCompletion } from "../src/harmony/parse.ts";
 import { Tokenizer } from "../src/harmony/tokenizer.ts";
+import { rng } from "./helpers/random.ts";
 
 const tokenizer = new Tokenizer();
 
@@ -12,16 +13,6 @@ const REAL_OUTPUTS = [
   '<|channel|>commentary<|message|>Let me look that up.<|end|><|start|>assistant to=functions.search<|channel|>commentary json<|message|>{"q": "deno"}<|call|>',
   "<|channel|>analysis<|message|>Thinking…\n\nStep 1.<|end|><|start|>assistant<|channel|>final<|message|>Done.<|end|>",
 ];
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SPECIALS = [199998, 199999, 200002, 200003, 200005, 200006, 200007, 200008, 200012, 200018, 201087];
 

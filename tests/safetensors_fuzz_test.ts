@@ -4,17 +4,7 @@ import { CheckpointError } from "../src/errors.ts";
 import { SafetensorsSet } from "../src/model/safetensors.ts";
 import { bytesSource, encodeHeader, writeSafetensors } from "../src/model/safetensors_writer.ts";
 import { GOLDEN_ROOT } from "./helpers/golden.ts";
-
-/** Small deterministic PRNG (mulberry32) so a failing case can be replayed from its index. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng } from "./helpers/random.ts";
 
 const DTYPES = ["BF16", "F16", "F32", "U8", "I8", "I32", "I64", "F64", "BOOL", "", 7, null];
 
