@@ -108,6 +108,12 @@ Deno.test("out of KV blocks, requests are preempted and recomputed: same tokens 
   const together = await Promise.all(prompts.map((p, i) => tokens(tight.submit(request(`t${i}`, p, 7 + i)))));
   assertEquals(together, alone);
   assert(tight.stats.preemptions > 0, "preemption happened");
+  // The cache ran full: the engine went through the pressure levels and degraded as documented.
+  assert((tight.stats.pressureActions.smaller_chunks ?? 0) > 0, JSON.stringify(tight.stats.pressureActions));
+  assert((tight.stats.pressureActions.smaller_batches ?? 0) > 0, JSON.stringify(tight.stats.pressureActions));
+  const memory = tight.memory();
+  assertEquals(memory.blocks.total, memory.blocks.used + memory.blocks.cached + memory.blocks.free);
+  assert(memory.bytes_total > 0 && ["none", "moderate", "high", "critical"].includes(memory.pressure));
   await tight.idle();
   assertEquals(tight.memory().blocks.used, 0);
   assertEquals(tight.stats.kvCachesHeld, 0);
