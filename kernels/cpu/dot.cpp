@@ -36,11 +36,11 @@ void mxfp4_scalar(const uint8_t* blocks, const uint8_t* scales, const float* x, 
     float acc = 0;
     for (int64_t g = 0; g < num_blocks; g++) {
       const float scale = kScales.half[scales[g]];
-      const float* xg = x + r * stride + g * 32;
+      const float* xg = x + r * stride + g * 32;  // split layout: evens [0, 16), odds [16, 32)
       float block = 0;
       for (int j = 0; j < 16; j++) {
         const uint8_t byte = blocks[g * 16 + j];
-        block += kFp4Twice[byte & 15] * xg[2 * j] + kFp4Twice[byte >> 4] * xg[2 * j + 1];
+        block += kFp4Twice[byte & 15] * xg[j] + kFp4Twice[byte >> 4] * xg[16 + j];
       }
       acc += block * scale;
     }
@@ -119,16 +119,14 @@ __attribute__((target("avx512f,avx512bw"))) void bf16_avx512(const uint16_t* w, 
   }
 }
 
-// Decodes the 32 codes of one MXFP4 block into two vectors of 16 int8 values (2× FP4), in element order:
-// low nibble = even element, high nibble = odd element.
-__attribute__((target("avx2"))) inline void decode_block(const uint8_t* block, __m128i* first, __m128i* second) {
+// Decodes the 32 codes of one MXFP4 block into two vectors of 16 int8 values (2× FP4): the low nibbles (even
+// elements) and the high nibbles (odd elements), matching the split activation layout.
+__attribute__((target("avx2"))) inline void decode_block(const uint8_t* block, __m128i* evens, __m128i* odds) {
   const __m128i lut = _mm_load_si128(reinterpret_cast<const __m128i*>(kFp4Twice));
   const __m128i mask = _mm_set1_epi8(0x0f);
   const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block));
-  const __m128i lo = _mm_and_si128(bytes, mask);
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-  *first = _mm_shuffle_epi8(lut, _mm_unpacklo_epi8(lo, hi));
-  *second = _mm_shuffle_epi8(lut, _mm_unpackhi_epi8(lo, hi));
+  *evens = _mm_shuffle_epi8(lut, _mm_and_si128(bytes, mask));
+  *odds = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(bytes, 4), mask));
 }
 
 template <int R>
@@ -172,23 +170,23 @@ __attribute__((target("avx2,fma"))) void mxfp4_avx2(const uint8_t* blocks, const
   }
 }
 
-// One block's 32 weights as two f32 vectors (scale folded in).
+// One block's 32 weights as two f32 vectors (evens, odds), scale folded into the 16-entry value table.
 __attribute__((target("avx512f,avx512bw"))) inline void decode_block_avx512(const uint8_t* block, float scale_half,
-                                                                              __m128i lut, __m512* w0, __m512* w1) {
-  const __m128i mask = _mm_set1_epi8(0x0f);
-  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block));
-  const __m128i lo = _mm_and_si128(bytes, mask);
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-  const __m512 scale = _mm512_set1_ps(scale_half);
-  *w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(lut, _mm_unpacklo_epi8(lo, hi)))), scale);
-  *w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(lut, _mm_unpackhi_epi8(lo, hi)))), scale);
+                                                                              __m512 lut_twice, __m512* evens,
+                                                                              __m512* odds) {
+  const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block)));
+  const __m512 table = _mm512_mul_ps(lut_twice, _mm512_set1_ps(scale_half));
+  *evens = _mm512_permutexvar_ps(_mm512_and_si512(codes, _mm512_set1_epi32(15)), table);
+  *odds = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table);
 }
 
 template <int R>
 __attribute__((target("avx512f,avx512bw"))) void mxfp4_avx512_rows(const uint8_t* blocks, const uint8_t* scales,
                                                                      const float* x, int64_t stride,
                                                                      int64_t num_blocks, float* out) {
-  const __m128i lut = _mm_load_si128(reinterpret_cast<const __m128i*>(kFp4Twice));
+  alignas(64) float twice[16];
+  for (int i = 0; i < 16; i++) twice[i] = kFp4Twice[i];
+  const __m512 lut = _mm512_load_ps(twice);
   // Two blocks per iteration into separate accumulators: the FMA chains overlap instead of waiting on each other.
   __m512 acc0[R], acc1[R];
   for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
@@ -295,6 +293,15 @@ __attribute__((target("avx512f"))) void f32_avx512(const float* w, const float* 
 }
 
 }  // namespace
+
+void split_for_mxfp4(const float* x, int64_t k, float* out) {
+  for (int64_t g = 0; g < k / 32; g++) {
+    for (int j = 0; j < 16; j++) {
+      out[g * 32 + j] = x[g * 32 + 2 * j];
+      out[g * 32 + 16 + j] = x[g * 32 + 2 * j + 1];
+    }
+  }
+}
 
 void widen_bf16_row(const uint16_t* w, int64_t k, float* out) {
   for (int64_t i = 0; i < k; i++) out[i] = bf16_to_f32(w[i]);

@@ -15,12 +15,18 @@ const char* isa_name(Isa isa);
 /** Dot products of one weight row with up to 4 activation rows (x + t * x_stride), accumulated in f32. */
 struct DotKernels {
   void (*bf16)(const uint16_t* w, const float* x, int64_t x_stride, int64_t k, int rows, float* out);
-  /** One MXFP4 row: `num_blocks` blocks of 32 weights (16 code bytes + 1 scale byte each). */
+  /**
+   * One MXFP4 row: `num_blocks` blocks of 32 weights (16 code bytes + 1 scale byte each). `x` is in the split layout
+   * of split_for_mxfp4(): per block, the 16 even elements then the 16 odd ones, matching low and high nibbles.
+   */
   void (*mxfp4)(const uint8_t* blocks, const uint8_t* scales, const float* x, int64_t x_stride, int64_t num_blocks,
                 int rows, float* out);
   /** An f32 row (a weight row decoded once, for prefill batches of more than 4 tokens). */
   void (*f32)(const float* w, const float* x, int64_t x_stride, int64_t k, int rows, float* out);
 };
+
+/** Reorders activations for the MXFP4 dot: per 32-element block, even elements first, then odd ones. */
+void split_for_mxfp4(const float* x, int64_t k, float* out);
 
 /** Decodes one bf16 weight row to f32. */
 void widen_bf16_row(const uint16_t* w, int64_t k, float* out);

@@ -43,13 +43,16 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
   std::vector<std::vector<int64_t>> slots(static_cast<size_t>(w.num_experts));
   for (int64_t t = 0; t < num_tokens; t++)
     for (int32_t j = 0; j < top_k; j++) slots[static_cast<size_t>(ids[t * top_k + j])].push_back(t * top_k + j);
-  std::vector<float> xs, act, y;
+  std::vector<float> xs, xs_split, act, act_split, y;
   for (int64_t e = 0; e < w.num_experts; e++) {
     const std::vector<int64_t>& mine = slots[static_cast<size_t>(e)];
     const int64_t count = static_cast<int64_t>(mine.size());
     if (count == 0) continue;
     xs.resize(static_cast<size_t>(count * hidden));
     for (int64_t s = 0; s < count; s++) std::copy_n(x + (mine[s] / top_k) * hidden, hidden, xs.data() + s * hidden);
+    // The MXFP4 dot reads activations in the split layout (evens, then odds, per block): reorder once per expert.
+    xs_split.resize(xs.size());
+    for (int64_t s = 0; s < count; s++) split_for_mxfp4(xs.data() + s * hidden, hidden, xs_split.data() + s * hidden);
     act.resize(static_cast<size_t>(count * 2 * intermediate));
     const uint8_t* gu_blocks = w.gate_up_blocks + e * 2 * intermediate * hidden_blocks * 16;
     const uint8_t* gu_scales = w.gate_up_scales + e * 2 * intermediate * hidden_blocks;
@@ -68,7 +71,7 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
         for (int64_t s = 0; s < count; s += 4) {
           const int rows = static_cast<int>(std::min<int64_t>(4, count - s));
           if (decode_once) dot.f32(row_f32.data(), xs.data() + s * hidden, hidden, hidden, rows, acc);
-          else dot.mxfp4(row_blocks, row_scales, xs.data() + s * hidden, hidden, hidden_blocks, rows, acc);
+          else dot.mxfp4(row_blocks, row_scales, xs_split.data() + s * hidden, hidden, hidden_blocks, rows, acc);
           for (int q = 0; q < rows; q++) act[static_cast<size_t>((s + q) * 2 * intermediate + r)] = acc[q] + bf16_to_f32(gu_bias[r]);
         }
       }
@@ -77,6 +80,10 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
     for (int64_t s = 0; s < count; s++) {
       float* h = act.data() + s * 2 * intermediate;
       for (int64_t i = 0; i < intermediate; i++) h[i] = swiglu(h[2 * i], h[2 * i + 1], swiglu_limit);
+    }
+    act_split.resize(static_cast<size_t>(count * intermediate));
+    for (int64_t s = 0; s < count; s++) {
+      split_for_mxfp4(act.data() + s * 2 * intermediate, intermediate, act_split.data() + s * intermediate);
     }
     y.resize(static_cast<size_t>(count * hidden));
     const uint8_t* d_blocks = w.down_blocks + e * hidden * inter_blocks * 16;
@@ -95,7 +102,7 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
           const int rows = static_cast<int>(std::min<int64_t>(4, count - s));
           const float* a = act.data() + s * 2 * intermediate;
           if (decode_once) dot.f32(row_f32.data(), a, 2 * intermediate, intermediate, rows, acc);
-          else dot.mxfp4(row_blocks, row_scales, a, 2 * intermediate, inter_blocks, rows, acc);
+          else dot.mxfp4(row_blocks, row_scales, act_split.data() + s * intermediate, intermediate, inter_blocks, rows, acc);
           for (int q = 0; q < rows; q++) y[static_cast<size_t>((s + q) * hidden + r)] = acc[q] + bf16_to_f32(d_bias[r]);
         }
       }
