@@ -15,7 +15,7 @@ deno test -A --filter "cuda" tests/golden_test.ts tests/native_abi_test.ts 2>&1 
 # Speed on the 20b preset generated here: batch 1, 8 and 32.
 deno run -A src/main.ts make-model --preset 20b --out /tmp/preset-20b > "$OUT/make-model.txt" 2>&1
 for batch in 1 8 32; do
-  deno run -A bench/model_bench.ts --dir /tmp/preset-20b --backend cuda --prompt 32 --decode 64 --batch "$batch" \
+  deno run -A bench/model_speed.ts --dir /tmp/preset-20b --backend cuda --prompt 32 --decode 64 --batch "$batch" \
     > "$OUT/bench-batch$batch.json" 2>&1
   grep -E "decode_tokens_per_s|prefill_tokens_per_s" "$OUT/bench-batch$batch.json"
 done

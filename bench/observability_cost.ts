@@ -1,7 +1,7 @@
 /**
  * Cost of observability (a script): requests/s of small completions with tracing exported for every request (share 1,
  * to a local OTLP receiver) plus metrics and logs, against tracing off, in the same run (goal ≥ 0.95).
- *   deno run -A bench/observability_bench.ts [--requests 200]
+ *   deno run -A bench/observability_cost.ts [--requests 200]
  */
 import { parseArgs } from "node:util";
 import { startServer } from "../tests/helpers/server.ts";

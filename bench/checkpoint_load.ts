@@ -1,6 +1,6 @@
 /**
  * Checkpoint load benchmark (a script, not a test):
- *   deno run -A bench/load_bench.ts --dir /path/to/checkpoint [--modes mmap,read]
+ *   deno run -A bench/checkpoint_load.ts --dir /path/to/checkpoint [--modes mmap,read]
  * Loads the checkpoint into the form the reference backend computes from, in a fresh child process per mode, and
  * reports throughput as a ratio to `cat` of the same files from the page cache (goal ≥ 0.8) and peak RSS as a ratio to
  * the checkpoint size (goal ≤ 1.1). Generate a checkpoint first, e.g.

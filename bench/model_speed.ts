@@ -1,6 +1,6 @@
 /**
  * Prefill and decode speed of a backend on a checkpoint (a script, not a test):
- *   deno run -A bench/model_bench.ts --dir /data/presets/mini [--backend reference] [--prompt 32] [--decode 8]
+ *   deno run -A bench/model_speed.ts --dir /data/presets/mini [--backend reference] [--prompt 32] [--decode 8]
  * Reports prefill and decode tokens/s, peak RSS, and the decode rate as a fraction of the memory-bandwidth ceiling
  * measured in the same run (bench/membw.c, 2 threads): ceiling = bandwidth ÷ weight bytes read per token (spec §7).
  */
