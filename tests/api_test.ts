@@ -351,6 +351,7 @@ Deno.test("a flood beyond the queue gets fast 429s with Retry-After while admitt
       assertEquals(r.json.error.type, "rate_limit_error");
     }
     for (const r of accepted) assertEquals(r.json.usage.completion_tokens, 40);
+    assert(server.logLines.some((line) => line.includes('"event":"admission.reject"') && line.includes("queue_full")));
   } finally {
     await server.stop();
     await Deno.remove(dir, { recursive: true });

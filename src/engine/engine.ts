@@ -256,6 +256,7 @@ export class Engine {
     const blocks = this.#blocks.blocksFor(total);
     if (blocks > this.#blocks.usage().total) {
       bump(this.stats.admission, "rejected:never_fits");
+      this.#options.logger.info("admission.reject", { request_id: request.id, reason: "never_fits", tokens: total });
       throw new ContextOverflowError(
         `The request needs ${total} tokens of KV cache (${blocks} blocks) but the cache holds ` +
           `${this.#blocks.usage().total * this.#blocks.blockSize} tokens; lower max_tokens or the prompt`,
@@ -269,6 +270,11 @@ export class Engine {
     const queuedTokens = this.#waiting.reduce((s, q) => s + q.promptLength + q.maxTokens, 0);
     if (this.#waiting.length >= this.#options.maxQueuedRequests) {
       bump(this.stats.admission, "rejected:queue_full");
+      this.#options.logger.warn("admission.reject", {
+        request_id: request.id,
+        reason: "queue_full",
+        waiting: this.#waiting.length,
+      });
       throw new OverloadedError(
         `The server is at capacity: ${this.#waiting.length} requests are waiting`,
         this.#retryAfterSeconds(),
@@ -276,6 +282,11 @@ export class Engine {
     }
     if (queuedTokens + request.promptIds.length + request.maxTokens > this.#options.maxQueuedTokens) {
       bump(this.stats.admission, "rejected:queued_tokens");
+      this.#options.logger.warn("admission.reject", {
+        request_id: request.id,
+        reason: "queued_tokens",
+        queued_tokens: queuedTokens,
+      });
       throw new OverloadedError(
         `The server is at capacity: ${queuedTokens} tokens are queued`,
         this.#retryAfterSeconds(),
