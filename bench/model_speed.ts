@@ -46,7 +46,7 @@ async function main(): Promise<void> {
     },
   });
   if (!values.dir) throw new Error("Give --dir DIR (generate one with: deno task make-model --preset mini --out DIR)");
-  const { backend } = selectBackend(values.backend as "reference");
+  const { backend } = await selectBackend(values.backend as "reference");
   const loadStart = performance.now();
   const checkpoint = Checkpoint.open(values.dir, { mmap: true, populate: true });
   const model = createModel(checkpoint.config, await loadWeights(checkpoint, backend), backend);

@@ -4,7 +4,8 @@
  */
 import { createApp } from "./api/app.ts";
 import type { ServingState } from "./api/serving.ts";
-import { probeBackends, selectBackend } from "./backends/select.ts";
+import type { Backend } from "./backends/backend.ts";
+import { probeBackends, type ProbeResult, selectBackend } from "./backends/select.ts";
 import { helpText, parseCommandLine } from "./cli.ts";
 import { loadServerConfig, type ServerConfig } from "./config.ts";
 import { Engine } from "./engine/engine.ts";
@@ -58,9 +59,10 @@ async function loadModel(
   state: ServingState,
   logger: Logger,
   metrics: Metrics,
+  selection: { backend: Backend; probe: ProbeResult },
 ) {
   const started = performance.now();
-  const { backend, probe } = selectBackend(config.backend);
+  const { backend, probe } = selection;
   state.backend = backend.name;
   logger.info("backend.select", { backend: backend.name, reason: probe.reason, dtype: probe.dtype });
   const tokenizer = new Tokenizer();
@@ -126,8 +128,11 @@ async function loadModel(
 }
 
 async function serve(config: ServerConfig, logger: Logger): Promise<void> {
+  // Probe and choose the backend once, before listening: one that cannot run here fails fast.
+  const probes = await probeBackends();
+  let selection: { backend: Backend; probe: ProbeResult };
   try {
-    selectBackend(config.backend); // fail fast, before listening, on a backend that cannot run here
+    selection = await selectBackend(config.backend, probes);
   } catch (err) {
     fail((err as Error).message);
   }
@@ -179,7 +184,7 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
     tracer: tracing.tracer,
     metrics,
     debugInfo: () => ({
-      probe: probeBackends(),
+      probe: probes,
       device: {
         os: Deno.build.os,
         arch: Deno.build.arch,
@@ -210,7 +215,7 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
   Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
   Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
 
-  loadModel(choice, config, state, logger, metrics).catch((err) => {
+  loadModel(choice, config, state, logger, metrics, selection).catch((err) => {
     state.status = "failed";
     state.error = (err as Error).message;
     logger.error("model.load_failed", { error: err });
@@ -250,7 +255,8 @@ async function main(): Promise<void> {
   }
   if (commandLine.command === "make-model") return await makeModel(commandLine.flags);
   if (commandLine.command === "probe") {
-    console.log(JSON.stringify({ candidates: probeBackends() }, null, 2));
+    const candidates = await probeBackends();
+    console.log(JSON.stringify({ decision: candidates.find((c) => c.available)?.name, candidates }, null, 2));
     return;
   }
   let config: ServerConfig;

@@ -9,6 +9,7 @@ import type { AttentionBatch, Backend, DeviceTensor, DType, MoeWeights } from ".
 import { createNativeBackend } from "../src/backends/native/native_backend.ts";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
 import { probeBackends } from "../src/backends/select.ts";
+import { createWebGpuBackend, requestWebGpu } from "../src/backends/webgpu/webgpu_backend.ts";
 import { f32ToBf16 } from "../src/formats/numeric.ts";
 import { rng as uniform } from "./helpers/random.ts";
 
@@ -19,7 +20,8 @@ function rng(seed: number): () => number {
 }
 
 /** Backends under test, with why a missing one is missing. */
-const probes = probeBackends();
+const probes = await probeBackends();
+const gpu = await requestWebGpu();
 const candidates: { name: string; create: () => Backend; skip?: string }[] = [
   {
     name: "native",
@@ -28,7 +30,11 @@ const candidates: { name: string; create: () => Backend; skip?: string }[] = [
       ? undefined
       : probes.find((p) => p.name === "native")!.reason,
   },
-  { name: "webgpu", create: () => createReferenceBackend(), skip: probes.find((p) => p.name === "webgpu")!.reason },
+  {
+    name: "webgpu",
+    create: () => createWebGpuBackend(gpu!.device, gpu!.info),
+    skip: gpu ? undefined : "no WebGPU adapter",
+  },
 ];
 
 /**
@@ -325,3 +331,53 @@ for (const isa of ["avx2", "scalar"]) {
     },
   });
 }
+
+Deno.test({
+  name: "webgpu: tensors larger than a storage binding are split into windows (binding limit forced to 8 KiB)",
+  ignore: gpu === undefined,
+  fn: async () => {
+    const small = createWebGpuBackend(gpu!.device, { ...gpu!.info, maxStorageBufferBindingSize: 8192 });
+    const table = bf16Data(1000 * 37, 21); // 74 KB: 19 windows
+    await both("split embed", small, (b) => {
+      const out = b.alloc([3, 37], "f32");
+      b.ops.embed(
+        out,
+        b.upload({ dtype: "bf16", shape: [1000, 37], data: table }),
+        input(b, Int32Array.from([0, 512, 999]), [3]),
+      );
+      return [out];
+    }, true);
+    const w = bf16Data(200 * 64, 22, 0.125), bias = bf16Data(200, 23);
+    await both("split matmul", small, (b) => {
+      const out = b.alloc([2, 200], "f32");
+      b.ops.matmul(
+        out,
+        input(b, f32Data(128, 24), [2, 64]),
+        b.upload({ dtype: "bf16", shape: [200, 64], data: w }),
+        b.upload({ dtype: "bf16", shape: [200], data: bias }),
+      );
+      return [out];
+    });
+    const ids = Int32Array.from([0, 3, 5, 7, 1, 2, 4, 6, 7, 6, 5, 4]);
+    await both("split moe", small, (b) => {
+      const out = b.alloc([3, 64], "f32");
+      b.ops.moeMlp(
+        out,
+        input(b, f32Data(3 * 64, 25), [3, 64]),
+        input(b, ids, [3, 4]),
+        input(b, Float32Array.from(ids, () => 0.25), [3, 4]),
+        {
+          weights: mxfp4Weights(b, 8, 64, 96, 26),
+          intermediateSize: 96,
+          swigluLimit: 7,
+        },
+      );
+      return [out];
+    });
+    await both("in-place add", small, (b) => {
+      const x = input(b, f32Data(100, 27), [100]);
+      b.ops.add(x, x, input(b, f32Data(100, 28), [100]));
+      return [x];
+    }, true);
+  },
+});

@@ -145,8 +145,9 @@ Deno.test("golden tiny: greedy ids are the same with block sizes 1, 3 and 16 (sl
   for (const blockSize of [1, 3, 16]) assertEquals(await greedy(model, c.input_ids, 24, blockSize), c.greedy_ids);
 });
 
-for (const name of ["native", "cuda"] as const) {
-  const probe = probeBackends().find((p) => p.name === name)!;
+const probes = await probeBackends();
+for (const name of ["native", "cuda", "webgpu"] as const) {
+  const probe = probes.find((p) => p.name === name)!;
   if (!probe.available) console.log(`golden ${name}: skipped: ${probe.reason}`);
   for (const fixture of ["tiny", "tiny-fullvocab"]) {
     Deno.test({
@@ -154,7 +155,9 @@ for (const name of ["native", "cuda"] as const) {
         `golden ${fixture} on the ${name} backend: logits within 1e-3 + 1e-5·|ref| (f32 accumulation), greedy ids equal`,
       ignore: !probe.available,
       fn: async () => {
-        const backend = name === "native" ? createNativeBackend({ numThreads: 2 }) : selectBackend("cuda").backend;
+        const backend = name === "native"
+          ? createNativeBackend({ numThreads: 2 })
+          : (await selectBackend(name, probes)).backend;
         const model = await loadModel(fixture, backend);
         for (const c of goldenCases(fixture)) {
           for (const chunk of [c.input_ids.length, 3]) {

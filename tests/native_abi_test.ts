@@ -164,7 +164,7 @@ const cudaBuilt = (() => {
 Deno.test({
   name: "the CUDA library exports the same symbol table and ABI version, and reports a missing device cleanly",
   ignore: !cudaBuilt,
-  fn: () => {
+  fn: async () => {
     const library = loadNativeLibrary({ path: CUDA_LIBRARY_PATH, build: false }); // every symbol of SYMBOLS resolves
     try {
       assertEquals(library.symbols.gptoss_abi_version(), GPTOSS_ABI_VERSION);
@@ -179,7 +179,7 @@ Deno.test({
       assertEquals(status, 5); // GPTOSS_NO_DEVICE
       const message = Deno.UnsafePointerView.getCString(library.symbols.gptoss_last_error(null)!);
       assert(/^no CUDA device: /.test(message), message);
-      const probe = probeBackends().find((p) => p.name === "cuda")!;
+      const probe = (await probeBackends()).find((p) => p.name === "cuda")!;
       assertEquals(probe.available, false);
       assertEquals(probe.reason, message);
     } finally {

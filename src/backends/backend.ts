@@ -154,6 +154,8 @@ export interface Backend {
   flush(): Promise<void>;
   /** Reads a tensor back as f32 (f32 tensors) or i32 (i32 tensors). */
   read(tensor: DeviceTensor): Promise<Float32Array | Int32Array>;
+  /** Device limits the engine must respect when sizing the KV pool (a layer's K or V is one buffer). */
+  readonly limits?: { readonly maxKvLayerBytes: number };
   /** The KV storage for all sequences (allocated once). */
   createKvPool(spec: KvPoolSpec): KvPool;
   /** Frees an activation tensor. */

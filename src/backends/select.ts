@@ -5,6 +5,7 @@
 import type { Backend, BackendName } from "./backend.ts";
 import { createNativeBackend, CUDA_LIBRARY_PATH, loadNativeLibrary } from "./native/native_backend.ts";
 import { createReferenceBackend } from "./reference/reference_backend.ts";
+import { createWebGpuBackend, requestWebGpu, type WebGpuInfo } from "./webgpu/webgpu_backend.ts";
 
 /** One backend's probe result. */
 export interface ProbeResult {
@@ -50,34 +51,63 @@ function probeCuda(): ProbeResult {
   }
 }
 
-/** The candidates in order of preference, each with the evidence for or against it. */
-export function probeBackends(): ProbeResult[] {
+/** The WebGPU adapter and device, requested once per process. */
+let webGpu: Promise<{ device: GPUDevice; info: WebGpuInfo } | undefined> | undefined;
+function webGpuDevice() {
+  return webGpu ??= requestWebGpu().catch(() => undefined);
+}
+
+/** The candidates in order of preference (a real GPU before the CPU, a software adapter after it), with evidence. */
+export async function probeBackends(): Promise<ProbeResult[]> {
+  const gpu = await webGpuDevice();
+  const webgpu: ProbeResult = gpu
+    ? {
+      name: "webgpu",
+      available: true,
+      reason: `${gpu.info.isFallbackAdapter ? "fallback (software) adapter" : "adapter"} ${gpu.info.description}; ` +
+        `storage bindings up to ${gpu.info.maxStorageBufferBindingSize} bytes`,
+      dtype: "f32",
+    }
+    : {
+      name: "webgpu",
+      available: false,
+      reason: "no WebGPU adapter (navigator.gpu.requestAdapter() gave none)",
+      dtype: "f32",
+    };
+  const native = probeNative();
+  const realGpu = gpu !== undefined && !gpu.info.isFallbackAdapter;
   return [
     probeCuda(),
-    { name: "webgpu", available: false, reason: "The WebGPU backend is not built in this version", dtype: "f32" },
-    probeNative(),
+    ...(realGpu ? [webgpu, native] : [native, webgpu]),
     { name: "reference", available: true, reason: "Plain TypeScript: runs everywhere (slow)", dtype: "f32" },
   ];
 }
 
-const FACTORIES: Partial<Record<BackendName, () => Backend>> = {
-  reference: createReferenceBackend,
-  native: () => createNativeBackend(),
+const FACTORIES: Record<BackendName, () => Promise<Backend>> = {
+  reference: () => Promise.resolve(createReferenceBackend()),
+  native: () => Promise.resolve(createNativeBackend()),
   cuda: () =>
-    createNativeBackend({ library: loadNativeLibrary({ path: CUDA_LIBRARY_PATH, build: false }), name: "cuda" }),
+    Promise.resolve(
+      createNativeBackend({ library: loadNativeLibrary({ path: CUDA_LIBRARY_PATH, build: false }), name: "cuda" }),
+    ),
+  webgpu: async () => {
+    const gpu = await webGpuDevice();
+    if (!gpu) throw new Error("no WebGPU adapter");
+    return createWebGpuBackend(gpu.device, gpu.info);
+  },
 };
 
 /** The chosen backend, or an Error whose message lists the valid names and why the others are out. */
-export function selectBackend(
+export async function selectBackend(
   choice: "auto" | BackendName,
-  probes = probeBackends(),
-): { backend: Backend; probe: ProbeResult } {
-  const candidates = choice === "auto" ? probes.filter((p) => p.available) : probes.filter((p) => p.name === choice);
-  const probe = candidates.find((p) => p.available && FACTORIES[p.name]);
-  const factory = probe ? FACTORIES[probe.name] : undefined;
-  if (!probe || !factory) {
-    const why = probes.map((p) => `${p.name}: ${p.available ? "available" : p.reason}`).join("; ");
+  probes?: ProbeResult[],
+): Promise<{ backend: Backend; probe: ProbeResult }> {
+  const found = probes ?? await probeBackends();
+  const candidates = choice === "auto" ? found.filter((p) => p.available) : found.filter((p) => p.name === choice);
+  const probe = candidates.find((p) => p.available);
+  if (!probe) {
+    const why = found.map((p) => `${p.name}: ${p.available ? "available" : p.reason}`).join("; ");
     throw new Error(`Backend "${choice}" is not available here (${why})`);
   }
-  return { backend: factory(), probe };
+  return { backend: await FACTORIES[probe.name](), probe };
 }

@@ -203,8 +203,19 @@ export class Engine {
       ? Math.max(1, Math.floor((options.kvCacheBytes - slidingBytes) / (blockSize * perPosition.full)))
       // A model with only sliding layers still needs block tables for positions: make them cheap.
       : Math.ceil(options.maxModelLen / blockSize) * options.limits.maxNumSeqs;
-    this.#blocks = new KvBlockManager({ blockSize, numFullBlocks, numSlidingBlocks, window });
-    this.#pool = model.backend.createKvPool(kvPoolSpec(config, { blockSize, numFullBlocks, numSlidingBlocks }));
+    // A backend that keeps each layer's K and V in one buffer caps the blocks per group.
+    const layerRow = blockSize * config.numKeyValueHeads * config.headDim * 4;
+    const maxBlocks = model.backend.limits ? Math.floor(model.backend.limits.maxKvLayerBytes / layerRow) : Infinity;
+    const cappedFull = Math.min(numFullBlocks, maxBlocks), cappedSliding = Math.min(numSlidingBlocks, maxBlocks);
+    this.#blocks = new KvBlockManager({
+      blockSize,
+      numFullBlocks: cappedFull,
+      numSlidingBlocks: cappedSliding,
+      window,
+    });
+    this.#pool = model.backend.createKvPool(
+      kvPoolSpec(config, { blockSize, numFullBlocks: cappedFull, numSlidingBlocks: cappedSliding }),
+    );
   }
 
   /** The model's context length as served. */
