@@ -183,10 +183,14 @@ Deno.test("errors are OpenAI-shaped: 400 malformed/schema/context, 404 model, 41
 });
 
 for (
-  const [fixture, backend] of [["tiny", "reference"], ["tiny-fullvocab", "reference"], ["tiny", "native"], [
-    "tiny-fullvocab",
-    "native",
-  ]]
+  const [fixture, backend] of [
+    ["tiny", "reference"],
+    ["tiny-fullvocab", "reference"],
+    ["tiny", "native"],
+    ["tiny-fullvocab", "native"],
+    ["tiny", "webgpu"],
+    ["tiny-fullvocab", "webgpu"],
+  ]
 ) {
   Deno.test(`golden ${fixture} replayed through /v1/completions on --backend ${backend}: greedy ids and echo logprobs`, async () => {
     const server = await startServer([...common, "--model", `${GOLDEN_ROOT}${fixture}`, "--backend", backend]);
