@@ -41,12 +41,21 @@ if (values.dir) {
   const steps = Number(values.decode);
   const webgpu = await decodeRate(createWebGpuBackend(gpu.device, gpu.info), values.dir, steps);
   const reference = await decodeRate(createReferenceBackend(), values.dir, steps);
-  console.log(`decode: webgpu ${webgpu.toFixed(3)} tok/s, reference ${reference.toFixed(3)} tok/s, ratio ${(webgpu / reference).toFixed(2)}`);
+  console.log(
+    `decode: webgpu ${webgpu.toFixed(3)} tok/s, reference ${reference.toFixed(3)} tok/s, ratio ${
+      (webgpu / reference).toFixed(2)
+    }`,
+  );
 }
 
 // Per-op throughput at real 20b shapes, one token (decode), bytes of weights and activations moved per call.
 const backend = createWebGpuBackend(gpu.device, gpu.info);
-const random = (n: number) => crypto.getRandomValues(new Uint8Array(n));
+const random = (n: number) => {
+  const out = new Uint8Array(n);
+  let state = 12345;
+  for (let i = 0; i < n; i++) out[i] = (state = (Math.imul(state, 1103515245) + 12345) >>> 0) >>> 24;
+  return out;
+};
 const f32 = (shape: number[]) => {
   const t = backend.alloc(shape, "f32");
   backend.write(t, new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(0.01));
@@ -60,7 +69,11 @@ async function time(name: string, bytes: number, run: () => void): Promise<void>
   for (let i = 0; i < reps; i++) run();
   await backend.flush();
   const seconds = (performance.now() - started) / 1000 / reps;
-  console.log(`| ${name.padEnd(34)} | ${(seconds * 1000).toFixed(2).padStart(9)} ms | ${(bytes / seconds / 1e9).toFixed(2).padStart(7)} GB/s |`);
+  console.log(
+    `| ${name.padEnd(34)} | ${(seconds * 1000).toFixed(2).padStart(9)} ms | ${
+      (bytes / seconds / 1e9).toFixed(2).padStart(7)
+    } GB/s |`,
+  );
 }
 console.log("| op (one token, 20b shapes)         |      time |  achieved |");
 console.log("| ---------------------------------- | --------- | --------- |");
