@@ -17,7 +17,7 @@ import {
   samplingParams,
   type ServingModel,
   type ServingState,
-  submitAll,
+  submitChoices,
 } from "./serving.ts";
 import { mergeStreams, sseResponse } from "./sse.ts";
 import { StopStringMatcher } from "./stop_strings.ts";
@@ -272,7 +272,7 @@ export async function chatCompletions(json: unknown, signal: AbortSignal, deps: 
     requestController.signal.addEventListener("abort", () => choice.controller.abort(), { once: true });
   }
   // Each choice has its own controller (a stop string ends one choice); the request's aborts them all.
-  const streams = p.engineRequests.map((r, i) => submitAll(model.engine, [r], choices[i].controller)[0]);
+  const streams = submitChoices(model.engine, p.engineRequests, choices.map((c) => c.controller));
   const wantLogprobs = request.logprobs === true;
   const report = () => {
     for (const choice of choices) {

@@ -5,7 +5,7 @@ import { InvalidRequestError } from "../errors.ts";
 import type { Tokenizer } from "../harmony/tokenizer.ts";
 import type { Logger } from "../obs/logger.ts";
 import { type CompletionRequest, CompletionRequestSchema, parseRequest } from "./protocol.ts";
-import { defaultMaxTokens, newId, requireModel, samplingParams, type ServingState, submitAll } from "./serving.ts";
+import { defaultMaxTokens, newId, requireModel, samplingParams, type ServingState, submitChoices } from "./serving.ts";
 import { mergeStreams, sseResponse } from "./sse.ts";
 import { StopStringMatcher } from "./stop_strings.ts";
 import { nowMs, type RequestTelemetry } from "./telemetry.ts";
@@ -149,8 +149,7 @@ export async function completions(json: unknown, signal: AbortSignal, deps: Comp
       };
     })
   );
-  for (const r of engineRequests) model.engine.validate(r);
-  const streams = engineRequests.map((r, i) => submitAll(model.engine, [r], choices[i].controller)[0]);
+  const streams = submitChoices(model.engine, engineRequests, choices.map((c) => c.controller));
   const id = newId("cmpl-");
   const created = Math.floor(Date.now() / 1000);
   const usage = () => {

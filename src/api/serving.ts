@@ -82,21 +82,22 @@ export function defaultMaxTokens(scheduler: SchedulerSettings, engine: Engine, p
   return Math.max(1, Math.min(scheduler.defaultMaxTokens, engine.maxModelLen - promptLength));
 }
 
-/** Submits n requests, validating all before queueing any; if one is refused, the others are aborted. */
-export function submitAll(
+/**
+ * Submits one engine request per choice, each with its own controller (a stop string ends one choice). Validates all
+ * first, so a bad request queues nothing; if one is refused (overload), the ones already queued are aborted.
+ */
+export function submitChoices(
   engine: Engine,
   requests: readonly EngineRequest[],
-  controller: AbortController,
+  controllers: readonly AbortController[],
 ): AsyncIterable<TokenEvent>[] {
   for (const r of requests) engine.validate(r);
-  const streams: AsyncIterable<TokenEvent>[] = [];
   try {
-    for (const r of requests) streams.push(engine.submit(r, controller.signal));
+    return requests.map((r, i) => engine.submit(r, controllers[i].signal));
   } catch (err) {
-    controller.abort();
+    for (const c of controllers) c.abort();
     throw err;
   }
-  return streams;
 }
 
 /** A unique id with a prefix (chatcmpl-, cmpl-, req-). */
