@@ -12,7 +12,7 @@ import { Engine } from "./engine/engine.ts";
 import { CheckpointError, ConfigFileError, PortBusyError, UsageError } from "./errors.ts";
 import { Tokenizer } from "./harmony/tokenizer.ts";
 import { ASSISTANT_STOP_IDS } from "./harmony/tokens.ts";
-import { Checkpoint } from "./model/checkpoint.ts";
+import { Checkpoint, modelFootprint } from "./model/checkpoint.ts";
 import { chooseModel, type ModelChoice } from "./model/choose.ts";
 import { createModel } from "./model/gpt_oss.ts";
 import { generateCheckpoint, type Preset } from "./model/synthetic.ts";
@@ -128,13 +128,14 @@ async function loadModel(
 }
 
 async function serve(config: ServerConfig, logger: Logger): Promise<void> {
-  // Probe and choose the backend once, before listening: one that cannot run here fails fast.
+  // Probe once, before listening: a backend that cannot run here fails fast.
   const probes = await probeBackends();
-  let selection: { backend: Backend; probe: ProbeResult };
-  try {
-    selection = await selectBackend(config.backend, probes);
-  } catch (err) {
-    fail((err as Error).message);
+  if (config.backend !== "auto" && !probes.some((p) => p.name === config.backend && p.available)) {
+    try {
+      await selectBackend(config.backend, probes);
+    } catch (err) {
+      fail((err as Error).message);
+    }
   }
   const port = await acquirePort({
     host: config.host,
@@ -155,6 +156,17 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
   } catch (err) {
     if (err instanceof CheckpointError) fail(err.message);
     throw err;
+  }
+  // Choose the backend the model fits on (headers only: nothing is read yet).
+  let selection: { backend: Backend; probe: ProbeResult };
+  try {
+    const header = Checkpoint.open(choice.dir);
+    const need = modelFootprint(header.config);
+    header.close();
+    selection = await selectBackend(config.backend, probes, { need, kvCacheBytes: config.kvCacheBytes });
+  } catch (err) {
+    if (err instanceof CheckpointError) fail(err.message);
+    fail((err as Error).message);
   }
   const state: ServingState = {
     status: "loading",

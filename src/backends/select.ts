@@ -5,7 +5,8 @@
 import type { Backend, BackendName } from "./backend.ts";
 import { createNativeBackend, CUDA_LIBRARY_PATH, loadNativeLibrary } from "./native/native_backend.ts";
 import { createReferenceBackend } from "./reference/reference_backend.ts";
-import { createWebGpuBackend, requestWebGpu, type WebGpuInfo } from "./webgpu/webgpu_backend.ts";
+import type { ModelFootprint } from "../model/checkpoint.ts";
+import { createWebGpuBackend, requestWebGpu, webGpuFitRefusal, type WebGpuInfo } from "./webgpu/webgpu_backend.ts";
 
 /** One backend's probe result. */
 export interface ProbeResult {
@@ -14,6 +15,25 @@ export interface ProbeResult {
   readonly reason: string;
   /** Activation dtype it would use. */
   readonly dtype: "f32" | "bf16" | "f16";
+  /** The adapter's evidence (webgpu only). */
+  readonly adapter?: WebGpuInfo;
+}
+
+/** What the chosen model needs, for the fit check (see {@link selectBackend}). */
+export interface FitRequest {
+  readonly need: ModelFootprint;
+  readonly kvCacheBytes: number;
+  /** Defaults to the machine's total memory. */
+  readonly hostMemoryBytes?: number;
+}
+
+/** Why the model cannot run on a candidate, or undefined. Only WebGPU has limits to check before loading. */
+export function fitRefusal(probe: ProbeResult, fit: FitRequest): string | undefined {
+  if (probe.name !== "webgpu" || !probe.adapter) return undefined;
+  return webGpuFitRefusal(probe.adapter, fit.need, {
+    kvCacheBytes: fit.kvCacheBytes,
+    hostMemoryBytes: fit.hostMemoryBytes ?? Deno.systemMemoryInfo().total,
+  });
 }
 
 function probeNative(): ProbeResult {
@@ -67,6 +87,7 @@ export async function probeBackends(): Promise<ProbeResult[]> {
       reason: `${gpu.info.isFallbackAdapter ? "fallback (software) adapter" : "adapter"} ${gpu.info.description}; ` +
         `storage bindings up to ${gpu.info.maxStorageBufferBindingSize} bytes`,
       dtype: "f32",
+      adapter: gpu.info,
     }
     : {
       name: "webgpu",
@@ -97,15 +118,24 @@ const FACTORIES: Record<BackendName, () => Promise<Backend>> = {
   },
 };
 
-/** The chosen backend, or an Error whose message lists the valid names and why the others are out. */
+/**
+ * The chosen backend, or an Error whose message lists the valid names and why the others are out. With `fit`, a
+ * candidate the model cannot fit on is refused: "auto" moves on to the next one, an explicit choice fails with why.
+ */
 export async function selectBackend(
   choice: "auto" | BackendName,
   probes?: ProbeResult[],
+  fit?: FitRequest,
 ): Promise<{ backend: Backend; probe: ProbeResult }> {
-  const found = probes ?? await probeBackends();
+  const found = (probes ?? await probeBackends()).map((p) => {
+    const refusal = p.available && fit ? fitRefusal(p, fit) : undefined;
+    return refusal ? { ...p, available: false, reason: refusal } : p;
+  });
   const candidates = choice === "auto" ? found.filter((p) => p.available) : found.filter((p) => p.name === choice);
   const probe = candidates.find((p) => p.available);
   if (!probe) {
+    const chosen = found.find((p) => p.name === choice);
+    if (chosen && fit && fitRefusal(chosen, fit)) throw new Error(chosen.reason);
     const why = found.map((p) => `${p.name}: ${p.available ? "available" : p.reason}`).join("; ");
     throw new Error(`Backend "${choice}" is not available here (${why})`);
   }

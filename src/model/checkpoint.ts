@@ -75,6 +75,24 @@ const ORIGINAL_NAMES: Array<[RegExp, string]> = [
   [/^lm_head\.weight$/, "unembedding.weight"],
 ];
 
+/** What a model needs from a device: its weight bytes and its largest tensor (one buffer on a GPU). */
+export interface ModelFootprint {
+  readonly weightBytes: number;
+  readonly largestTensor: { readonly name: string; readonly bytes: number };
+}
+
+/** The footprint of a config's tensors (as stored: bf16 and packed MXFP4, no conversion). */
+export function modelFootprint(config: ModelConfig): ModelFootprint {
+  let weightBytes = 0;
+  let largestTensor = { name: "", bytes: 0 };
+  for (const spec of expectedTensors(config)) {
+    const bytes = spec.shape.reduce((a, b) => a * b, 1) * (spec.dtype === "BF16" ? 2 : 1);
+    weightBytes += bytes;
+    if (bytes > largestTensor.bytes) largestTensor = { name: spec.name, bytes };
+  }
+  return { weightBytes, largestTensor };
+}
+
 /** Progress of a load, reported per tensor. */
 export interface LoadProgress {
   readonly bytesDone: number;

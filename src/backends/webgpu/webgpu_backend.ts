@@ -18,6 +18,7 @@ import type {
   Ops,
 } from "../backend.ts";
 import { DTYPE_BYTES } from "../backend.ts";
+import type { ModelFootprint } from "../../model/checkpoint.ts";
 
 const KERNELS = new URL("../../../kernels/webgpu/", import.meta.url);
 
@@ -93,6 +94,36 @@ export async function requestWebGpu(): Promise<{ device: GPUDevice; info: WebGpu
       shaderF16: adapter.features.has("shader-f16"),
     },
   };
+}
+
+/** What must fit besides the weights: the KV cache budget and the host memory a software adapter allocates from. */
+export interface WebGpuFitContext {
+  readonly kvCacheBytes: number;
+  /** Total host memory; used only for a fallback (software) adapter, whose buffers live in host memory. */
+  readonly hostMemoryBytes: number;
+}
+
+/**
+ * Why a model cannot run on this adapter, or undefined when it can as far as WebGPU lets us know. Every tensor is
+ * one buffer (bindings are windows into it), so the largest must be within maxBufferSize; a software adapter's
+ * buffers are host memory, so weights plus KV cache must be within it. WebGPU has no query for a real GPU's memory.
+ */
+export function webGpuFitRefusal(
+  info: WebGpuInfo,
+  need: ModelFootprint,
+  context: WebGpuFitContext,
+): string | undefined {
+  const gib = (bytes: number) => `${(bytes / 1024 ** 3).toFixed(2)} GiB`;
+  const adapter = `WebGPU adapter "${info.description}"`;
+  if (need.largestTensor.bytes > info.maxBufferSize) {
+    return `The model does not fit on the ${adapter}: tensor "${need.largestTensor.name}" is ` +
+      `${need.largestTensor.bytes} bytes but the adapter's maxBufferSize is ${info.maxBufferSize} bytes`;
+  }
+  if (info.isFallbackAdapter && need.weightBytes + context.kvCacheBytes > context.hostMemoryBytes) {
+    return `The model does not fit on the ${adapter}: weights ${gib(need.weightBytes)} + KV cache ` +
+      `${gib(context.kvCacheBytes)} exceed the ${gib(context.hostMemoryBytes)} of host memory its buffers live in`;
+  }
+  return undefined;
 }
 
 /** Creates the backend on a device. */
