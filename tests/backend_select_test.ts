@@ -29,24 +29,27 @@ function probes(info: WebGpuInfo): ProbeResult[] {
 
 const need20b = modelFootprint(presetConfig("20b"));
 
-Deno.test("the footprint of the 20b preset matches the release's tensor bytes; its largest tensor is the embedding (lm_head is as large)", () => {
+Deno.test("the footprint of the 20b preset matches the release's tensor bytes; its largest row is one expert's gate_up blocks", () => {
   assertEquals(need20b.weightBytes, 13_761_264_768);
-  assertEquals(need20b.largestTensor, { name: "model.embed_tokens.weight", bytes: 201_088 * 2880 * 2 });
+  assertEquals(need20b.largestRow, {
+    tensor: "model.layers.0.mlp.experts.gate_up_proj_blocks",
+    bytes: 5760 * 90 * 16,
+  });
   // The golden checkpoint's footprint is what its files hold.
   const checkpoint = Checkpoint.open(`${GOLDEN_ROOT}/tiny`);
   assertEquals(modelFootprint(checkpoint.config).weightBytes, checkpoint.totalBytes());
   checkpoint.close();
 });
 
-Deno.test("a tensor larger than the adapter's maxBufferSize is refused, naming the tensor and the limit", () => {
-  const small = adapter({ maxBufferSize: 1 * GIB });
+Deno.test("a row larger than the adapter's storage binding is refused, naming the tensor and the limit", () => {
+  const small = adapter({ maxStorageBufferBindingSize: 4 * 1024 ** 2 });
   const refusal = fitRefusal(probes(small)[0], { need: need20b, kvCacheBytes: GIB });
   assertMatch(
     refusal!,
-    /does not fit on the WebGPU adapter "Test GPU": tensor "model.embed_tokens.weight" is 1158266880 bytes/,
+    /does not fit on the WebGPU adapter "Test GPU": one row of tensor "model.layers.0.mlp.experts.gate_up_proj_blocks" is 8294400 bytes/,
   );
-  assertMatch(refusal!, /maxBufferSize is 1073741824 bytes/);
-  // 2 GiB − 1 (the usual limit) holds every 20b tensor.
+  assertMatch(refusal!, /maxStorageBufferBindingSize is 4194304 bytes/);
+  // 128 MiB (the usual limit) holds every 20b row.
   assertEquals(fitRefusal(probes(adapter({}))[0], { need: need20b, kvCacheBytes: GIB }), undefined);
 });
 
@@ -66,7 +69,7 @@ Deno.test("a software adapter's buffers are host memory: weights + KV beyond it 
 });
 
 Deno.test("auto skips a candidate the model does not fit on; an explicit choice fails with the reason", async () => {
-  const list = probes(adapter({ maxBufferSize: 1 * GIB }));
+  const list = probes(adapter({ maxStorageBufferBindingSize: 4 * 1024 ** 2 }));
   const fit = { need: need20b, kvCacheBytes: GIB };
   const { backend, probe } = await selectBackend("auto", list, fit);
   assertEquals(backend.name, "reference");
@@ -74,7 +77,7 @@ Deno.test("auto skips a candidate the model does not fit on; an explicit choice 
   backend.dispose();
   await rejects(
     selectBackend("webgpu", list, fit),
-    /does not fit on the WebGPU adapter "Test GPU": tensor "model.embed_tokens.weight"/,
+    /does not fit on the WebGPU adapter "Test GPU": one row of tensor "model.layers.0.mlp.experts.gate_up_proj_blocks"/,
   );
 });
 

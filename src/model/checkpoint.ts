@@ -75,22 +75,26 @@ const ORIGINAL_NAMES: Array<[RegExp, string]> = [
   [/^lm_head\.weight$/, "unembedding.weight"],
 ];
 
-/** What a model needs from a device: its weight bytes and its largest tensor (one buffer on a GPU). */
+/**
+ * What a model needs from a device: its weight bytes, and its largest row (a slice along the first dimension: one
+ * vocabulary row, one expert's packed blocks), the unit a GPU backend splits a tensor into buffers by.
+ */
 export interface ModelFootprint {
   readonly weightBytes: number;
-  readonly largestTensor: { readonly name: string; readonly bytes: number };
+  readonly largestRow: { readonly tensor: string; readonly bytes: number };
 }
 
 /** The footprint of a config's tensors (as stored: bf16 and packed MXFP4, no conversion). */
 export function modelFootprint(config: ModelConfig): ModelFootprint {
   let weightBytes = 0;
-  let largestTensor = { name: "", bytes: 0 };
+  let largestRow = { tensor: "", bytes: 0 };
   for (const spec of expectedTensors(config)) {
     const bytes = spec.shape.reduce((a, b) => a * b, 1) * (spec.dtype === "BF16" ? 2 : 1);
     weightBytes += bytes;
-    if (bytes > largestTensor.bytes) largestTensor = { name: spec.name, bytes };
+    const rowBytes = spec.shape.length > 1 ? bytes / spec.shape[0] : bytes;
+    if (rowBytes > largestRow.bytes) largestRow = { tensor: spec.name, bytes: rowBytes };
   }
-  return { weightBytes, largestTensor };
+  return { weightBytes, largestRow };
 }
 
 /** Progress of a load, reported per tensor. */

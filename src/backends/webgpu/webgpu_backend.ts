@@ -104,9 +104,10 @@ export interface WebGpuFitContext {
 }
 
 /**
- * Why a model cannot run on this adapter, or undefined when it can as far as WebGPU lets us know. Every tensor is
- * one buffer (bindings are windows into it), so the largest must be within maxBufferSize; a software adapter's
- * buffers are host memory, so weights plus KV cache must be within it. WebGPU has no query for a real GPU's memory.
+ * Why a model cannot run on this adapter, or undefined when it can as far as WebGPU lets us know. A tensor is split
+ * along its first dimension into buffers no larger than a storage binding, so one row must fit in a binding; a
+ * software adapter's buffers are host memory, so weights plus KV cache must fit in it. WebGPU has no query for a real
+ * GPU's memory: there the upload itself is the test.
  */
 export function webGpuFitRefusal(
   info: WebGpuInfo,
@@ -115,9 +116,10 @@ export function webGpuFitRefusal(
 ): string | undefined {
   const gib = (bytes: number) => `${(bytes / 1024 ** 3).toFixed(2)} GiB`;
   const adapter = `WebGPU adapter "${info.description}"`;
-  if (need.largestTensor.bytes > info.maxBufferSize) {
-    return `The model does not fit on the ${adapter}: tensor "${need.largestTensor.name}" is ` +
-      `${need.largestTensor.bytes} bytes but the adapter's maxBufferSize is ${info.maxBufferSize} bytes`;
+  if (need.largestRow.bytes > info.maxStorageBufferBindingSize) {
+    return `The model does not fit on the ${adapter}: one row of tensor "${need.largestRow.tensor}" is ` +
+      `${need.largestRow.bytes} bytes but the adapter's maxStorageBufferBindingSize is ` +
+      `${info.maxStorageBufferBindingSize} bytes`;
   }
   if (info.isFallbackAdapter && need.weightBytes + context.kvCacheBytes > context.hostMemoryBytes) {
     return `The model does not fit on the ${adapter}: weights ${gib(need.weightBytes)} + KV cache ` +
