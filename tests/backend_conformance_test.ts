@@ -8,6 +8,7 @@ import { ok as assert } from "node:assert/strict";
 import type { AttentionBatch, Backend, DeviceTensor, DType, MoeWeights } from "../src/backends/backend.ts";
 import { createNativeBackend } from "../src/backends/native/native_backend.ts";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
+import { keptWeights } from "../src/backends/reference/sample.ts";
 import { probeBackends } from "../src/backends/select.ts";
 import { createWebGpuBackend, requestWebGpu } from "../src/backends/webgpu/webgpu_backend.ts";
 import { f32ToBf16 } from "../src/formats/numeric.ts";
@@ -379,5 +380,71 @@ Deno.test({
       b.ops.add(x, x, input(b, f32Data(100, 28), [100]));
       return [x];
     }, true);
+  },
+});
+
+/**
+ * Device sampling (sample_f32) against the reference semantics. Greedy rows must match exactly (ties, masked ids).
+ * For a draw, u is set to the middle of a token's interval of the reference CDF (tokens holding ≥ 1% of the kept
+ * mass): the device sums in f32 in another order, a relative difference around √V·2⁻²⁴ (≈ 3e-5 at V = 201,088), far
+ * inside a half-interval of ≥ 0.5%; the kept set is found by the same bisection over the same f32 weights, so it
+ * can differ only where the exps differ in the last bits at the threshold (these seeds have no such near tie).
+ */
+Deno.test({
+  name: "webgpu: sample_f32 picks the reference's token (greedy, top-k, top-p, temperature, masked ids, tails)",
+  ignore: gpu === undefined,
+  fn: async () => {
+    const backend = createWebGpuBackend(gpu!.device, gpu!.info);
+    const reference = createReferenceBackend();
+    const settings = [
+      { temperature: 0, topK: 0, topP: 1 },
+      { temperature: 0.7, topK: 0, topP: 1 },
+      { temperature: 1, topK: 5, topP: 1 },
+      { temperature: 1, topK: 0, topP: 0.9 },
+      { temperature: 1.3, topK: 50, topP: 0.8 },
+    ];
+    for (
+      const [vocab, scale, masked] of [[37, 3, undefined], [1000, 4, [990, 999]], [201_088, 6, [
+        200_000,
+        201_087,
+      ]]] as const
+    ) {
+      const rows: number[][] = [];
+      const logits = f32Data(settings.length * vocab, vocab, scale);
+      // A tie for the maximum (the lower id must win) and a masked id above every logit.
+      logits[3] = logits[vocab - 20] = 10 * scale;
+      if (masked) logits[masked[0]] = 100 * scale;
+      for (const [r, s] of settings.entries()) {
+        const row = logits.subarray(r * vocab, (r + 1) * vocab);
+        const w = keptWeights(row, { ...s, u: 0 }, masked);
+        if (!w) {
+          rows.push([r, 0]);
+          continue;
+        }
+        const total = w.reduce((a, b) => a + b, 0);
+        let before = 0;
+        for (let i = 0; i < vocab; i++) {
+          if (w[i] >= 0.01 * total) rows.push([r, (before + w[i] / 2) / total]);
+          before += w[i];
+        }
+      }
+      const params = new Float32Array(rows.length * 4);
+      const rowLogits = new Float32Array(rows.length * vocab);
+      rows.forEach(([r, u], i) => {
+        const s = settings[r];
+        params.set([s.temperature, s.topK, s.topP, u], i * 4);
+        rowLogits.set(logits.subarray(r * vocab, (r + 1) * vocab), i * vocab);
+      });
+      const run = async (b: Backend) => {
+        const ids = b.alloc([rows.length], "i32");
+        b.ops.sample!(ids, input(b, rowLogits, [rows.length, vocab]), input(b, params, [rows.length, 4]), masked);
+        await b.flush();
+        return await b.read(ids);
+      };
+      const expected = await run(reference), actual = await run(backend);
+      compare(`sample V=${vocab} (${rows.length} draws)`, actual, expected, true);
+      assert(expected.every((id) => !masked || id < masked[0] || id > masked[1]), "a masked id was sampled");
+      assert(expected[0] === 3, `greedy must take the lowest of tied ids, took ${expected[0]}`);
+    }
   },
 });

@@ -117,7 +117,19 @@ export interface Ops {
   add(out: T, a: T, b: T): void;
   /** out[r] = x[rows[r]]; rows [R] i32. */
   gatherRows(out: T, x: T, rows: T): void;
+  /**
+   * Optional: picks one token per row of logits [R, V] f32 on the device so only ids [R] i32 come back.
+   * params [R, 4] f32 = (temperature, topK, topP, u) per row; ids in `masked` (inclusive) never win. Semantics, exact
+   * to the reference (src/backends/reference/sample.ts): temperature ≤ 1e-5 → argmax (lowest id on ties); otherwise
+   * weights w = exp((z − max) / T) in f32, kept when w ≥ τ where τ is the largest f32 with count(w ≥ τ) ≥ topK (topK
+   * on) and then the largest with Σ_{w ≥ τ} w ≥ topP · Σ kept (topP < 1); the token is the first id, in id order,
+   * whose running sum of kept weights exceeds u · Σ kept. u comes from the request's seeded generator on the host.
+   */
+  sample?(ids: T, logits: T, params: T, masked: readonly [number, number] | undefined): void;
 }
+
+/** Floats per row of {@link Ops.sample}'s params. */
+export const SAMPLE_PARAMS = 4;
 
 /** Options of {@link Ops.attention}. */
 export interface AttentionOptions {

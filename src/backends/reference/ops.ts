@@ -6,6 +6,7 @@ import type { AttentionOptions, DeviceTensor, MoeMlpOptions, Ops } from "../back
 import type { RefKvPool } from "./kv_cache.ts";
 import { dequantizeMxfp4Row, widenBf16 } from "../../formats/numeric.ts";
 import { ref } from "./tensor.ts";
+import { sample } from "./sample.ts";
 
 /** Rows of a 2-D (or flattened) activation. */
 function rowsOf(t: DeviceTensor): number {
@@ -275,4 +276,15 @@ function gatherRows(out: DeviceTensor, x: DeviceTensor, rows: DeviceTensor): voi
 }
 
 /** The reference op table. */
-export const REFERENCE_OPS: Ops = { embed, rmsnorm, matmul, rope, attention, moeRoute, moeMlp, add, gatherRows };
+export const REFERENCE_OPS: Ops = {
+  embed,
+  rmsnorm,
+  matmul,
+  rope,
+  attention,
+  moeRoute,
+  moeMlp,
+  add,
+  gatherRows,
+  sample,
+};

@@ -17,7 +17,7 @@ import type {
   MoeMlpOptions,
   Ops,
 } from "../backend.ts";
-import { DTYPE_BYTES } from "../backend.ts";
+import { DTYPE_BYTES, SAMPLE_PARAMS } from "../backend.ts";
 import type { ModelFootprint } from "../../model/checkpoint.ts";
 
 const KERNELS = new URL("../../../kernels/webgpu/", import.meta.url);
@@ -428,6 +428,25 @@ export function createWebGpuBackend(device: GPUDevice, info: WebGpuInfo): Backen
         2: t(x, "gatherRows").buffer,
         4: t(rows, "gatherRows").buffer,
       }, { invocations: n });
+    },
+    sample(ids, logits, params, masked) {
+      const rows = rowsOf(logits), vocab = colsOf(logits);
+      if (rowsOf(ids) * colsOf(ids) !== rows || params.shape.reduce((a, b) => a * b, 1) !== rows * SAMPLE_PARAMS) {
+        throw new BackendError(
+          `sample: ids [${ids.shape}] and params [${params.shape}] do not match logits [${logits.shape}]`,
+          "sample_f32",
+        );
+      }
+      const scratch = temporary(
+        device.createBuffer({ size: Math.max(16, rows * vocab * 4), usage: GPUBufferUsage.STORAGE }),
+      );
+      dispatch("sample.wgsl", "sample_f32", {
+        0: uniform([vocab, masked?.[0] ?? 0, masked?.[1] ?? 0, masked ? 1 : 0]),
+        1: t(ids, "sample").buffer,
+        2: t(logits, "sample").buffer,
+        3: t(params, "sample").buffer,
+        4: scratch,
+      }, { workgroups: rows });
     },
   };
 
