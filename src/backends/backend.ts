@@ -166,6 +166,11 @@ export interface Backend {
   flush(): Promise<void>;
   /** Reads a tensor back as f32 (f32 tensors) or i32 (i32 tensors). */
   read(tensor: DeviceTensor): Promise<Float32Array | Int32Array>;
+  /**
+   * True when the engine should sample eligible rows with `ops.sample` (a GPU: only token ids cross the bus). Host
+   * backends keep the host sampler, which also does penalties, logit bias, min-p and logprobs.
+   */
+  readonly samplesOnDevice?: boolean;
   /** Device limits the engine must respect when sizing the KV pool (a layer's K or V is one buffer). */
   readonly limits?: { readonly maxKvLayerBytes: number };
   /** The KV storage for all sequences (allocated once). */

@@ -7,7 +7,7 @@
 import type { KvPool } from "../backends/backend.ts";
 import { ContextOverflowError, InvalidRequestError, OverloadedError } from "../errors.ts";
 import {
-  forward,
+  forwardStep,
   kvBytesPerPosition,
   kvPoolSpec,
   type LogitsWanted,
@@ -16,7 +16,7 @@ import {
 } from "../model/gpt_oss.ts";
 import type { Logger } from "../obs/logger.ts";
 import { KvBlockManager, type SequenceBlocks } from "./kv_blocks.ts";
-import { logSoftmax, Sampler, type SamplingParams, topIndices } from "./sampling.ts";
+import { logSoftmax, reservedIdRange, Sampler, type SamplingParams, topIndices } from "./sampling.ts";
 import { planStep, type SchedulerLimits } from "./scheduler.ts";
 
 /** A generation request. */
@@ -486,14 +486,22 @@ export class Engine {
     // A sequence preempted after its chunk was planned must not run.
     const runnable = planned.filter((p) => this.#running.includes(p.seq));
     if (runnable.length === 0) return;
-    const stepSequences: StepSequence[] = runnable.map(({ seq, numTokens, logits }) => ({
+    const device = this.#model.backend.samplesOnDevice === true && this.#model.backend.ops.sample !== undefined;
+    const stepSequences: StepSequence[] = runnable.map(({ seq, numTokens, samples, logits }) => ({
       tokenIds: seq.tokens.slice(seq.numComputed, seq.numComputed + numTokens),
       startPosition: seq.numComputed,
       fullBlocks: Int32Array.from(seq.blocks.full),
       slidingBlocks: Int32Array.from(seq.blocks.sliding),
       logits,
+      // Rows a guide may force and rows whose logits are wanted stay on the host.
+      sample: device && samples && logits === "last" && !seq.request.guide && !seq.finished
+        ? seq.sampler.deviceSampling()
+        : undefined,
     }));
-    const logits = await forward(this.#model, this.#pool, stepSequences);
+    const step = await forwardStep(this.#model, this.#pool, stepSequences, {
+      masked: reservedIdRange(this.#model.config.vocabSize),
+    });
+    const logits = step.logits;
     this.stats.steps++;
     this.stats.lastBatchSize = runnable.length;
     this.stats.maxBatchSize = Math.max(this.stats.maxBatchSize, runnable.length);
@@ -507,7 +515,11 @@ export class Engine {
       if (!samples || seq.finished) return;
       const last = rows.subarray(rows.length - vocab);
       const forced = seq.request.guide?.next(seq.tokens.slice(seq.promptLength));
-      const sampled = forced !== undefined ? seq.sampler.force(forced, last) : seq.sampler.sample(last);
+      const sampled = step.sampled[i] >= 0
+        ? seq.sampler.acceptDeviceSample(step.sampled[i])
+        : forced !== undefined
+        ? seq.sampler.force(forced, last)
+        : seq.sampler.sample(last);
       seq.tokens.push(sampled.tokenId);
       generated++;
       if (seq.promptLogprobs && seq.numComputed >= seq.promptLength) {

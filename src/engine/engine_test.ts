@@ -1,5 +1,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import type { Backend } from "../backends/backend.ts";
 import { createReferenceBackend } from "../backends/reference/reference_backend.ts";
+import { createWebGpuBackend, requestWebGpu } from "../backends/webgpu/webgpu_backend.ts";
 import { Checkpoint } from "../model/checkpoint.ts";
 import { createModel } from "../model/gpt_oss.ts";
 import { loadWeights } from "../model/weights.ts";
@@ -9,9 +11,12 @@ import { DEFAULT_SAMPLING } from "./sampling.ts";
 
 const GOLDEN = new URL("../../../shared/golden/tiny", import.meta.url).pathname;
 
-async function engine(maxNumSeqs: number, kvCacheBytes = 1 << 24): Promise<Engine> {
+async function engine(
+  maxNumSeqs: number,
+  kvCacheBytes = 1 << 24,
+  backend: Backend = createReferenceBackend(),
+): Promise<Engine> {
   const checkpoint = Checkpoint.open(GOLDEN);
-  const backend = createReferenceBackend();
   const model = createModel(checkpoint.config, await loadWeights(checkpoint, backend), backend);
   checkpoint.close();
   return new Engine(model, {
@@ -145,4 +150,48 @@ Deno.test("a request that could never fit the KV cache is refused as context_len
   }
   assert(/needs 4003 tokens of KV cache/.test(message), message);
   assertEquals(e.stats.admission["rejected:never_fits"], 1);
+});
+
+const gpu = await requestWebGpu();
+if (!gpu) console.log("skip: engine device sampling (no WebGPU adapter here)");
+
+Deno.test({
+  name: "webgpu samples on the device: greedy = the reference's tokens, seeded alone = in a batch beside logprobs rows",
+  ignore: gpu === undefined,
+  async fn() {
+    const backend = createWebGpuBackend(gpu!.device, gpu!.info);
+    const ops = backend.ops as { sample: NonNullable<Backend["ops"]["sample"]> };
+    const deviceSample = ops.sample;
+    let sampledRows = 0;
+    ops.sample = (ids, logits, params, masked) => {
+      sampledRows += ids.shape[0];
+      deviceSample(ids, logits, params, masked);
+    };
+    const e = await engine(4, 1 << 24, backend);
+    const reference = await engine(4);
+    const prompt = [857, 534, 730, 374, 93, 938, 1007];
+    const greedy = await tokens(e.submit(request("g", prompt, undefined, 0)));
+    assertEquals(greedy, await tokens(reference.submit(request("g", prompt, undefined, 0))));
+    assertEquals(sampledRows, 20, "every greedy token was picked on the device");
+    const seeded = { ...request("s", prompt, 7), sampling: { ...DEFAULT_SAMPLING, seed: 7, topK: 40, topP: 0.9 } };
+    const alone = await tokens(e.submit(seeded));
+    // Beside a request that wants logprobs (host sampler, so the step reads logits and samples the others on the
+    // device) and another seeded one.
+    const withLogprobs = {
+      ...request("lp", [3, 1, 4, 1, 5], 1),
+      sampling: { ...DEFAULT_SAMPLING, seed: 1, logprobs: 2 },
+    };
+    const rowsBefore = sampledRows;
+    const [beside, logprobTokens] = await Promise.all([
+      tokens(e.submit({ ...seeded, id: "s2" })),
+      tokens(e.submit(withLogprobs)),
+      tokens(e.submit(request("x", [9, 9, 9], 3))),
+    ]);
+    assertEquals(beside, alone);
+    assertEquals(logprobTokens.length, 20);
+    assertEquals(sampledRows - rowsBefore, 40, "the two seeded requests sampled on the device, the logprobs one not");
+    // Another seed gives another stream (the draw really uses the request's generator).
+    const other = await tokens(e.submit({ ...seeded, id: "s3", sampling: { ...seeded.sampling, seed: 8 } }));
+    assert(other.join() !== alone.join(), "seeds 7 and 8 gave the same 20 tokens");
+  },
 });

@@ -152,6 +152,27 @@ export class Sampler {
     return this.#withLogprobs(tokenId, logits);
   }
 
+  /**
+   * The settings for sampling on the device, or undefined when this request needs the host sampler (logprobs,
+   * penalties, logit bias, min-p). Device sampling has the same filters but picks by its own rule (see Ops.sample).
+   */
+  deviceSampling(): { temperature: number; topK: number; topP: number; u: number } | undefined {
+    const p = this.#params;
+    if (
+      p.logprobs !== undefined || p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0 ||
+      p.logitBias.size > 0 || p.minP > 0
+    ) return undefined;
+    // One draw per sampled token, as on the host, so a seeded request's stream does not depend on its batch.
+    const u = p.temperature <= 1e-5 ? 0 : this.#random.next();
+    return { temperature: p.temperature, topK: p.topK, topP: p.topP, u };
+  }
+
+  /** Records a token the device sampled with {@link deviceSampling}'s settings. */
+  acceptDeviceSample(tokenId: number): SampledToken {
+    this.observe(tokenId);
+    return { tokenId };
+  }
+
   /** Picks the next token from one row of logits (not modified). */
   sample(logits: Float32Array): SampledToken {
     const p = this.#params;

@@ -4,6 +4,7 @@
  * Sliding-window attention on the layers config.json marks (even layers in the release).
  */
 import type { AttentionBatch, Backend, BatchSegment, DeviceTensor, KvPool, KvPoolSpec } from "../backends/backend.ts";
+import { SAMPLE_PARAMS } from "../backends/backend.ts";
 import type { ModelConfig } from "./config.ts";
 import { buildRopeTables } from "./rope.ts";
 import type { ModelWeights } from "./weights.ts";
@@ -59,6 +60,18 @@ export interface StepSequence {
   /** Sliding-layer blocks covering what this step's queries can see. */
   readonly slidingBlocks: Int32Array;
   readonly logits: LogitsWanted;
+  /**
+   * Sample the last row on the device ({@link Ops.sample}) instead of returning its logits; needs `logits: "last"`
+   * and a backend with `ops.sample`. `u` is the request's seeded uniform draw in [0, 1).
+   */
+  readonly sample?: { readonly temperature: number; readonly topK: number; readonly topP: number; readonly u: number };
+}
+
+/** A step's results per sequence: logits rows (empty when none were wanted or the row was sampled) and the id. */
+export interface StepResult {
+  readonly logits: Float32Array[];
+  /** The token sampled on the device per sequence; −1 where none was. */
+  readonly sampled: Int32Array;
 }
 
 /**
@@ -70,10 +83,29 @@ export async function forward(
   pool: KvPool,
   sequences: readonly StepSequence[],
 ): Promise<Float32Array[]> {
+  return (await forwardStep(model, pool, sequences)).logits;
+}
+
+/**
+ * {@link forward} with device sampling: sequences with `sample` get a token id instead of logits. `masked` is the id
+ * range never sampled. When every wanted row is sampled, only the ids are read back.
+ */
+export async function forwardStep(
+  model: Model,
+  pool: KvPool,
+  sequences: readonly StepSequence[],
+  options: { masked?: readonly [number, number] } = {},
+): Promise<StepResult> {
   const { config, weights, backend } = model;
   const ops = backend.ops;
   const numTokens = sequences.reduce((sum, s) => sum + s.tokenIds.length, 0);
-  if (numTokens === 0) return sequences.map(() => new Float32Array(0));
+  const sampled = new Int32Array(sequences.length).fill(-1);
+  if (numTokens === 0) return { logits: sequences.map(() => new Float32Array(0)), sampled };
+  for (const seq of sequences) {
+    if (seq.sample && (seq.logits !== "last" || !ops.sample)) {
+      throw new RangeError(`Device sampling needs logits "last" and a backend with ops.sample (${backend.name})`);
+    }
+  }
   const hidden = config.hiddenSize;
   const qWidth = config.numAttentionHeads * config.headDim;
   const kvWidth = config.numKeyValueHeads * config.headDim;
@@ -166,9 +198,41 @@ export async function forward(
     ops.gatherRows(gathered, x, rows);
     ops.rmsnorm(gatheredNormed, gathered, weights.norm, config.rmsNormEps);
     ops.matmul(logits, gatheredNormed, weights.lmHead);
-    await backend.flush();
-    result = (await backend.read(logits)) as Float32Array;
     temporaries.push(rows, gathered, gatheredNormed, logits);
+    // Rows sampled on the device: their index among the logits rows, per sampling sequence.
+    const sampleRows: number[] = [], params: number[] = [], samplers: number[] = [];
+    let offset = 0;
+    sequences.forEach((seq, i) => {
+      const count = rowCount(seq);
+      if (seq.sample && count > 0) {
+        sampleRows.push(offset);
+        params.push(seq.sample.temperature, seq.sample.topK, seq.sample.topP, Math.min(seq.sample.u, 0.99999994));
+        samplers.push(i);
+      }
+      offset += count;
+    });
+    let ids: DeviceTensor | undefined;
+    if (sampleRows.length > 0) {
+      let picked = logits;
+      if (sampleRows.length < logitRows.length) {
+        const which = backend.alloc([sampleRows.length], "i32");
+        backend.write(which, Int32Array.from(sampleRows));
+        picked = backend.alloc([sampleRows.length, config.vocabSize], "f32");
+        ops.gatherRows(picked, logits, which);
+        temporaries.push(which, picked);
+      }
+      const paramTensor = backend.alloc([sampleRows.length, SAMPLE_PARAMS], "f32");
+      backend.write(paramTensor, Float32Array.from(params));
+      ids = backend.alloc([sampleRows.length], "i32");
+      ops.sample!(ids, picked, paramTensor, options.masked);
+      temporaries.push(paramTensor, ids);
+    }
+    await backend.flush();
+    if (ids) {
+      const picked = (await backend.read(ids)) as Int32Array;
+      samplers.forEach((seq, j) => sampled[seq] = picked[j]);
+    }
+    if (sampleRows.length < logitRows.length) result = (await backend.read(logits)) as Float32Array;
   } else {
     await backend.flush();
   }
@@ -177,11 +241,18 @@ export async function forward(
   const out: Float32Array[] = [];
   let offset = 0;
   for (const seq of sequences) {
-    const count = seq.logits === "all" ? seq.tokenIds.length : seq.logits === "last" && seq.tokenIds.length > 0 ? 1 : 0;
+    const count = rowCount(seq);
     out.push(
-      result ? result.subarray(offset * config.vocabSize, (offset + count) * config.vocabSize) : new Float32Array(0),
+      result && !seq.sample
+        ? result.subarray(offset * config.vocabSize, (offset + count) * config.vocabSize)
+        : new Float32Array(0),
     );
     offset += count;
   }
-  return out;
+  return { logits: out, sampled };
+}
+
+/** Logits rows a sequence asks for. */
+function rowCount(seq: StepSequence): number {
+  return seq.logits === "all" ? seq.tokenIds.length : seq.logits === "last" && seq.tokenIds.length > 0 ? 1 : 0;
 }

@@ -541,6 +541,7 @@ export function createWebGpuBackend(device: GPUDevice, info: WebGpuInfo): Backen
     dispose(): void {
       device.destroy();
     },
+    samplesOnDevice: true,
     limits: { maxKvLayerBytes: maxBinding },
   };
 }
