@@ -14,6 +14,7 @@ import {
   type Model,
   type StepSequence,
 } from "../model/gpt_oss.ts";
+import type { TokenGuide } from "../harmony/tool_guide.ts";
 import type { Logger } from "../obs/logger.ts";
 import { KvBlockManager, type SequenceBlocks } from "./kv_blocks.ts";
 import { logSoftmax, reservedIdRange, Sampler, type SamplingParams, topIndices } from "./sampling.ts";
@@ -30,7 +31,7 @@ export interface EngineRequest {
   /** Ignore stop tokens (vLLM's ignore_eos): generate exactly maxTokens. */
   readonly ignoreEos?: boolean;
   /** Forces tokens at chosen points (tool_choice "required" / named); undefined = sample freely. */
-  readonly guide?: { next(generated: readonly number[]): number | undefined };
+  readonly guide?: TokenGuide;
   /** Also report the logprobs of prompt tokens 1..n−1 (completions `echo` with `logprobs`). */
   readonly promptLogprobs?: number;
 }
@@ -517,9 +518,9 @@ export class Engine {
       const forced = seq.request.guide?.next(seq.tokens.slice(seq.promptLength));
       const sampled = step.sampled[i] >= 0
         ? seq.sampler.acceptDeviceSample(step.sampled[i])
-        : forced !== undefined
+        : typeof forced === "number"
         ? seq.sampler.force(forced, last)
-        : seq.sampler.sample(last);
+        : seq.sampler.sample(last, forced?.allowed);
       seq.tokens.push(sampled.tokenId);
       generated++;
       if (seq.promptLogprobs && seq.numComputed >= seq.promptLength) {

@@ -195,3 +195,15 @@ Deno.test({
     assert(other.join() !== alone.join(), "seeds 7 and 8 gave the same 20 tokens");
   },
 });
+
+Deno.test("a guide's forced tokens and allowed sets constrain every generated token", async () => {
+  const e = await engine(2);
+  const allowed = new Set([5, 9]);
+  const guided = await tokens(e.submit({
+    ...request("guided", [857, 534, 730], 3),
+    // Forced 7 at even steps, a choice between 5 and 9 at odd ones.
+    guide: { next: (generated) => generated.length % 2 === 0 ? 7 : { allowed } },
+  }));
+  assertEquals(guided.length, 20);
+  guided.forEach((id, i) => assert(i % 2 === 0 ? id === 7 : allowed.has(id), `token ${i} is ${id}`));
+});

@@ -173,8 +173,8 @@ export class Sampler {
     return { tokenId };
   }
 
-  /** Picks the next token from one row of logits (not modified). */
-  sample(logits: Float32Array): SampledToken {
+  /** Picks the next token from one row of logits (not modified); only among `allowed` when given (guided decoding). */
+  sample(logits: Float32Array, allowed?: ReadonlySet<number>): SampledToken {
     const p = this.#params;
     if (this.#scratch.length < logits.length) this.#scratch = new Float32Array(logits.length);
     const z = this.#scratch.subarray(0, logits.length);
@@ -187,6 +187,12 @@ export class Sampler {
     }
     for (const [id, bias] of p.logitBias) if (id >= 0 && id < z.length) z[id] += bias;
     if (this.#masked) z.fill(-Infinity, this.#masked[0], this.#masked[1] + 1);
+    if (allowed) {
+      // Keep only the allowed ids, with their penalties and bias applied.
+      const kept = [...allowed].filter((id) => id >= 0 && id < z.length).map((id) => [id, z[id]] as const);
+      z.fill(-Infinity);
+      for (const [id, logit] of kept) z[id] = logit;
+    }
 
     const tokenId = p.temperature <= 1e-5 ? topIndices(z, 1)[0] : this.#sampleRandom(z);
     this.observe(tokenId);

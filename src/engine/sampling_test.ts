@@ -116,3 +116,18 @@ Deno.test("logprobs are the raw log-softmax, before temperature and filters", ()
   assertEquals(token.topLogprobs!.map((t) => t.tokenId), [0, 1, 2]);
   assertEquals(topIndices([1, 5, 5, 2], 3), [1, 2, 3]);
 });
+
+Deno.test("an allowed set (guided decoding) restricts the choice, greedy or sampled, whatever the logits", () => {
+  const allowed = new Set([3, 5]); // two of the least likely tokens
+  const greedy = new Sampler(params({ temperature: 0 }), { vocabSize: LOGITS.length });
+  assertEquals(greedy.sample(LOGITS, allowed).tokenId, 3);
+  const counts = new Map<number, number>();
+  const sampler = new Sampler(params({ temperature: 1 }), { vocabSize: LOGITS.length });
+  for (let i = 0; i < 2000; i++) {
+    const id = sampler.sample(LOGITS, allowed).tokenId;
+    counts.set(id, (counts.get(id) ?? 0) + 1);
+  }
+  assertEquals([...counts.keys()].sort(), [3, 5]);
+  // softmax([0, −3]) = 0.953 / 0.047: 4.5 standard errors over 2000 draws is ±0.021.
+  assert(Math.abs(counts.get(3)! / 2000 - 0.953) < 0.021, `token 3 drawn ${counts.get(3)} times`);
+});

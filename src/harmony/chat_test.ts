@@ -185,12 +185,48 @@ Deno.test("toolChoiceGuide() forces the named call after the analysis message, a
   for (let i = 1; i < generated.length; i++) assertEquals(guide.next(generated.slice(0, i)), undefined);
   const forced: number[] = [];
   let id;
-  while ((id = guide.next([...generated, ...forced])) !== undefined) forced.push(id);
+  while ((id = guide.next([...generated, ...forced])) !== undefined) {
+    assert(typeof id === "number", "a named function is forced token by token");
+    forced.push(id);
+  }
   assertEquals(tokenizer.decode(forced), "commentary to=functions.get_weather <|constrain|>json<|message|>");
   const parser = new ChatOutputParser(tokenizer, { newCallId: () => "call_x" });
   for (const t of [...generated, ...forced, ...tokenizer.encodeWithSpecials('{"city":"Oslo"}<|call|>')]) parser.push(t);
   parser.end();
   assertEquals(parser.result(false).toolCalls, [{ id: "call_x", name: "get_weather", arguments: '{"city":"Oslo"}' }]);
+
+  // "required" with several tools: forced where one token can follow, a choice among the declared names where they
+  // branch; every path (all choices enumerated) ends in a declared name's header, and every name is reachable.
+  const tools = ["get_weather", "get_time", "search"];
+  const walk = (picks: number[]) => {
+    const guide = toolChoiceGuide(tokenizer, "required", tools);
+    for (let i = 1; i < generated.length; i++) assertEquals(guide.next(generated.slice(0, i)), undefined);
+    const out: number[] = [], branchSizes: number[] = [];
+    let step;
+    while ((step = guide.next([...generated, ...out])) !== undefined) {
+      if (typeof step === "number") out.push(step);
+      else {
+        const options = [...step.allowed].sort((a, b) => a - b);
+        assert(options.length >= 2, "a branch offers at least two tokens");
+        branchSizes.push(options.length);
+        out.push(options[picks[branchSizes.length - 1] ?? 0]);
+      }
+    }
+    return { header: tokenizer.decode(out), branchSizes };
+  };
+  const headers: string[] = [];
+  const explore = (picks: number[]): void => {
+    const { header, branchSizes } = walk(picks);
+    headers.push(header);
+    for (let b = picks.length; b < branchSizes.length; b++) {
+      for (let o = 1; o < branchSizes[b]; o++) explore([...picks, ...new Array(b - picks.length).fill(0), o]);
+    }
+  };
+  explore([]);
+  assertEquals(
+    headers.sort(),
+    tools.map((name) => `commentary to=functions.${name} <|constrain|>json<|message|>`).sort(),
+  );
 
   const answer = toolChoiceGuide(tokenizer, "required", ["a", "b"]);
   const final = tokenizer.encodeWithSpecials("<|channel|>final<|message|>Hi<|end|><|start|>assistant<|channel|>");
