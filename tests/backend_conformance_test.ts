@@ -33,7 +33,7 @@ const candidates: { name: string; create: () => Backend; skip?: string }[] = [
   },
   {
     name: "webgpu",
-    create: () => createWebGpuBackend(gpu!.device, gpu!.info),
+    create: () => createWebGpuBackend(gpu!.device, gpu!.info, { precision: "f32" }),
     skip: gpu ? undefined : "no WebGPU adapter",
   },
 ];
@@ -337,7 +337,9 @@ Deno.test({
   name: "webgpu: tensors larger than a storage binding are split into windows (binding limit forced to 8 KiB)",
   ignore: gpu === undefined,
   fn: async () => {
-    const small = createWebGpuBackend(gpu!.device, { ...gpu!.info, maxStorageBufferBindingSize: 8192 });
+    const small = createWebGpuBackend(gpu!.device, { ...gpu!.info, maxStorageBufferBindingSize: 8192 }, {
+      precision: "f32",
+    });
     const table = bf16Data(1000 * 37, 21); // 74 KB: 19 windows
     await both("split embed", small, (b) => {
       const out = b.alloc([3, 37], "f32");
@@ -445,6 +447,46 @@ Deno.test({
       compare(`sample V=${vocab} (${rows.length} draws)`, actual, expected, true);
       assert(expected.every((id) => !masked || id < masked[0] || id > masked[1]), "a masked id was sampled");
       assert(expected[0] === 3, `greedy must take the lowest of tied ids, took ${expected[0]}`);
+    }
+  },
+});
+
+/**
+ * The f16 matmul (shader-f16 adapters). Bound per output, worst case rather than statistical: x and w are rounded to
+ * f16 (w exactly: bf16 has fewer mantissa bits; x with relative error ≤ 2⁻¹¹), the product rounded (≤ 2⁻¹¹) and each
+ * pair summed in f16 (≤ 2⁻¹¹ of the pair's magnitude), so |Δ| ≤ 4·2⁻¹¹·Σ_k |x_k·w_k| plus the f32 tolerance.
+ */
+Deno.test({
+  name: "webgpu: matmul_f16_bf16w within 4·2⁻¹¹·Σ|x·w| of the reference (tails, odd K, the real 20b q_proj)",
+  ignore: !gpu?.info.shaderF16,
+  fn: async () => {
+    const backend = createWebGpuBackend(gpu!.device, gpu!.info, { precision: "f16" });
+    for (const [tokens, n, k] of [[1, 37, 33], [3, 70, 300], [1, 4096, 2880], [2, 201, 2880]]) {
+      const wBytes = bf16Data(n * k, 31 + k, 0.125), biasBytes = bf16Data(n, 32);
+      const x = f32Data(tokens * k, 33 + n, 2);
+      const run = async (b: Backend) => {
+        const out = b.alloc([tokens, n], "f32");
+        b.ops.matmul(
+          out,
+          input(b, x, [tokens, k]),
+          b.upload({ dtype: "bf16", shape: [n, k], data: wBytes }),
+          b.upload({ dtype: "bf16", shape: [n], data: biasBytes }),
+        );
+        await b.flush();
+        return (await b.read(out)) as Float32Array;
+      };
+      const expected = await run(createReferenceBackend()), actual = await run(backend);
+      const w = new Uint16Array(wBytes.buffer);
+      const widen = (bits: number) => new Float32Array(new Uint32Array([bits << 16]).buffer)[0];
+      for (let t = 0; t < tokens; t++) {
+        for (let r = 0; r < n; r++) {
+          let magnitude = 0;
+          for (let i = 0; i < k; i++) magnitude += Math.abs(x[t * k + i] * widen(w[r * k + i]));
+          const bound = 4 * 2 ** -11 * magnitude + TOLERANCE.abs + TOLERANCE.rel * Math.abs(expected[t * n + r]);
+          const diff = Math.abs(actual[t * n + r] - expected[t * n + r]);
+          assert(diff <= bound, `f16 matmul ${tokens}x${n}x${k} [${t}, ${r}]: |Δ| ${diff} > ${bound}`);
+        }
+      }
     }
   },
 });

@@ -4,6 +4,7 @@ import type { Backend } from "../src/backends/backend.ts";
 import { createNativeBackend } from "../src/backends/native/native_backend.ts";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
 import { probeBackends, selectBackend } from "../src/backends/select.ts";
+import { createWebGpuBackend, requestWebGpu } from "../src/backends/webgpu/webgpu_backend.ts";
 import { Checkpoint } from "../src/model/checkpoint.ts";
 import { KvSession } from "../src/engine/kv_session.ts";
 import { createModel, type Model } from "../src/model/gpt_oss.ts";
@@ -146,6 +147,7 @@ Deno.test("golden tiny: greedy ids are the same with block sizes 1, 3 and 16 (sl
 });
 
 const probes = await probeBackends();
+const gpu = await requestWebGpu();
 for (const name of ["native", "cuda", "webgpu"] as const) {
   const probe = probes.find((p) => p.name === name)!;
   if (!probe.available) console.log(`golden ${name}: skipped: ${probe.reason}`);
@@ -157,6 +159,8 @@ for (const name of ["native", "cuda", "webgpu"] as const) {
       fn: async () => {
         const backend = name === "native"
           ? createNativeBackend({ numThreads: 2 })
+          : name === "webgpu"
+          ? createWebGpuBackend(gpu!.device, gpu!.info, { precision: "f32" })
           : (await selectBackend(name, probes)).backend;
         const model = await loadModel(fixture, backend);
         for (const c of goldenCases(fixture)) {
@@ -173,3 +177,39 @@ for (const name of ["native", "cuda", "webgpu"] as const) {
     });
   }
 }
+
+/**
+ * The f16 matmuls (products in f16, sums in f32) where the adapter has shader-f16. Tolerance per case, from the
+ * fixture's own diagnostics: golden_info.json measures an all-bf16 run of the reference against the f32 logits
+ * (`bf16_reference_max_abs_logit_diff`, 0.43 to 15); f16 rounds with 3 more mantissa bits (8× finer), so a deviation
+ * near 1/8 of that is expected, and |Δ| ≤ 1/4 of it is asserted (a 2× margin: the roundings sit in other places than
+ * in the bf16 run). Greedy ids must be identical (the bf16 run's are, too).
+ */
+Deno.test({
+  name:
+    "golden tiny and tiny-fullvocab on webgpu with f16 matmuls: logits within the bf16 run's deviation / 4, greedy ids equal",
+  ignore: !gpu?.info.shaderF16,
+  fn: async () => {
+    for (const fixture of ["tiny", "tiny-fullvocab"]) {
+      const info = JSON.parse(Deno.readTextFileSync(`${GOLDEN_ROOT}${fixture}/golden_info.json`)) as {
+        cases: { name: string; bf16_reference_max_abs_logit_diff: number }[];
+      };
+      const model = await loadModel(fixture, createWebGpuBackend(gpu!.device, gpu!.info, { precision: "f16" }));
+      for (const c of goldenCases(fixture)) {
+        const bound = info.cases.find((x) => x.name === c.name)!.bf16_reference_max_abs_logit_diff / 4;
+        const actual = await prefill(model, c.input_ids, c.input_ids.length, c.logits_positions);
+        const expected = expectedRows(fixture, c);
+        let worst = 0;
+        for (let i = 0; i < expected.length; i++) worst = Math.max(worst, Math.abs(actual[i] - expected[i]));
+        console.log(
+          `golden ${fixture} ${c.name} webgpu f16: worst |Δlogit| ${worst.toExponential(2)} (bound ${
+            bound.toFixed(3)
+          })`,
+        );
+        assert(worst <= bound, `${fixture} ${c.name}: worst |Δlogit| ${worst} over ${bound}`);
+        assertEquals(await greedy(model, c.input_ids, c.greedy_ids.length, 4), c.greedy_ids, `${c.name} greedy ids`);
+      }
+    }
+  },
+});
+if (!gpu?.info.shaderF16) console.log("golden webgpu f16: skipped: the adapter has no shader-f16");

@@ -86,7 +86,7 @@ export async function probeBackends(): Promise<ProbeResult[]> {
       available: true,
       reason: `${gpu.info.isFallbackAdapter ? "fallback (software) adapter" : "adapter"} ${gpu.info.description}; ` +
         `storage bindings up to ${gpu.info.maxStorageBufferBindingSize} bytes`,
-      dtype: "f32",
+      dtype: gpu.info.shaderF16 ? "f16" : "f32",
       adapter: gpu.info,
     }
     : {

@@ -77,7 +77,9 @@ export async function requestWebGpu(): Promise<{ device: GPUDevice; info: WebGpu
   const adapter = await gpu?.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) return undefined;
   const limits = adapter.limits;
+  const shaderF16 = adapter.features.has("shader-f16");
   const device = await adapter.requestDevice({
+    requiredFeatures: shaderF16 ? ["shader-f16"] : [],
     requiredLimits: {
       maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
       maxBufferSize: limits.maxBufferSize,
@@ -91,7 +93,7 @@ export async function requestWebGpu(): Promise<{ device: GPUDevice; info: WebGpu
       isFallbackAdapter: adapter.info.isFallbackAdapter,
       maxStorageBufferBindingSize: device.limits.maxStorageBufferBindingSize,
       maxBufferSize: device.limits.maxBufferSize,
-      shaderF16: adapter.features.has("shader-f16"),
+      shaderF16,
     },
   };
 }
@@ -128,8 +130,25 @@ export function webGpuFitRefusal(
   return undefined;
 }
 
+/** Options of {@link createWebGpuBackend}. */
+export interface WebGpuOptions {
+  /**
+   * Arithmetic of the matmuls: "f16" (products in f16, sums in f32) needs a device created with shader-f16;
+   * default "f16" where the adapter has it, else "f32". Attention, norms, rope, the MoE and sampling stay f32.
+   */
+  readonly precision?: "f16" | "f32";
+}
+
 /** Creates the backend on a device. */
-export function createWebGpuBackend(device: GPUDevice, info: WebGpuInfo): Backend & { readonly info: WebGpuInfo } {
+export function createWebGpuBackend(
+  device: GPUDevice,
+  info: WebGpuInfo,
+  options: WebGpuOptions = {},
+): Backend & { readonly info: WebGpuInfo; readonly precision: "f16" | "f32" } {
+  const precision = options.precision ?? (info.shaderF16 ? "f16" : "f32");
+  if (precision === "f16" && !device.features.has("shader-f16")) {
+    throw new BackendError("precision f16 needs a device with the shader-f16 feature", "create");
+  }
   const maxBinding = info.maxStorageBufferBindingSize;
   const pipelines = new Map<string, GPUComputePipeline>();
   const modules = new Map<string, GPUShaderModule>();
@@ -265,7 +284,8 @@ export function createWebGpuBackend(device: GPUDevice, info: WebGpuInfo): Backen
       // Long rows: a workgroup of 64 lanes per (row, token) with a reduction; short rows: one lane each.
       const short = k <= 256;
       for (const c of w.chunks) {
-        dispatch("matmul.wgsl", short ? "matmul_short_f32_bf16w" : "matmul_f32_bf16w", {
+        const entry = `matmul${short ? "_short" : ""}_${precision}_bf16w`;
+        dispatch(precision === "f16" ? "matmul_f16.wgsl" : "matmul.wgsl", entry, {
           0: uniform([rowsOf(x), n, k, c.rowStart, c.rows, bias ? 1 : 0]),
           1: t(out, "matmul").buffer,
           2: t(x, "matmul").buffer,
@@ -542,6 +562,7 @@ export function createWebGpuBackend(device: GPUDevice, info: WebGpuInfo): Backen
       device.destroy();
     },
     samplesOnDevice: true,
+    precision,
     limits: { maxKvLayerBytes: maxBinding },
   };
 }
