@@ -11,6 +11,7 @@ import { ConfigFileError, UsageError } from "./errors.ts";
 export const PROFILE_NAMES = ["latency_first", "quality_first"] as const;
 export const BACKEND_CHOICES = ["auto", "reference", "webgpu", "native", "cuda"] as const;
 export const GPU_MODES = ["auto", "single", "pipeline", "tensor"] as const;
+export const DTYPE_CHOICES = ["auto", "f32", "f16"] as const;
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
 export const LOG_FORMATS = ["json", "pretty"] as const;
 export const REASONING_EFFORTS = ["low", "medium", "high"] as const;
@@ -19,6 +20,7 @@ export const PREFILL_PRIORITIES = ["decode_first", "prefill_first"] as const;
 export type ProfileName = typeof PROFILE_NAMES[number];
 export type BackendChoice = typeof BACKEND_CHOICES[number];
 export type GpuMode = typeof GPU_MODES[number];
+export type DtypeChoice = typeof DTYPE_CHOICES[number];
 export type LogLevel = typeof LOG_LEVELS[number];
 export type LogFormat = typeof LOG_FORMATS[number];
 export type ReasoningEffort = typeof REASONING_EFFORTS[number];
@@ -56,6 +58,7 @@ const SettingsLayerSchema = z.object({
   forcePort: z.boolean(),
   profile: z.enum(PROFILE_NAMES),
   backend: z.enum(BACKEND_CHOICES),
+  dtype: z.enum(DTYPE_CHOICES),
   gpuMode: z.enum(GPU_MODES),
   apiKey: z.string().min(1),
   adminKey: z.string().min(1),
@@ -86,6 +89,8 @@ export interface ServerConfig {
   readonly forcePort: boolean;
   readonly profile: ProfileName;
   readonly backend: BackendChoice;
+  /** Matmul arithmetic on GPU backends: auto = f16 where the device has it (WebGPU shader-f16), else f32. */
+  readonly dtype: DtypeChoice;
   readonly gpuMode: GpuMode;
   readonly apiKey: string | undefined;
   readonly adminKey: string | undefined;
@@ -121,6 +126,7 @@ const DEFAULTS = {
   forcePort: false,
   profile: "latency_first",
   backend: "auto",
+  dtype: "auto",
   gpuMode: "auto",
   logLevel: "info",
   logFormat: "json",
@@ -173,6 +179,12 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
   spec("force-port", "forcePort", BOOLEAN, "If another gpt-oss-deno server holds the port, stop it first"),
   spec("profile", "profile", { kind: "choice", choices: PROFILE_NAMES }, "Scheduler profile (configs/profiles.json)"),
   spec("backend", "backend", { kind: "choice", choices: BACKEND_CHOICES }, "Compute backend (auto = probe)"),
+  spec(
+    "dtype",
+    "dtype",
+    { kind: "choice", choices: DTYPE_CHOICES },
+    "GPU matmul arithmetic (auto = f16 where supported)",
+  ),
   spec("gpu-mode", "gpuMode", { kind: "choice", choices: GPU_MODES }, "How to use several GPUs"),
   spec("config", "config", STRING, "Settings file (default configs/server.json)"),
   spec("api-key", "apiKey", STRING, "Require this bearer key on every endpoint but /health"),
@@ -383,6 +395,7 @@ export function loadServerConfig(sources: ConfigSources): ServerConfig {
     forcePort: final.forcePort,
     profile: final.profile,
     backend: final.backend,
+    dtype: final.dtype,
     gpuMode: final.gpuMode,
     apiKey: final.apiKey,
     adminKey: final.adminKey,

@@ -58,6 +58,7 @@ Deno.test("every serve flag parses into its setting", () => {
     [["--current-date", "2025-06-28"], (c) => c.currentDate, "2025-06-28"],
     [["--model-cache-dir", "/tmp/x"], (c) => c.modelCacheDir, "/tmp/x"],
     [["--kv-cache-bytes", "1048576"], (c) => c.kvCacheBytes, 1048576],
+    [["--dtype", "f16"], (c) => c.dtype, "f16"],
     [["--trace-sample-rate", "0.5"], (c) => c.traceSampleRate, 0.5],
     [["--trace-slow-ms", "250"], (c) => c.traceSlowMs, 250],
     [["--log-content"], (c) => c.logContent, true],

@@ -163,7 +163,9 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
     const header = Checkpoint.open(choice.dir);
     const need = modelFootprint(header.config);
     header.close();
-    selection = await selectBackend(config.backend, probes, { need, kvCacheBytes: config.kvCacheBytes });
+    selection = await selectBackend(config.backend, probes, { need, kvCacheBytes: config.kvCacheBytes }, {
+      dtype: config.dtype,
+    });
   } catch (err) {
     if (err instanceof CheckpointError) fail(err.message);
     fail((err as Error).message);

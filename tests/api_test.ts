@@ -193,7 +193,16 @@ for (
   ]
 ) {
   Deno.test(`golden ${fixture} replayed through /v1/completions on --backend ${backend}: greedy ids and echo logprobs`, async () => {
-    const server = await startServer([...common, "--model", `${GOLDEN_ROOT}${fixture}`, "--backend", backend]);
+    // f32 arithmetic everywhere, so the f32 tolerance applies (the f16 path has its own golden test).
+    const server = await startServer([
+      ...common,
+      "--model",
+      `${GOLDEN_ROOT}${fixture}`,
+      "--backend",
+      backend,
+      "--dtype",
+      "f32",
+    ]);
     try {
       const modelId = fixture;
       for (const c of goldenCases(fixture)) {

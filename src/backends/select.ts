@@ -104,17 +104,30 @@ export async function probeBackends(): Promise<ProbeResult[]> {
   ];
 }
 
-const FACTORIES: Record<BackendName, () => Promise<Backend>> = {
+/** Backend construction settings. */
+export interface BackendOptions {
+  /** GPU matmul arithmetic: "auto" = f16 where the device has it. */
+  readonly dtype?: "auto" | "f32" | "f16";
+}
+
+const FACTORIES: Record<BackendName, (options: BackendOptions) => Promise<Backend>> = {
   reference: () => Promise.resolve(createReferenceBackend()),
   native: () => Promise.resolve(createNativeBackend()),
   cuda: () =>
     Promise.resolve(
       createNativeBackend({ library: loadNativeLibrary({ path: CUDA_LIBRARY_PATH, build: false }), name: "cuda" }),
     ),
-  webgpu: async () => {
+  webgpu: async (options) => {
     const gpu = await webGpuDevice();
     if (!gpu) throw new Error("no WebGPU adapter");
-    return createWebGpuBackend(gpu.device, gpu.info);
+    if (options.dtype === "f16" && !gpu.info.shaderF16) {
+      throw new Error(
+        `--dtype f16 needs the shader-f16 feature, which the WebGPU adapter "${gpu.info.description}" lacks`,
+      );
+    }
+    return createWebGpuBackend(gpu.device, gpu.info, {
+      precision: options.dtype === "auto" || options.dtype === undefined ? undefined : options.dtype,
+    });
   },
 };
 
@@ -126,6 +139,7 @@ export async function selectBackend(
   choice: "auto" | BackendName,
   probes?: ProbeResult[],
   fit?: FitRequest,
+  options: BackendOptions = {},
 ): Promise<{ backend: Backend; probe: ProbeResult }> {
   const found = (probes ?? await probeBackends()).map((p) => {
     const refusal = p.available && fit ? fitRefusal(p, fit) : undefined;
@@ -139,5 +153,8 @@ export async function selectBackend(
     const why = found.map((p) => `${p.name}: ${p.available ? "available" : p.reason}`).join("; ");
     throw new Error(`Backend "${choice}" is not available here (${why})`);
   }
-  return { backend: await FACTORIES[probe.name](), probe };
+  const backend = await FACTORIES[probe.name](options);
+  // The dtype actually used (e.g. f32 on WebGPU when --dtype f32 overrides the adapter's f16).
+  const precision = (backend as { precision?: "f16" | "f32" }).precision;
+  return { backend, probe: precision ? { ...probe, dtype: precision } : probe };
 }
