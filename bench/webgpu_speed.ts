@@ -1,7 +1,7 @@
 /**
  * WebGPU speed (a script): decode tokens/s on a checkpoint with WebGPU and with the reference backend in the same run,
  * then a per-op table of achieved GB/s on WebGPU at real 20b shapes.
- *   deno run -A bench/webgpu_speed.ts --dir /data/presets/mini [--decode 3]
+ *   deno run -A bench/webgpu_speed.ts --dir /data/presets/mini [--decode 3] [--dtype f32|f16]
  */
 import { parseArgs } from "node:util";
 import type { Backend, DeviceTensor } from "../src/backends/backend.ts";
@@ -14,11 +14,14 @@ import { loadWeights } from "../src/model/weights.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
-  options: { dir: { type: "string" }, decode: { type: "string", default: "3" } },
+  options: { dir: { type: "string" }, decode: { type: "string", default: "3" }, dtype: { type: "string" } },
 });
 const gpu = await requestWebGpu();
 if (!gpu) throw new Error("No WebGPU adapter here");
-console.log(`adapter: ${gpu.info.description} (fallback: ${gpu.info.isFallbackAdapter})`);
+const precision = values.dtype as "f32" | "f16" | undefined;
+console.log(
+  `adapter: ${gpu.info.description} (fallback: ${gpu.info.isFallbackAdapter}, shader-f16: ${gpu.info.shaderF16})`,
+);
 
 function argmax(row: Float32Array): number {
   let best = 0;
@@ -39,7 +42,7 @@ async function decodeRate(backend: Backend, dir: string, steps: number): Promise
 
 if (values.dir) {
   const steps = Number(values.decode);
-  const webgpu = await decodeRate(createWebGpuBackend(gpu.device, gpu.info), values.dir, steps);
+  const webgpu = await decodeRate(createWebGpuBackend(gpu.device, gpu.info, { precision }), values.dir, steps);
   const reference = await decodeRate(createReferenceBackend(), values.dir, steps);
   console.log(
     `decode: webgpu ${webgpu.toFixed(3)} tok/s, reference ${reference.toFixed(3)} tok/s, ratio ${
@@ -49,7 +52,8 @@ if (values.dir) {
 }
 
 // Per-op throughput at real 20b shapes, one token (decode), bytes of weights and activations moved per call.
-const backend = createWebGpuBackend(gpu.device, gpu.info);
+const backend = createWebGpuBackend(gpu.device, gpu.info, { precision });
+console.log(`matmul precision: ${backend.precision}`);
 const random = (n: number) => {
   const out = new Uint8Array(n);
   let state = 12345;
@@ -79,9 +83,17 @@ console.log("| op (one token, 20b shapes)         |      time |  achieved |");
 console.log("| ---------------------------------- | --------- | --------- |");
 const x = f32([1, 2880]), q = f32([1, 4096]), out = f32([1, 2880]);
 const wq = backend.upload({ dtype: "bf16", shape: [4096, 2880], data: random(4096 * 2880 * 2) });
-await time("matmul_f32_bf16w q_proj [4096, 2880]", 4096 * 2880 * 2, () => backend.ops.matmul(q, x, wq));
+await time(
+  `matmul_${backend.precision}_bf16w q_proj [4096, 2880]`,
+  4096 * 2880 * 2,
+  () => backend.ops.matmul(q, x, wq),
+);
 const wo = backend.upload({ dtype: "bf16", shape: [2880, 4096], data: random(2880 * 4096 * 2) });
-await time("matmul_f32_bf16w o_proj [2880, 4096]", 2880 * 4096 * 2, () => backend.ops.matmul(out, q, wo));
+await time(
+  `matmul_${backend.precision}_bf16w o_proj [2880, 4096]`,
+  2880 * 4096 * 2,
+  () => backend.ops.matmul(out, q, wo),
+);
 const norm = backend.upload({ dtype: "bf16", shape: [2880], data: random(5760) });
 await time("rmsnorm_f32_bf16w [2880]", 2880 * 8, () => backend.ops.rmsnorm(out, x, norm, 1e-5));
 const e = 8, ids = backend.alloc([1, 4], "i32"), weights = f32([1, 4]);
@@ -101,3 +113,10 @@ await time("moe_mlp_f32_mxfp4w 4 experts", 4 * 13_236_480, () =>
     intermediateSize: 2880,
     swigluLimit: 7,
   }));
+const vocab = 201_088, logits = f32([1, vocab]), sampleParams = f32([1, 4]), sampled = backend.alloc([1], "i32");
+backend.write(sampleParams, Float32Array.from([1, 50, 0.9, 0.5]));
+await time(
+  "sample_f32 top-k 50, top-p 0.9 [201088]",
+  vocab * 4 * 2,
+  () => backend.ops.sample!(sampled, logits, sampleParams, undefined),
+);
