@@ -183,7 +183,7 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
     "dtype",
     "dtype",
     { kind: "choice", choices: DTYPE_CHOICES },
-    "GPU matmul arithmetic (auto = f16 where supported)",
+    "GPU weight×activation arithmetic (auto = f16 where supported)",
   ),
   spec("gpu-mode", "gpuMode", { kind: "choice", choices: GPU_MODES }, "How to use several GPUs"),
   spec("config", "config", STRING, "Settings file (default configs/server.json)"),

@@ -11,7 +11,7 @@ import { createReferenceBackend } from "../src/backends/reference/reference_back
 import { keptWeights } from "../src/backends/reference/sample.ts";
 import { probeBackends } from "../src/backends/select.ts";
 import { createWebGpuBackend, requestWebGpu } from "../src/backends/webgpu/webgpu_backend.ts";
-import { f32ToBf16 } from "../src/formats/numeric.ts";
+import { dequantizeMxfp4Row, f32ToBf16 } from "../src/formats/numeric.ts";
 import { rng as uniform } from "./helpers/random.ts";
 
 /** Uniform in [−0.5, 0.5). */
@@ -57,18 +57,30 @@ function f32Data(count: number, seed: number, scale = 1): Float32Array {
   return Float32Array.from({ length: count }, () => random() * 2 * scale);
 }
 
-/** Realistic MXFP4 experts: random codes, scales around 2^-6. */
-function mxfp4Weights(backend: Backend, e: number, h: number, i: number, seed: number): MoeWeights {
+/** Realistic MXFP4 experts' bytes: random codes, scales around 2^-6. */
+function mxfp4Data(e: number, h: number, i: number, seed: number) {
   const random = rng(seed);
   const bytes = (n: number, f: () => number) => Uint8Array.from({ length: n }, f);
+  return {
+    gateUpBlocks: bytes(e * 2 * i * h / 2, () => Math.floor((random() + 0.5) * 256)),
+    gateUpScales: bytes(e * 2 * i * h / 32, () => 118 + Math.floor((random() + 0.5) * 6)),
+    gateUpBias: bf16Data(e * 2 * i, seed + 1, 0.1),
+    downBlocks: bytes(e * h * i / 2, () => Math.floor((random() + 0.5) * 256)),
+    downScales: bytes(e * h * i / 32, () => 118 + Math.floor((random() + 0.5) * 6)),
+    downBias: bf16Data(e * h, seed + 2, 0.1),
+  };
+}
+
+function mxfp4Weights(backend: Backend, e: number, h: number, i: number, seed: number): MoeWeights {
+  const d = mxfp4Data(e, h, i, seed);
   const up = (dtype: DType, shape: number[], data: Uint8Array) => backend.upload({ dtype, shape, data });
   return {
-    gateUpBlocks: up("u8", [e, 2 * i, h / 32, 16], bytes(e * 2 * i * h / 2, () => Math.floor((random() + 0.5) * 256))),
-    gateUpScales: up("u8", [e, 2 * i, h / 32], bytes(e * 2 * i * h / 32, () => 118 + Math.floor((random() + 0.5) * 6))),
-    gateUpBias: up("bf16", [e, 2 * i], bf16Data(e * 2 * i, seed + 1, 0.1)),
-    downBlocks: up("u8", [e, h, i / 32, 16], bytes(e * h * i / 2, () => Math.floor((random() + 0.5) * 256))),
-    downScales: up("u8", [e, h, i / 32], bytes(e * h * i / 32, () => 118 + Math.floor((random() + 0.5) * 6))),
-    downBias: up("bf16", [e, h], bf16Data(e * h, seed + 2, 0.1)),
+    gateUpBlocks: up("u8", [e, 2 * i, h / 32, 16], d.gateUpBlocks),
+    gateUpScales: up("u8", [e, 2 * i, h / 32], d.gateUpScales),
+    gateUpBias: up("bf16", [e, 2 * i], d.gateUpBias),
+    downBlocks: up("u8", [e, h, i / 32, 16], d.downBlocks),
+    downScales: up("u8", [e, h, i / 32], d.downScales),
+    downBias: up("bf16", [e, h], d.downBias),
   };
 }
 
@@ -452,6 +464,21 @@ Deno.test({
 });
 
 /**
+ * The typical size of f16 rounding, beside the worst-case bounds (which are far looser): each product is off by about
+ * 2⁻¹¹ relative with a random sign, so the error of a sum is about 2⁻¹¹ of its value (measured: 4–6e-4). Asserted:
+ * relative rms error ≤ 4·2⁻¹¹ — a kernel that rounded more coarsely or summed wrongly would fail it.
+ */
+function assertF16Rms(actual: Float32Array, expected: Float32Array, label: string): void {
+  let errorSquares = 0, valueSquares = 0;
+  for (let i = 0; i < expected.length; i++) {
+    errorSquares += (actual[i] - expected[i]) ** 2;
+    valueSquares += expected[i] ** 2;
+  }
+  const relative = Math.sqrt(errorSquares / valueSquares);
+  assert(relative <= 4 * 2 ** -11, `${label}: relative rms error ${relative} over 4·2⁻¹¹`);
+}
+
+/**
  * The f16 matmul (shader-f16 adapters). Bound per output, worst case rather than statistical: x and w are rounded to
  * f16 (w exactly: bf16 has fewer mantissa bits; x with relative error ≤ 2⁻¹¹), the product rounded (≤ 2⁻¹¹) and each
  * pair summed in f16 (≤ 2⁻¹¹ of the pair's magnitude), so |Δ| ≤ 4·2⁻¹¹·Σ_k |x_k·w_k| plus the f32 tolerance.
@@ -476,6 +503,7 @@ Deno.test({
         return (await b.read(out)) as Float32Array;
       };
       const expected = await run(createReferenceBackend()), actual = await run(backend);
+      assertF16Rms(actual, expected, `f16 matmul ${tokens}x${n}x${k}`);
       const w = new Uint16Array(wBytes.buffer);
       const widen = (bits: number) => new Float32Array(new Uint32Array([bits << 16]).buffer)[0];
       for (let t = 0; t < tokens; t++) {
@@ -487,6 +515,104 @@ Deno.test({
           assert(diff <= bound, `f16 matmul ${tokens}x${n}x${k} [${t}, ${r}]: |Δ| ${diff} > ${bound}`);
         }
       }
+    }
+  },
+});
+
+/**
+ * The f16 MXFP4 experts (shader-f16): the FP4 codes are exact in f16, so each pair of products carries at most
+ * 4·2⁻¹¹ of Σ|x·w| (as for the matmul), in gate/linear: δg, δl. The clamps are 1-Lipschitz; SwiGLU
+ * a = g·σ(1.702g)·(l + 1) has |∂a/∂g| ≤ 1.1·(|l| + 1) and |∂a/∂l| ≤ |g|, so δa ≤ 1.1·(|l| + δl + 1)·δg +
+ * (|g| + δg)·δl; the down projection adds Σ|w|·δa and its own 4·2⁻¹¹·Σ|w|·(|a| + δa); the route weights sum them.
+ * The bound is computed on the host from the exact (f64) intermediates, per output, and asserted.
+ */
+Deno.test({
+  name: "webgpu: moe_mlp with f16 products within the propagated f16 bound of the reference (small, real 20b size)",
+  ignore: !gpu?.info.shaderF16,
+  fn: async () => {
+    const backend = createWebGpuBackend(gpu!.device, gpu!.info, { precision: "f16" });
+    const u = 2 ** -11, limit = 7;
+    for (const [tokens, hidden, inter, experts, topK] of [[3, 64, 96, 4, 2], [1, 2880, 2880, 4, 4]]) {
+      const x = f32Data(tokens * hidden, 40 + hidden, 2);
+      const ids = Int32Array.from({ length: tokens * topK }, (_, i) => (i + Math.floor(i / topK)) % experts);
+      const routeWeights = Float32Array.from({ length: tokens * topK }, (_, i) => (i % topK + 1) / 10);
+      const data = mxfp4Data(experts, hidden, inter, 41);
+      const run = async (b: Backend) => {
+        const d = mxfp4Weights(b, experts, hidden, inter, 41);
+        const out = b.alloc([tokens, hidden], "f32");
+        b.ops.moeMlp(
+          out,
+          input(b, x, [tokens, hidden]),
+          input(b, ids, [tokens, topK]),
+          input(b, routeWeights, [tokens, topK]),
+          {
+            weights: d,
+            intermediateSize: inter,
+            swigluLimit: limit,
+          },
+        );
+        await b.flush();
+        return (await b.read(out)) as Float32Array;
+      };
+      const expected = await run(createReferenceBackend()), actual = await run(backend);
+      const row = new Float32Array(Math.max(hidden, inter));
+      let worst = 0, worstRatio = 0;
+      const bias = (bytes: Uint8Array, index: number) =>
+        new Float32Array(new Uint32Array([new Uint16Array(bytes.buffer)[index] << 16]).buffer)[0];
+      for (let t = 0; t < tokens; t++) {
+        const bound = new Float64Array(hidden);
+        for (let j = 0; j < topK; j++) {
+          const e = ids[t * topK + j];
+          const act = new Float64Array(inter), dAct = new Float64Array(inter);
+          for (let i = 0; i < inter; i++) {
+            const pre = [0, 1].map((half) => {
+              const r = e * 2 * inter + 2 * i + half;
+              dequantizeMxfp4Row(
+                data.gateUpBlocks,
+                r * hidden / 2,
+                data.gateUpScales,
+                r * hidden / 32,
+                hidden / 32,
+                row,
+              );
+              let value = bias(data.gateUpBias, r), magnitude = 0;
+              for (let k = 0; k < hidden; k++) {
+                value += row[k] * x[t * hidden + k];
+                magnitude += Math.abs(row[k] * x[t * hidden + k]);
+              }
+              return { value, delta: 4 * u * magnitude + 1e-5 };
+            });
+            const g = Math.min(pre[0].value, limit), l = Math.max(-limit, Math.min(pre[1].value, limit));
+            act[i] = g / (1 + Math.exp(-1.702 * g)) * (l + 1);
+            dAct[i] = 1.1 * (Math.abs(l) + pre[1].delta + 1) * pre[0].delta +
+              (Math.abs(g) + pre[0].delta) * pre[1].delta;
+          }
+          for (let r = 0; r < hidden; r++) {
+            const w = e * hidden + r;
+            dequantizeMxfp4Row(data.downBlocks, w * inter / 2, data.downScales, w * inter / 32, inter / 32, row);
+            let delta = 0;
+            for (let i = 0; i < inter; i++) {
+              delta += Math.abs(row[i]) * (dAct[i] + 4 * u * (Math.abs(act[i]) + dAct[i]));
+            }
+            bound[r] += routeWeights[t * topK + j] * delta;
+          }
+        }
+        for (let r = 0; r < hidden; r++) {
+          const limitR = bound[r] + TOLERANCE.abs + TOLERANCE.rel * Math.abs(expected[t * hidden + r]);
+          const diff = Math.abs(actual[t * hidden + r] - expected[t * hidden + r]);
+          assert(diff <= limitR, `f16 moe T=${tokens} H=${hidden} [${t}, ${r}]: |Δ| ${diff} > ${limitR}`);
+          worst = Math.max(worst, diff);
+          worstRatio = Math.max(worstRatio, diff / limitR);
+        }
+      }
+      assertF16Rms(actual, expected, `f16 moe T=${tokens} H=${hidden}`);
+      // The f16 path really rounds (the f32 kernels agree with the reference to ~1e-6 here).
+      assert(worst > 1e-4, `f16 moe T=${tokens} H=${hidden}: |Δ| ${worst} is f32-sized`);
+      console.log(
+        `f16 moe T=${tokens} H=${hidden}: worst |Δ| ${worst.toExponential(2)}, at most ${
+          (worstRatio * 100).toFixed(0)
+        }% of its bound`,
+      );
     }
   },
 });

@@ -1,6 +1,8 @@
 // moe_route_f32, and the MXFP4 expert MLP in two passes per range of experts [e_start, e_start + e_count) held by
 // one blocks window (starting at expert b_start) and one scales window (starting at expert s_start):
 // moe_gate_up_f32 (dequantize in registers, clamped SwiGLU) and moe_down_f32 (weighted sum into out).
+// The launcher prepends precision_f32.wgsl or precision_f16.wgsl, which define pair_dot (the MXFP4 × x products;
+// the block sums, scales, biases and SwiGLU stay f32).
 struct Params {
   tokens: u32, top_k: u32, hidden: u32, inter: u32, e_start: u32, e_count: u32, num_experts: u32, limit: f32,
   b_start: u32, s_start: u32,
@@ -36,7 +38,7 @@ fn row_dot(block_row: u32, scale_row: u32, k: u32, x_base: u32) -> f32 {
     var block = 0.0;
     for (var j = 0u; j < 16u; j++) {
       let b = byte_at((block_row * groups + g) * 16u + j, false);
-      block += FP4[b & 15u] * x[x_base + g * 32u + 2u * j] + FP4[b >> 4u] * x[x_base + g * 32u + 2u * j + 1u];
+      block += pair_dot(FP4[b & 15u], FP4[b >> 4u], x[x_base + g * 32u + 2u * j], x[x_base + g * 32u + 2u * j + 1u]);
     }
     acc += block * scale;
   }

@@ -133,8 +133,9 @@ export function webGpuFitRefusal(
 /** Options of {@link createWebGpuBackend}. */
 export interface WebGpuOptions {
   /**
-   * Arithmetic of the matmuls: "f16" (products in f16, sums in f32) needs a device created with shader-f16;
-   * default "f16" where the adapter has it, else "f32". Attention, norms, rope, the MoE and sampling stay f32.
+   * Arithmetic of the weight × activation products (dense matmuls and the MXFP4 experts): "f16" (products in f16,
+   * sums in f32) needs a device created with shader-f16; default "f16" where the adapter has it, else "f32".
+   * Attention, norms, rope, routing, SwiGLU and sampling stay f32.
    */
   readonly precision?: "f16" | "f32";
 }
@@ -192,7 +193,9 @@ export function createWebGpuBackend(
     if (!p) {
       let module = modules.get(file);
       if (!module) {
-        module = device.createShaderModule({ code: Deno.readTextFileSync(new URL(file, KERNELS)) });
+        // "a.wgsl+b.wgsl": the files concatenated (a precision prelude, then the kernels that use it).
+        const code = file.split("+").map((f) => Deno.readTextFileSync(new URL(f, KERNELS))).join("\n");
+        module = device.createShaderModule({ code });
         modules.set(file, module);
       }
       p = device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: entry } });
@@ -355,7 +358,7 @@ export function createWebGpuBackend(
       }, { invocations: opt.batch.numTokens * opt.numHeads });
     },
     moeRoute(expertIds, expertWeights, logits, topK) {
-      dispatch("moe.wgsl", "moe_route_f32", {
+      dispatch(`precision_${precision}.wgsl+moe.wgsl`, "moe_route_f32", {
         0: uniform([rowsOf(logits), topK, 0, 0, 0, 0, colsOf(logits), { f32: 0 }, 0, 0]),
         1: t(expertWeights, "moeRoute").buffer,
         2: t(logits, "moeRoute").buffer,
@@ -396,7 +399,7 @@ export function createWebGpuBackend(
           r.scales.rowStart,
         ]);
       for (const r of ranges(gub, gus)) {
-        dispatch("moe.wgsl", "moe_gate_up_f32", {
+        dispatch(`precision_${precision}.wgsl+moe.wgsl`, "moe_gate_up_f32", {
           0: params(r),
           1: act,
           2: t(x, "moeMlp").buffer,
@@ -407,7 +410,7 @@ export function createWebGpuBackend(
         }, { invocations: tokens * topK * inter });
       }
       for (const r of ranges(db, ds)) {
-        dispatch("moe.wgsl", "moe_down_f32", {
+        dispatch(`precision_${precision}.wgsl+moe.wgsl`, "moe_down_f32", {
           0: params(r),
           1: t(out, "moeMlp").buffer,
           2: act,
