@@ -179,8 +179,8 @@ for (const name of ["native", "cuda", "webgpu"] as const) {
 }
 
 /**
- * The f16 path (weight × activation products in f16, sums in f32: dense matmuls and MXFP4 experts) where the adapter has shader-f16. Tolerance per case, from the
- * fixture's own diagnostics: golden_info.json measures an all-bf16 run of the reference against the f32 logits
+ * The f16 path (weight × activation products in f16, sums in f32: dense matmuls and MXFP4 experts) where the
+ * adapter has shader-f16. Tolerance per case, from the fixture's own diagnostics: golden_info.json measures an all-bf16 run of the reference against the f32 logits
  * (`bf16_reference_max_abs_logit_diff`, 0.43 to 15); f16 rounds with 3 more mantissa bits (8× finer), so a deviation
  * near 1/8 of that is expected, and |Δ| ≤ 1/4 of it is asserted (a 2× margin: the roundings sit in other places than
  * in the bf16 run). Greedy ids must be identical (the bf16 run's are, too).
