@@ -107,12 +107,16 @@ const experts = {
   downScales: backend.upload({ dtype: "u8", shape: [e, 2880, 90], data: scales(e * 2880 * 90) }),
   downBias: backend.upload({ dtype: "bf16", shape: [e, 2880], data: random(e * 2880 * 2) }),
 } as Record<string, DeviceTensor>;
-await time("moe_mlp_f32_mxfp4w 4 experts", 4 * 13_236_480, () =>
-  backend.ops.moeMlp(out, x, ids, weights, {
-    weights: experts as never,
-    intermediateSize: 2880,
-    swigluLimit: 7,
-  }));
+await time(
+  `moe_mlp_mxfp4w (${backend.precision}) 4 experts`,
+  4 * 13_236_480,
+  () =>
+    backend.ops.moeMlp(out, x, ids, weights, {
+      weights: experts as never,
+      intermediateSize: 2880,
+      swigluLimit: 7,
+    }),
+);
 const vocab = 201_088, logits = f32([1, vocab]), sampleParams = f32([1, 4]), sampled = backend.alloc([1], "i32");
 backend.write(sampleParams, Float32Array.from([1, 50, 0.9, 0.5]));
 await time(
