@@ -84,13 +84,13 @@ console.log("| ---------------------------------- | --------- | --------- |");
 const x = f32([1, 2880]), q = f32([1, 4096]), out = f32([1, 2880]);
 const wq = backend.upload({ dtype: "bf16", shape: [4096, 2880], data: random(4096 * 2880 * 2) });
 await time(
-  `matmul_${backend.precision}_bf16w q_proj [4096, 2880]`,
+  `matmul_bf16w (${backend.precision}) q_proj [4096, 2880]`,
   4096 * 2880 * 2,
   () => backend.ops.matmul(q, x, wq),
 );
 const wo = backend.upload({ dtype: "bf16", shape: [2880, 4096], data: random(2880 * 4096 * 2) });
 await time(
-  `matmul_${backend.precision}_bf16w o_proj [2880, 4096]`,
+  `matmul_bf16w (${backend.precision}) o_proj [2880, 4096]`,
   2880 * 4096 * 2,
   () => backend.ops.matmul(out, q, wo),
 );

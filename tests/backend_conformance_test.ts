@@ -484,7 +484,8 @@ function assertF16Rms(actual: Float32Array, expected: Float32Array, label: strin
  * pair summed in f16 (≤ 2⁻¹¹ of the pair's magnitude), so |Δ| ≤ 4·2⁻¹¹·Σ_k |x_k·w_k| plus the f32 tolerance.
  */
 Deno.test({
-  name: "webgpu: matmul_f16_bf16w within 4·2⁻¹¹·Σ|x·w| of the reference (tails, odd K, the real 20b q_proj)",
+  name:
+    "webgpu: matmul_bf16w with f16 products within 4·2⁻¹¹·Σ|x·w| of the reference (tails, odd K, the real 20b q_proj)",
   ignore: !gpu?.info.shaderF16,
   fn: async () => {
     const backend = createWebGpuBackend(gpu!.device, gpu!.info, { precision: "f16" });

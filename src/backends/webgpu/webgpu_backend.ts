@@ -281,14 +281,13 @@ export function createWebGpuBackend(
       if (colsOf(x) !== k || colsOf(out) !== n || rowsOf(out) !== rowsOf(x)) {
         throw new BackendError(
           `matmul: x [${x.shape}] and weight [${w.shape}] do not match out [${out.shape}]`,
-          "matmul_f32_bf16w",
+          "matmul_bf16w",
         );
       }
       // Long rows: a workgroup of 64 lanes per (row, token) with a reduction; short rows: one lane each.
       const short = k <= 256;
       for (const c of w.chunks) {
-        const entry = `matmul${short ? "_short" : ""}_${precision}_bf16w`;
-        dispatch(precision === "f16" ? "matmul_f16.wgsl" : "matmul.wgsl", entry, {
+        dispatch(`precision_${precision}.wgsl+matmul.wgsl`, short ? "matmul_short_bf16w" : "matmul_bf16w", {
           0: uniform([rowsOf(x), n, k, c.rowStart, c.rows, bias ? 1 : 0]),
           1: t(out, "matmul").buffer,
           2: t(x, "matmul").buffer,
