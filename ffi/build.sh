@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p build
 CXX=${CXX:-g++}
-"$CXX" -std=c++17 -O3 -fPIC -shared -fopenmp -march=x86-64-v2 -Wall -Wextra -Wno-unused-parameter -Wno-maybe-uninitialized \
+"$CXX" -std=c++17 -O3 -fPIC -shared -fopenmp -march=x86-64-v2 -Wall -Wextra -Wno-unused-parameter -Wno-maybe-uninitialized -Wno-uninitialized \
   -o build/libgptoss_cpu.so ffi/src/gptoss_cpu.cpp kernels/cpu/*.cpp
 echo "built build/libgptoss_cpu.so"

@@ -327,8 +327,9 @@ for (const candidate of candidates) {
   });
 }
 
-// The native library picks AVX-512, AVX2 or scalar code at load; run this suite again on each narrower path.
-for (const isa of ["avx2", "scalar"]) {
+// The native library picks AVX-512 with VNNI, AVX-512, AVX2 or scalar code at load; run this suite again on each
+// narrower path (forcing one the CPU lacks falls back to the best it has, which is then tested twice).
+for (const isa of ["avx512", "avx2", "scalar"]) {
   Deno.test({
     name: `native (${isa} path): the conformance suite passes`,
     ignore: candidates[0].skip !== undefined || Deno.env.get("GPTOSS_CPU_ISA") !== undefined,

@@ -2,8 +2,10 @@
 // between AVX-512, AVX2+FMA and scalar code.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "kernels.h"
@@ -55,7 +57,7 @@ __attribute__((target("avx2,fma"))) void bf16_avx2_rows(const uint16_t* w, const
   for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= k; i += 8) {
-    if ((i & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(w + i + 2048), _MM_HINT_T0);
+    if ((i & 31) == 0) prefetch_weights(w + i);
     const __m256i bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
     const __m256 wv = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
     for (int r = 0; r < R; r++) acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + r * stride + i), acc[r]);
@@ -87,7 +89,7 @@ __attribute__((target("avx512f,avx512bw"))) void bf16_avx512_rows(const uint16_t
   for (int r = 0; r < R; r++) acc[r] = acc2[r] = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 32 <= k; i += 32) {
-    _mm_prefetch(reinterpret_cast<const char*>(w + i + 2048), _MM_HINT_T0);  // 4 KiB ahead: past the page boundary
+    prefetch_weights(w + i);
     const __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i)));
     const __m512i bits2 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i + 16)));
     const __m512 wv = _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
@@ -136,7 +138,7 @@ __attribute__((target("avx2,fma"))) void mxfp4_avx2_rows(const uint8_t* blocks, 
   __m256 acc[R];
   for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
   for (int64_t g = 0; g < num_blocks; g++) {
-    if ((g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(blocks + g * 16 + 4096), _MM_HINT_T0);
+    if ((g & 3) == 0) prefetch_weights(blocks + g * 16);
     __m128i v0, v1;
     decode_block(blocks + g * 16, &v0, &v1);
     const __m256 scale = _mm256_set1_ps(kScales.half[scales[g]]);
@@ -192,7 +194,7 @@ __attribute__((target("avx512f,avx512bw"))) void mxfp4_avx512_rows(const uint8_t
   for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
   int64_t g = 0;
   for (; g + 2 <= num_blocks; g += 2) {
-    _mm_prefetch(reinterpret_cast<const char*>(blocks + g * 16 + 4096), _MM_HINT_T0);
+    if ((g & 3) == 0) prefetch_weights(blocks + g * 16);
     __m512 a0, a1, b0, b1;
     decode_block_avx512(blocks + g * 16, kScales.half[scales[g]], lut, &a0, &a1);
     decode_block_avx512(blocks + (g + 1) * 16, kScales.half[scales[g + 1]], lut, &b0, &b1);
@@ -224,6 +226,75 @@ __attribute__((target("avx512f,avx512bw"))) void mxfp4_avx512(const uint8_t* blo
     case 2: return mxfp4_avx512_rows<2>(blocks, scales, x, stride, num_blocks, out);
     case 3: return mxfp4_avx512_rows<3>(blocks, scales, x, stride, num_blocks, out);
     default: return mxfp4_avx512_rows<4>(blocks, scales, x, stride, num_blocks, out);
+  }
+}
+
+// VNNI MXFP4 dot: per group of 4 blocks (64 code bytes), the codes become unsigned weights 2·FP4 + 12 by one byte
+// shuffle per nibble half; three VPDPBUSD pairs (hi, mid, lo digits of the prepared activations) with shifts in
+// between give Σ (w + 12)·q exactly; corr removes the +12; one convert and FMA apply 2^(e − 128) · scale_x.
+alignas(64) const int8_t kFp4TwicePlus12[64] = {
+    12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,
+    12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+// Spreads 4 scale bytes (one dword, broadcast) to the lanes of their blocks: lane i gets byte i / 4, zero-extended.
+alignas(64) const int8_t kScaleSpread[64] = {
+    0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1,
+    2, -1, -1, -1, 2, -1, -1, -1, 2, -1, -1, -1, 2, -1, -1, -1, 3, -1, -1, -1, 3, -1, -1, -1, 3, -1, -1, -1, 3, -1, -1, -1};
+
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void mxfp4_q_rows(const uint8_t* blocks, const uint8_t* scales,
+                                                                         const QGroup* x, int64_t stride,
+                                                                         int64_t num_blocks, float* out) {
+  const __m512i lut = _mm512_load_si512(kFp4TwicePlus12), spread = _mm512_load_si512(kScaleSpread);
+  const __m512i low4 = _mm512_set1_epi8(0x0f), one = _mm512_set1_epi8(1);
+  __m512 total[R];
+  for (int r = 0; r < R; r++) total[r] = _mm512_setzero_ps();
+  const int64_t groups = (num_blocks + 3) / 4;
+  for (int64_t g = 0; g < groups; g++) {
+    const int64_t left = num_blocks - g * 4;
+    __m512i codes, scale_bytes;
+    if (left >= 4) {
+      prefetch_weights(blocks + g * 64);
+      codes = _mm512_loadu_si512(blocks + g * 64);
+      int32_t four;
+      std::memcpy(&four, scales + g * 4, 4);
+      scale_bytes = _mm512_set1_epi32(four);
+    } else {  // the row's last 1–3 blocks: read only what is there
+      codes = _mm512_maskz_loadu_epi8(~0ull >> (64 - 16 * left), blocks + g * 64);
+      uint32_t four = 0;
+      for (int64_t q = 0; q < left; q++) four |= static_cast<uint32_t>(scales[g * 4 + q]) << (8 * q);
+      scale_bytes = _mm512_set1_epi32(static_cast<int32_t>(four));
+    }
+    const __m512i even = _mm512_shuffle_epi8(lut, _mm512_and_si512(codes, low4));
+    const __m512i odd = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(codes, 4), low4));
+    // E8M0 e → 2^(e − 128) (the FP4 table is doubled): exponent field e − 1, saturating so e = 0 gives 0 (as DAZ
+    // does to the f32 path's subnormal 2^−128).
+    const __m512 w_scale = _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_shuffle_epi8(_mm512_subs_epu8(scale_bytes, one), spread), 23));
+    for (int r = 0; r < R; r++) {
+      const QGroup& q = x[r * stride + g];
+      __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), even, _mm512_load_si512(q.hi_even));
+      acc = _mm512_dpbusd_epi32(acc, odd, _mm512_load_si512(q.hi_odd));
+      acc = _mm512_slli_epi32(acc, 7);
+      acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(q.mid_even), even);
+      acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(q.mid_odd), odd);
+      acc = _mm512_slli_epi32(acc, 7);
+      acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(q.lo_even), even);
+      acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(q.lo_odd), odd);
+      acc = _mm512_add_epi32(acc, _mm512_load_si512(q.corr));
+      total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(w_scale, _mm512_load_ps(q.scale)), total[r]);
+    }
+  }
+  for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(total[r]);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void mxfp4_q(const uint8_t* blocks, const uint8_t* scales,
+                                                                    const QGroup* x, int64_t stride,
+                                                                    int64_t num_blocks, int rows, float* out) {
+  switch (rows) {
+    case 1: return mxfp4_q_rows<1>(blocks, scales, x, stride, num_blocks, out);
+    case 2: return mxfp4_q_rows<2>(blocks, scales, x, stride, num_blocks, out);
+    case 3: return mxfp4_q_rows<3>(blocks, scales, x, stride, num_blocks, out);
+    default: return mxfp4_q_rows<4>(blocks, scales, x, stride, num_blocks, out);
   }
 }
 
@@ -294,6 +365,36 @@ __attribute__((target("avx512f"))) void f32_avx512(const float* w, const float* 
 
 }  // namespace
 
+void prepare_mxfp4_q(const float* x, int64_t k, QGroup* out) {
+  constexpr int32_t kMax = (1 << 21) - 1;  // hi = q >> 14 stays within int8
+  const int64_t num_blocks = k / 32;
+  std::memset(static_cast<void*>(out), 0, static_cast<size_t>(q_groups(k)) * sizeof(QGroup));
+  for (int64_t b = 0; b < num_blocks; b++) {
+    QGroup& group = out[b / 4];
+    const int slot = static_cast<int>(b % 4);
+    const float* xb = x + b * 32;
+    float max = 0;
+    for (int j = 0; j < 32; j++) max = std::max(max, std::fabs(xb[j]));
+    // Not finite (inf/NaN) or zero: the block's q stay 0 and its scale carries the value (0, inf or NaN) into the
+    // products, as the f32 path would.
+    const bool usable = max > 0 && std::isfinite(max);
+    const float inverse = usable ? static_cast<float>(kMax) / max : 0.0f;
+    int32_t sum = 0;
+    for (int j = 0; j < 32; j++) {
+      const int32_t q = usable ? static_cast<int32_t>(std::nearbyint(std::clamp(xb[j] * inverse, -float(kMax), float(kMax)))) : 0;
+      sum += q;
+      const int p = slot * 16 + j / 2;
+      const int8_t hi = static_cast<int8_t>(q >> 14);
+      const uint8_t mid = static_cast<uint8_t>((q >> 7) & 127), lo = static_cast<uint8_t>(q & 127);
+      if (j % 2 == 0) group.hi_even[p] = hi, group.mid_even[p] = mid, group.lo_even[p] = lo;
+      else group.hi_odd[p] = hi, group.mid_odd[p] = mid, group.lo_odd[p] = lo;
+    }
+    const float scale = usable ? max / static_cast<float>(kMax) : max;
+    for (int lane = 0; lane < 4; lane++) group.scale[slot * 4 + lane] = scale;
+    group.corr[slot * 4] = -12 * sum;
+  }
+}
+
 void split_for_mxfp4(const float* x, int64_t k, float* out) {
   for (int64_t g = 0; g < k / 32; g++) {
     for (int j = 0; j < 16; j++) {
@@ -324,13 +425,17 @@ Isa detect_isa() {
   const char* forced = std::getenv("GPTOSS_CPU_ISA");
   if (forced && std::string(forced) == "scalar") return Isa::scalar;
   if (forced && std::string(forced) == "avx2" && __builtin_cpu_supports("avx2")) return Isa::avx2;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return Isa::avx512;
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  if (forced && std::string(forced) == "avx512" && avx512) return Isa::avx512;
+  if (avx512 && __builtin_cpu_supports("avx512vnni")) return Isa::avx512vnni;
+  if (avx512) return Isa::avx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
   return Isa::scalar;
 }
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::avx512vnni: return "avx512-vnni";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
     default: return "scalar";
@@ -340,9 +445,10 @@ const char* isa_name(Isa isa) {
 const DotKernels& dot_kernels() {
   static const DotKernels kernels = [] {
     switch (detect_isa()) {
-      case Isa::avx512: return DotKernels{bf16_avx512, mxfp4_avx512, f32_avx512};
-      case Isa::avx2: return DotKernels{bf16_avx2, mxfp4_avx2, f32_avx2};
-      default: return DotKernels{bf16_scalar, mxfp4_scalar, f32_scalar};
+      case Isa::avx512vnni: return DotKernels{bf16_avx512, mxfp4_avx512, f32_avx512, mxfp4_q};
+      case Isa::avx512: return DotKernels{bf16_avx512, mxfp4_avx512, f32_avx512, nullptr};
+      case Isa::avx2: return DotKernels{bf16_avx2, mxfp4_avx2, f32_avx2, nullptr};
+      default: return DotKernels{bf16_scalar, mxfp4_scalar, f32_scalar, nullptr};
     }
   }();
   return kernels;

@@ -15,7 +15,8 @@ void matmul_f32_bf16w(float* out, const float* x, const uint16_t* weight, const 
 #pragma omp parallel
   {
     std::vector<float> row_f32(decode_once ? static_cast<size_t>(k) : 0);
-#pragma omp for schedule(static, 16)
+// Contiguous halves: each thread streams one run of rows, so the prefetches ahead stay inside its own run.
+#pragma omp for schedule(static)
     for (int64_t row = 0; row < n; row++) {
       const uint16_t* w = weight + row * k;
       const float b = bias ? bf16_to_f32(bias[row]) : 0.0f;

@@ -28,89 +28,134 @@ void moe_route_f32(int32_t* ids, float* weights, const float* logits, int64_t nu
   }
 }
 
+/** Tokens per expert up to which the integer VNNI dot is used (measured with bench/native_kernels.cpp). */
+constexpr int64_t kIntegerMaxTokens = 4;
+
 static inline float swiglu(float glu, float lin, float limit) {
   const float g = std::min(glu, limit);
   const float l = std::max(-limit, std::min(lin, limit));
   return g / (1.0f + std::exp(-1.702f * g)) * (l + 1.0f);  // e^(+large) → inf → g/inf = 0: overflow-safe
 }
 
+namespace {
+
+/** One expert's share of a step: its (token, slot) pairs and their activations in the layouts its dot reads. */
+struct ExpertWork {
+  int64_t expert;
+  std::vector<int64_t> slots;  // t * top_k + j, ascending
+  bool decode_once = false;    // many tokens: decode each weight row to f32 once, reuse it for every token
+  bool integer = false;        // few tokens and VNNI: the integer dot over prepared activations
+  std::vector<float> xs, xs_split, act, act_split, y;
+  std::vector<QGroup> xs_q, act_q;
+};
+
+/** out[s * out_stride + r] for rows [0, n) of one expert's matrix and each of its tokens, 4 tokens per dot. */
+void expert_rows(const DotKernels& dot, const ExpertWork& ew, int64_t row, const uint8_t* blocks,
+                 const uint8_t* scales, int64_t k, const float* x_f32, int64_t x_f32_stride, const float* x_split,
+                 const QGroup* x_q, float* row_f32, float* out, int64_t out_stride) {
+  const int64_t num_blocks = k / 32, groups = q_groups(k);
+  const int64_t count = static_cast<int64_t>(ew.slots.size());
+  const uint8_t* row_blocks = blocks + row * num_blocks * 16;
+  const uint8_t* row_scales = scales + row * num_blocks;
+  if (ew.decode_once) dequantize_mxfp4_row(row_blocks, row_scales, num_blocks, row_f32);
+  float acc[4];
+  for (int64_t s = 0; s < count; s += 4) {
+    const int rows = static_cast<int>(std::min<int64_t>(4, count - s));
+    if (ew.decode_once) dot.f32(row_f32, x_f32 + s * x_f32_stride, x_f32_stride, k, rows, acc);
+    else if (ew.integer) dot.mxfp4_q(row_blocks, row_scales, x_q + s * groups, groups, num_blocks, rows, acc);
+    else dot.mxfp4(row_blocks, row_scales, x_split + s * k, k, num_blocks, rows, acc);
+    for (int q = 0; q < rows; q++) out[(s + q) * out_stride + row] = acc[q];
+  }
+}
+
+}  // namespace
+
 void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const float* weights, const MoeWeights& w,
                         int64_t num_tokens, int32_t top_k, int64_t hidden, int64_t intermediate, float swiglu_limit) {
   const DotKernels& dot = dot_kernels();
-  std::fill(out, out + num_tokens * hidden, 0.0f);
   const int64_t hidden_blocks = hidden / 32, inter_blocks = intermediate / 32;
   // Group (token, slot) pairs by expert so each weight row is read once for all the tokens routed to it.
   std::vector<std::vector<int64_t>> slots(static_cast<size_t>(w.num_experts));
   for (int64_t t = 0; t < num_tokens; t++)
     for (int32_t j = 0; j < top_k; j++) slots[static_cast<size_t>(ids[t * top_k + j])].push_back(t * top_k + j);
-  std::vector<float> xs, xs_split, act, act_split, y;
+  std::vector<ExpertWork> work;
   for (int64_t e = 0; e < w.num_experts; e++) {
-    const std::vector<int64_t>& mine = slots[static_cast<size_t>(e)];
-    const int64_t count = static_cast<int64_t>(mine.size());
-    if (count == 0) continue;
-    xs.resize(static_cast<size_t>(count * hidden));
-    for (int64_t s = 0; s < count; s++) std::copy_n(x + (mine[s] / top_k) * hidden, hidden, xs.data() + s * hidden);
-    // The MXFP4 dot reads activations in the split layout (evens, then odds, per block): reorder once per expert.
-    xs_split.resize(xs.size());
-    for (int64_t s = 0; s < count; s++) split_for_mxfp4(xs.data() + s * hidden, hidden, xs_split.data() + s * hidden);
-    act.resize(static_cast<size_t>(count * 2 * intermediate));
-    const uint8_t* gu_blocks = w.gate_up_blocks + e * 2 * intermediate * hidden_blocks * 16;
-    const uint8_t* gu_scales = w.gate_up_scales + e * 2 * intermediate * hidden_blocks;
-    const uint16_t* gu_bias = w.gate_up_bias + e * 2 * intermediate;
-    // More than 4 tokens on this expert (prefill): decode each row to f32 once, reuse it for every token.
-    const bool decode_once = count > 16;  // measured: decoding a row per group of 4 tokens wins below this
+    if (slots[static_cast<size_t>(e)].empty()) continue;
+    ExpertWork ew;
+    ew.expert = e;
+    ew.slots = std::move(slots[static_cast<size_t>(e)]);
+    const int64_t count = static_cast<int64_t>(ew.slots.size());
+    ew.decode_once = count > 16;  // measured: decoding a row per group of 4 tokens wins below this
+    // The integer VNNI dot does more per token than the f32 one; it wins while decoding the codes dominates.
+    ew.integer = !ew.decode_once && dot.mxfp4_q && count <= kIntegerMaxTokens;
+    ew.xs.resize(static_cast<size_t>(count * hidden));
+    for (int64_t s = 0; s < count; s++) std::copy_n(x + (ew.slots[s] / top_k) * hidden, hidden, ew.xs.data() + s * hidden);
+    if (ew.integer) {
+      ew.xs_q.resize(static_cast<size_t>(count * q_groups(hidden)));
+      for (int64_t s = 0; s < count; s++) prepare_mxfp4_q(ew.xs.data() + s * hidden, hidden, ew.xs_q.data() + s * q_groups(hidden));
+    } else if (!ew.decode_once) {
+      // The f32 MXFP4 dot reads activations in the split layout (evens, then odds, per block): reorder once.
+      ew.xs_split.resize(ew.xs.size());
+      for (int64_t s = 0; s < count; s++) split_for_mxfp4(ew.xs.data() + s * hidden, hidden, ew.xs_split.data() + s * hidden);
+    }
+    ew.act.resize(static_cast<size_t>(count * 2 * intermediate));
+    ew.y.resize(static_cast<size_t>(count * hidden));
+    work.push_back(std::move(ew));
+  }
+  const int64_t gate_rows = 2 * intermediate;
+  const int64_t num_work = static_cast<int64_t>(work.size());
+  // Three phases in one parallel region: (1) every gate_up row of every routed expert, one loop, so each thread
+  // streams one contiguous run of weights; (2) SwiGLU and the down projection's activation layout per expert;
+  // (3) every output row: each thread owns rows of `out` and adds the experts in ascending order (deterministic).
 #pragma omp parallel
-    {
-      std::vector<float> row_f32(decode_once ? static_cast<size_t>(std::max(hidden, intermediate)) : 0);
-#pragma omp for schedule(static, 16)
-      for (int64_t r = 0; r < 2 * intermediate; r++) {
-        float acc[4];
-        const uint8_t* row_blocks = gu_blocks + r * hidden_blocks * 16;
-        const uint8_t* row_scales = gu_scales + r * hidden_blocks;
-        if (decode_once) dequantize_mxfp4_row(row_blocks, row_scales, hidden_blocks, row_f32.data());
-        for (int64_t s = 0; s < count; s += 4) {
-          const int rows = static_cast<int>(std::min<int64_t>(4, count - s));
-          if (decode_once) dot.f32(row_f32.data(), xs.data() + s * hidden, hidden, hidden, rows, acc);
-          else dot.mxfp4(row_blocks, row_scales, xs_split.data() + s * hidden, hidden, hidden_blocks, rows, acc);
-          for (int q = 0; q < rows; q++) act[static_cast<size_t>((s + q) * 2 * intermediate + r)] = acc[q] + bf16_to_f32(gu_bias[r]);
+  {
+    std::vector<float> row_f32(static_cast<size_t>(std::max(hidden, intermediate)));
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < num_work * gate_rows; i++) {
+      ExpertWork& ew = work[static_cast<size_t>(i / gate_rows)];
+      const int64_t r = i % gate_rows;
+      expert_rows(dot, ew, r, w.gate_up_blocks + ew.expert * gate_rows * hidden_blocks * 16,
+                  w.gate_up_scales + ew.expert * gate_rows * hidden_blocks, hidden, ew.xs.data(), hidden,
+                  ew.xs_split.data(), ew.xs_q.data(), row_f32.data(), ew.act.data(), gate_rows);
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < num_work; i++) {
+      ExpertWork& ew = work[static_cast<size_t>(i)];
+      const int64_t count = static_cast<int64_t>(ew.slots.size());
+      const uint16_t* gu_bias = w.gate_up_bias + ew.expert * gate_rows;
+      // Interleaved rows: even = glu, odd = linear. The activation goes to the first half of each slot's row.
+      for (int64_t s = 0; s < count; s++) {
+        float* h = ew.act.data() + s * gate_rows;
+        for (int64_t j = 0; j < intermediate; j++) {
+          h[j] = swiglu(h[2 * j] + bf16_to_f32(gu_bias[2 * j]), h[2 * j + 1] + bf16_to_f32(gu_bias[2 * j + 1]),
+                        swiglu_limit);
+        }
+      }
+      if (ew.integer) {
+        ew.act_q.resize(static_cast<size_t>(count * q_groups(intermediate)));
+        for (int64_t s = 0; s < count; s++) {
+          prepare_mxfp4_q(ew.act.data() + s * gate_rows, intermediate, ew.act_q.data() + s * q_groups(intermediate));
+        }
+      } else if (!ew.decode_once) {
+        ew.act_split.resize(static_cast<size_t>(count * intermediate));
+        for (int64_t s = 0; s < count; s++) {
+          split_for_mxfp4(ew.act.data() + s * gate_rows, intermediate, ew.act_split.data() + s * intermediate);
         }
       }
     }
-    // Interleaved rows: even = glu, odd = linear. The activation goes to the first half of each slot's row.
-    for (int64_t s = 0; s < count; s++) {
-      float* h = act.data() + s * 2 * intermediate;
-      for (int64_t i = 0; i < intermediate; i++) h[i] = swiglu(h[2 * i], h[2 * i + 1], swiglu_limit);
-    }
-    act_split.resize(static_cast<size_t>(count * intermediate));
-    for (int64_t s = 0; s < count; s++) {
-      split_for_mxfp4(act.data() + s * 2 * intermediate, intermediate, act_split.data() + s * intermediate);
-    }
-    y.resize(static_cast<size_t>(count * hidden));
-    const uint8_t* d_blocks = w.down_blocks + e * hidden * inter_blocks * 16;
-    const uint8_t* d_scales = w.down_scales + e * hidden * inter_blocks;
-    const uint16_t* d_bias = w.down_bias + e * hidden;
-#pragma omp parallel
-    {
-      std::vector<float> row_f32(decode_once ? static_cast<size_t>(intermediate) : 0);
-#pragma omp for schedule(static, 16)
-      for (int64_t r = 0; r < hidden; r++) {
-        float acc[4];
-        const uint8_t* row_blocks = d_blocks + r * inter_blocks * 16;
-        const uint8_t* row_scales = d_scales + r * inter_blocks;
-        if (decode_once) dequantize_mxfp4_row(row_blocks, row_scales, inter_blocks, row_f32.data());
-        for (int64_t s = 0; s < count; s += 4) {
-          const int rows = static_cast<int>(std::min<int64_t>(4, count - s));
-          const float* a = act.data() + s * 2 * intermediate;
-          if (decode_once) dot.f32(row_f32.data(), a, 2 * intermediate, intermediate, rows, acc);
-          else dot.mxfp4(row_blocks, row_scales, act_split.data() + s * intermediate, intermediate, inter_blocks, rows, acc);
-          for (int q = 0; q < rows; q++) y[static_cast<size_t>((s + q) * hidden + r)] = acc[q] + bf16_to_f32(d_bias[r]);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < hidden; r++) {
+      for (int64_t t = 0; t < num_tokens; t++) out[t * hidden + r] = 0.0f;
+      for (ExpertWork& ew : work) {
+        expert_rows(dot, ew, r, w.down_blocks + ew.expert * hidden * inter_blocks * 16,
+                    w.down_scales + ew.expert * hidden * inter_blocks, intermediate, ew.act.data(), gate_rows,
+                    ew.act_split.data(), ew.act_q.data(), row_f32.data(), ew.y.data(), hidden);
+        const float bias = bf16_to_f32(w.down_bias[ew.expert * hidden + r]);
+        for (size_t s = 0; s < ew.slots.size(); s++) {
+          const int64_t t = ew.slots[s] / top_k;
+          out[t * hidden + r] += weights[ew.slots[s]] * (ew.y[s * hidden + r] + bias);
         }
       }
-    }
-    for (int64_t s = 0; s < count; s++) {
-      const int64_t t = mine[s] / top_k;
-      const float weight = weights[mine[s]];
-      for (int64_t r = 0; r < hidden; r++) out[t * hidden + r] += weight * y[static_cast<size_t>(s * hidden + r)];
     }
   }
 }
