@@ -194,14 +194,18 @@ Deno.test({
   fn: async () => {
     // The conformance suite runs the default path and each forced narrower one; this pins down that the default
     // really is the widest (so on a VNNI CPU the integer MXFP4 dot is what the default run checks).
-    const flags = new Set(/^flags\s*:(.*)$/m.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1].trim().split(/\s+/) ?? []);
+    const flags = new Set(
+      /^flags\s*:(.*)$/m.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1].trim().split(/\s+/) ?? [],
+    );
     const widest = flags.has("avx512f") && flags.has("avx512bw")
       ? (flags.has("avx512_vnni") ? "cpu/avx512-vnni" : "cpu/avx512")
       : flags.has("avx2") && flags.has("fma")
       ? "cpu/avx2"
       : "cpu/scalar";
     const kindWith = async (isa?: string) => {
-      const script = `import { loadNativeLibrary } from ${JSON.stringify(new URL("../src/backends/native/native_backend.ts", import.meta.url).href)};
+      const script = `import { loadNativeLibrary } from ${
+        JSON.stringify(new URL("../src/backends/native/native_backend.ts", import.meta.url).href)
+      };
         const lib = loadNativeLibrary(); console.log(Deno.UnsafePointerView.getCString(lib.symbols.gptoss_backend_kind()));`;
       const env: Record<string, string> = { NO_COLOR: "1" };
       if (isa) env.GPTOSS_CPU_ISA = isa;
