@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
   _mm_setcsr(_mm_getcsr() | 0x8040);
   const std::string what = argv[1];
   std::mt19937 rng(1);
-  std::vector<float> x(4 * 8192), out(201088 * 4);
+  std::vector<float> x(64 * 8192), out(201088 * 4);
   for (float& v : x) v = std::uniform_real_distribution<float>(-1, 1)(rng);
   const int64_t H = 2880, I = 2880, E = 32;
   if (what == "gemv") {
@@ -118,6 +118,21 @@ int main(int argc, char** argv) {
     const double experts_read = std::min<double>(E, 4.0 * T) * layers;  // at most: distinct experts per layer
     std::printf("{\"kernel\": \"moe\", \"isa\": \"%s\", \"tokens\": %d, \"ms_per_layer\": %.2f, \"gb_per_s_upper\": %.2f}\n",
                 isa_name(detect_isa()), T, s * 1e3 / layers, experts_read * per / E / s / 1e9);
+  } else if (what == "gemm") {
+    // Prefill-shaped dense matmul: T tokens through 24 layers of qkv + o (2.0 GB of bf16 weights).
+    const int T = argc > 2 ? std::atoi(argv[2]) : 32;
+    const int64_t layers = 24, per = (5120 * 2880 + 2880 * 4096) * 2;
+    uint8_t* w = weights(static_cast<size_t>(layers * per));
+    std::vector<float> y(static_cast<size_t>(T) * 5120);
+    const double s = best_of(3, [&] {
+      for (int64_t l = 0; l < layers; l++) {
+        matmul_f32_bf16w(y.data(), x.data(), reinterpret_cast<uint16_t*>(w + l * per), nullptr, T, 5120, 2880);
+        matmul_f32_bf16w(y.data(), x.data(), reinterpret_cast<uint16_t*>(w + l * per + 5120 * 2880 * 2), nullptr, T, 2880, 4096);
+      }
+    });
+    const double macs = static_cast<double>(T) * layers * (5120 * 2880 + 2880 * 4096);
+    std::printf("{\"kernel\": \"gemm\", \"isa\": \"%s\", \"tokens\": %d, \"ms\": %.1f, \"gmac_per_s\": %.1f}\n",
+                isa_name(detect_isa()), T, s * 1e3, macs / s / 1e9);
   } else if (what == "mxfp4") {
     const int64_t rows = 1 << 20, blocks = H / 32;
     uint8_t* codes = weights(rows * blocks * 16);

@@ -160,12 +160,20 @@ for (const candidate of candidates) {
 
   test("matmul_f32_bf16w: tails, bias or none, and the real q_proj [4096, 2880]", async (backend) => {
     for (
-      const [tokens, n, k, bias] of [[1, 5, 37, true], [7, 33, 64, false], [70, 9, 40, true], [1, 4096, 2880, true], [
-        5,
-        4096,
-        2880,
-        true,
-      ]] as const
+      const [tokens, n, k, bias] of [
+        [1, 5, 37, true],
+        [7, 33, 64, false],
+        [70, 9, 40, true],
+        [20, 70, 2880, true],
+        [8, 32, 64, false],
+        [1, 4096, 2880, true],
+        [
+          5,
+          4096,
+          2880,
+          true,
+        ],
+      ] as const
     ) {
       const w = bf16Data(n * k, 4, 1 / Math.sqrt(k));
       const b = bf16Data(n, 5);
@@ -280,7 +288,12 @@ for (const candidate of candidates) {
 
   test("moe_mlp_f32_mxfp4w: small shapes and the real 20b expert size (H = I = 2880)", async (backend) => {
     for (
-      const [tokens, hidden, inter, experts] of [[3, 64, 96, 8], [6, 64, 96, 4], [20, 64, 96, 4], [1, 2880, 2880, 4], [
+      const [tokens, hidden, inter, experts] of [[3, 64, 96, 8], [6, 64, 96, 4], [20, 64, 96, 4], [6, 2880, 2880, 4], [
+        1,
+        2880,
+        2880,
+        4,
+      ], [
         2,
         2880,
         2880,
@@ -327,9 +340,9 @@ for (const candidate of candidates) {
   });
 }
 
-// The native library picks AVX-512 with VNNI, AVX-512, AVX2 or scalar code at load; run this suite again on each
-// narrower path (forcing one the CPU lacks falls back to the best it has, which is then tested twice).
-for (const isa of ["avx512", "avx2", "scalar"]) {
+// The native library picks AVX-512 with AMX tiles, with VNNI, plain AVX-512, AVX2 or scalar code at load; run this
+// suite again on each narrower path (forcing one the CPU lacks falls back to the best it has, tested twice then).
+for (const isa of ["avx512-vnni", "avx512", "avx2", "scalar"]) {
   Deno.test({
     name: `native (${isa} path): the conformance suite passes`,
     ignore: candidates[0].skip !== undefined || Deno.env.get("GPTOSS_CPU_ISA") !== undefined,

@@ -198,7 +198,11 @@ Deno.test({
       /^flags\s*:(.*)$/m.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1].trim().split(/\s+/) ?? [],
     );
     const widest = flags.has("avx512f") && flags.has("avx512bw")
-      ? (flags.has("avx512_vnni") ? "cpu/avx512-vnni" : "cpu/avx512")
+      ? (flags.has("avx512_vnni")
+        ? (["amx_tile", "amx_bf16", "avx512_bf16", "avx512vbmi"].every((f) => flags.has(f))
+          ? "cpu/avx512-amx"
+          : "cpu/avx512-vnni")
+        : "cpu/avx512")
       : flags.has("avx2") && flags.has("fma")
       ? "cpu/avx2"
       : "cpu/scalar";
@@ -214,6 +218,7 @@ Deno.test({
     };
     assertEquals(await kindWith(), widest);
     assertEquals(await kindWith("scalar"), "cpu/scalar");
-    if (widest === "cpu/avx512-vnni") assertEquals(await kindWith("avx512"), "cpu/avx512");
+    if (widest === "cpu/avx512-amx") assertEquals(await kindWith("avx512-vnni"), "cpu/avx512-vnni");
+    if (widest.startsWith("cpu/avx512-")) assertEquals(await kindWith("avx512"), "cpu/avx512");
   },
 });

@@ -427,7 +427,10 @@ Isa detect_isa() {
   if (forced && std::string(forced) == "avx2" && __builtin_cpu_supports("avx2")) return Isa::avx2;
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
   if (forced && std::string(forced) == "avx512" && avx512) return Isa::avx512;
-  if (avx512 && __builtin_cpu_supports("avx512vnni")) return Isa::avx512vnni;
+  const bool vnni = avx512 && __builtin_cpu_supports("avx512vnni");
+  if (forced && std::string(forced) == "avx512-vnni" && vnni) return Isa::avx512vnni;
+  if (vnni && amx_available()) return Isa::avx512amx;
+  if (vnni) return Isa::avx512vnni;
   if (avx512) return Isa::avx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
   return Isa::scalar;
@@ -435,6 +438,7 @@ Isa detect_isa() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::avx512amx: return "avx512-amx";
     case Isa::avx512vnni: return "avx512-vnni";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
@@ -442,9 +446,15 @@ const char* isa_name(Isa isa) {
   }
 }
 
+bool use_amx() {
+  static const bool amx = detect_isa() == Isa::avx512amx;
+  return amx;
+}
+
 const DotKernels& dot_kernels() {
   static const DotKernels kernels = [] {
     switch (detect_isa()) {
+      case Isa::avx512amx:
       case Isa::avx512vnni: return DotKernels{bf16_avx512, mxfp4_avx512, f32_avx512, mxfp4_q};
       case Isa::avx512: return DotKernels{bf16_avx512, mxfp4_avx512, f32_avx512, nullptr};
       case Isa::avx2: return DotKernels{bf16_avx2, mxfp4_avx2, f32_avx2, nullptr};

@@ -9,8 +9,10 @@
 namespace gptoss::cpu {
 
 /** Which vector code paths this CPU takes (chosen once at load). */
-enum class Isa { scalar, avx2, avx512, avx512vnni };
+enum class Isa { scalar, avx2, avx512, avx512vnni, avx512amx };
 Isa detect_isa();
+/** Whether the AMX tile kernels are in use (detect_isa() == Isa::avx512amx; cached). */
+bool use_amx();
 const char* isa_name(Isa isa);
 
 /**
@@ -60,6 +62,24 @@ void widen_bf16_row(const uint16_t* w, int64_t k, float* out);
 /** Decodes one MXFP4 row (num_blocks × 32 weights) to f32, in element order. */
 void dequantize_mxfp4_row(const uint8_t* blocks, const uint8_t* scales, int64_t num_blocks, float* out);
 const DotKernels& dot_kernels();
+
+/**
+ * AMX tile kernels (kernels/cpu/amx.cpp) for prefill: 32 weight rows against up to 16 tokens per tile pass. Only
+ * where the CPU has AMX-BF16 (plus AVX512-BF16/VBMI for the MXFP4 decode) and Linux granted the tile state;
+ * GPTOSS_CPU_ISA=avx512-vnni or narrower turns them off. k must be a multiple of 32.
+ */
+bool amx_available();
+/** Elements (u16) of the prepared activations for `tokens` rows of length k. */
+int64_t amx_prepared_elems(int64_t tokens, int64_t k);
+/** Splits activations into three bf16 parts in the tiles' pair layout (16 tokens per tile, zero padded). */
+void amx_prepare(const float* x, int64_t x_stride, int64_t tokens, int64_t k, uint16_t* out);
+/** out[t * out_stride + r] = Σ_k W[r, k] · x[t, k] for the 32 bf16 rows at w (row pitch k) and every token. */
+void amx_rows32_bf16(const uint16_t* w, int64_t k, const uint16_t* x, int64_t tokens, float* out, int64_t out_stride);
+/** The same for 32 MXFP4 rows (k / 32 blocks each), decoded to bf16 exactly on the way. */
+void amx_rows32_mxfp4(const uint8_t* blocks, const uint8_t* scales, int64_t k, const uint16_t* x, int64_t tokens,
+                      float* out, int64_t out_stride);
+/** Gives the tile state back (end of a thread's AMX work). */
+void amx_release();
 
 void embed_f32_bf16w(float* out, const uint16_t* table, const int32_t* ids, int64_t num_tokens, int64_t hidden);
 void rmsnorm_f32_bf16w(float* out, const float* x, const uint16_t* weight, int64_t rows, int64_t hidden, float eps);

@@ -7,8 +7,47 @@
 
 namespace gptoss::cpu {
 
+namespace {
+
+/** Tokens from which the AMX tiles beat the vector GEMV (bench/native_kernels.sh gemm: 2–3 tie, 4 → 1.5×). */
+constexpr int64_t kAmxMinTokens = 4;
+
+void matmul_amx(float* out, const float* x, const uint16_t* weight, const uint16_t* bias, int64_t num_tokens,
+                int64_t n, int64_t k) {
+  const DotKernels& dot = dot_kernels();
+  std::vector<uint16_t> prepared(static_cast<size_t>(amx_prepared_elems(num_tokens, k)));
+  amx_prepare(x, k, num_tokens, k, prepared.data());
+  const int64_t pairs = n / 32;
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < pairs; p++) {
+      amx_rows32_bf16(weight + p * 32 * k, k, prepared.data(), num_tokens, out + p * 32, n);
+    }
+    amx_release();
+    // The last n % 32 rows: the vector kernel.
+#pragma omp for schedule(static)
+    for (int64_t row = pairs * 32; row < n; row++) {
+      float acc[4];
+      for (int64_t t = 0; t < num_tokens; t += 4) {
+        const int rows = static_cast<int>(std::min<int64_t>(4, num_tokens - t));
+        dot.bf16(weight + row * k, x + t * k, k, k, rows, acc);
+        for (int r = 0; r < rows; r++) out[(t + r) * n + row] = acc[r];
+      }
+    }
+    if (bias) {
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < num_tokens; t++)
+        for (int64_t row = 0; row < n; row++) out[t * n + row] += bf16_to_f32(bias[row]);
+    }
+  }
+}
+
+}  // namespace
+
 void matmul_f32_bf16w(float* out, const float* x, const uint16_t* weight, const uint16_t* bias, int64_t num_tokens,
                       int64_t n, int64_t k) {
+  if (num_tokens >= kAmxMinTokens && k % 32 == 0 && use_amx()) return matmul_amx(out, x, weight, bias, num_tokens, n, k);
   const DotKernels& dot = dot_kernels();
   // More than 4 tokens (prefill): decode each weight row to f32 once and reuse it for every group of 4 tokens.
   const bool decode_once = num_tokens > 64;  // measured: below this, converting per group of 4 tokens wins

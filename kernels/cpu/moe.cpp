@@ -30,6 +30,8 @@ void moe_route_f32(int32_t* ids, float* weights, const float* logits, int64_t nu
 
 /** Tokens per expert up to which the integer VNNI dot is used (measured with bench/native_kernels.cpp). */
 constexpr int64_t kIntegerMaxTokens = 4;
+/** Tokens per expert from which the AMX tile kernel is used (where the CPU has it). */
+constexpr int64_t kAmxMinTokens = 4;
 
 static inline float swiglu(float glu, float lin, float limit) {
   const float g = std::min(glu, limit);
@@ -45,8 +47,10 @@ struct ExpertWork {
   std::vector<int64_t> slots;  // t * top_k + j, ascending
   bool decode_once = false;    // many tokens: decode each weight row to f32 once, reuse it for every token
   bool integer = false;        // few tokens and VNNI: the integer dot over prepared activations
+  bool amx = false;            // enough tokens and AMX: 32 rows per tile pass
   std::vector<float> xs, xs_split, act, act_split, y;
   std::vector<QGroup> xs_q, act_q;
+  std::vector<uint16_t> xs_amx, act_amx;
 };
 
 /** out[s * out_stride + r] for rows [0, n) of one expert's matrix and each of its tokens, 4 tokens per dot. */
@@ -65,6 +69,22 @@ void expert_rows(const DotKernels& dot, const ExpertWork& ew, int64_t row, const
     else if (ew.integer) dot.mxfp4_q(row_blocks, row_scales, x_q + s * groups, groups, num_blocks, rows, acc);
     else dot.mxfp4(row_blocks, row_scales, x_split + s * k, k, num_blocks, rows, acc);
     for (int q = 0; q < rows; q++) out[(s + q) * out_stride + row] = acc[q];
+  }
+}
+
+/** Rows [row, row + 32) (fewer at the end of the matrix) of one expert's matrix, for each of its tokens. */
+void expert_rows32(const DotKernels& dot, const ExpertWork& ew, int64_t row, int64_t num_rows, const uint8_t* blocks,
+                   const uint8_t* scales, int64_t k, const float* x_f32, int64_t x_f32_stride, const float* x_split,
+                   const QGroup* x_q, const uint16_t* x_amx, float* row_f32, float* out, int64_t out_stride) {
+  const int64_t end = std::min(row + 32, num_rows);
+  if (ew.amx && end - row == 32) {
+    const int64_t num_blocks = k / 32;
+    amx_rows32_mxfp4(blocks + row * num_blocks * 16, scales + row * num_blocks, k, x_amx,
+                     static_cast<int64_t>(ew.slots.size()), out + row, out_stride);
+    return;
+  }
+  for (int64_t r = row; r < end; r++) {
+    expert_rows(dot, ew, r, blocks, scales, k, x_f32, x_f32_stride, x_split, x_q, row_f32, out, out_stride);
   }
 }
 
@@ -88,9 +108,14 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
     ew.decode_once = count > 16;  // measured: decoding a row per group of 4 tokens wins below this
     // The integer VNNI dot does more per token than the f32 one; it wins while decoding the codes dominates.
     ew.integer = !ew.decode_once && dot.mxfp4_q && count <= kIntegerMaxTokens;
+    ew.amx = count >= kAmxMinTokens && hidden % 32 == 0 && intermediate % 32 == 0 && use_amx();
+    if (ew.amx) ew.integer = ew.decode_once = false;
     ew.xs.resize(static_cast<size_t>(count * hidden));
     for (int64_t s = 0; s < count; s++) std::copy_n(x + (ew.slots[s] / top_k) * hidden, hidden, ew.xs.data() + s * hidden);
-    if (ew.integer) {
+    if (ew.amx) {
+      ew.xs_amx.resize(static_cast<size_t>(amx_prepared_elems(count, hidden)));
+      amx_prepare(ew.xs.data(), hidden, count, hidden, ew.xs_amx.data());
+    } else if (ew.integer) {
       ew.xs_q.resize(static_cast<size_t>(count * q_groups(hidden)));
       for (int64_t s = 0; s < count; s++) prepare_mxfp4_q(ew.xs.data() + s * hidden, hidden, ew.xs_q.data() + s * q_groups(hidden));
     } else if (!ew.decode_once) {
@@ -110,13 +135,13 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
 #pragma omp parallel
   {
     std::vector<float> row_f32(static_cast<size_t>(std::max(hidden, intermediate)));
+    const int64_t gate_units = (gate_rows + 31) / 32;
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < num_work * gate_rows; i++) {
-      ExpertWork& ew = work[static_cast<size_t>(i / gate_rows)];
-      const int64_t r = i % gate_rows;
-      expert_rows(dot, ew, r, w.gate_up_blocks + ew.expert * gate_rows * hidden_blocks * 16,
-                  w.gate_up_scales + ew.expert * gate_rows * hidden_blocks, hidden, ew.xs.data(), hidden,
-                  ew.xs_split.data(), ew.xs_q.data(), row_f32.data(), ew.act.data(), gate_rows);
+    for (int64_t i = 0; i < num_work * gate_units; i++) {
+      ExpertWork& ew = work[static_cast<size_t>(i / gate_units)];
+      expert_rows32(dot, ew, (i % gate_units) * 32, gate_rows, w.gate_up_blocks + ew.expert * gate_rows * hidden_blocks * 16,
+                    w.gate_up_scales + ew.expert * gate_rows * hidden_blocks, hidden, ew.xs.data(), hidden,
+                    ew.xs_split.data(), ew.xs_q.data(), ew.xs_amx.data(), row_f32.data(), ew.act.data(), gate_rows);
     }
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < num_work; i++) {
@@ -131,7 +156,10 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
                         swiglu_limit);
         }
       }
-      if (ew.integer) {
+      if (ew.amx) {
+        ew.act_amx.resize(static_cast<size_t>(amx_prepared_elems(count, intermediate)));
+        amx_prepare(ew.act.data(), gate_rows, count, intermediate, ew.act_amx.data());
+      } else if (ew.integer) {
         ew.act_q.resize(static_cast<size_t>(count * q_groups(intermediate)));
         for (int64_t s = 0; s < count; s++) {
           prepare_mxfp4_q(ew.act.data() + s * gate_rows, intermediate, ew.act_q.data() + s * q_groups(intermediate));
@@ -144,19 +172,24 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
       }
     }
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < hidden; r++) {
-      for (int64_t t = 0; t < num_tokens; t++) out[t * hidden + r] = 0.0f;
+    for (int64_t unit = 0; unit < (hidden + 31) / 32; unit++) {
+      const int64_t first = unit * 32, end = std::min(first + 32, hidden);
+      for (int64_t t = 0; t < num_tokens; t++)
+        for (int64_t r = first; r < end; r++) out[t * hidden + r] = 0.0f;
       for (ExpertWork& ew : work) {
-        expert_rows(dot, ew, r, w.down_blocks + ew.expert * hidden * inter_blocks * 16,
-                    w.down_scales + ew.expert * hidden * inter_blocks, intermediate, ew.act.data(), gate_rows,
-                    ew.act_split.data(), ew.act_q.data(), row_f32.data(), ew.y.data(), hidden);
-        const float bias = bf16_to_f32(w.down_bias[ew.expert * hidden + r]);
-        for (size_t s = 0; s < ew.slots.size(); s++) {
-          const int64_t t = ew.slots[s] / top_k;
-          out[t * hidden + r] += weights[ew.slots[s]] * (ew.y[s * hidden + r] + bias);
+        expert_rows32(dot, ew, first, hidden, w.down_blocks + ew.expert * hidden * inter_blocks * 16,
+                      w.down_scales + ew.expert * hidden * inter_blocks, intermediate, ew.act.data(), gate_rows,
+                      ew.act_split.data(), ew.act_q.data(), ew.act_amx.data(), row_f32.data(), ew.y.data(), hidden);
+        for (int64_t r = first; r < end; r++) {
+          const float bias = bf16_to_f32(w.down_bias[ew.expert * hidden + r]);
+          for (size_t s = 0; s < ew.slots.size(); s++) {
+            const int64_t t = ew.slots[s] / top_k;
+            out[t * hidden + r] += weights[ew.slots[s]] * (ew.y[s * hidden + r] + bias);
+          }
         }
       }
     }
+    if (use_amx()) amx_release();
   }
 }
 
