@@ -153,6 +153,25 @@ int main(int argc, char** argv) {
       });
       std::printf("{\"kernel\": \"mxfp4_%s\", \"gb_per_s\": %.2f}\n", integer ? "integer" : "f32", rows * blocks * 17.0 / s / 1e9);
     }
+    if (use_amx()) {
+      for (int tokens : {4, 16}) {
+        std::vector<uint16_t> tiles(static_cast<size_t>(amx_prepared_elems(tokens, H)));
+        amx_prepare(x.data(), H, tokens, H, tiles.data(), true);
+        std::vector<float> y(static_cast<size_t>(tokens) * 32 * 2);
+        const double s = best_of(3, [&] {
+#pragma omp parallel
+          {
+            std::vector<float> mine(static_cast<size_t>(tokens) * 32);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < rows; r += 32) {
+              amx_rows32_mxfp4(codes + r * blocks * 16, scales + r * blocks, H, tiles.data(), tokens, mine.data(), 32);
+            }
+            amx_release();
+          }
+        });
+        std::printf("{\"kernel\": \"mxfp4_amx\", \"tokens\": %d, \"gb_per_s\": %.2f}\n", tokens, rows * blocks * 17.0 / s / 1e9);
+      }
+    }
   }
   return 0;
 }

@@ -71,8 +71,12 @@ const DotKernels& dot_kernels();
 bool amx_available();
 /** Elements (u16) of the prepared activations for `tokens` rows of length k. */
 int64_t amx_prepared_elems(int64_t tokens, int64_t k);
-/** Splits activations into three bf16 parts in the tiles' pair layout (16 tokens per tile, zero padded). */
-void amx_prepare(const float* x, int64_t x_stride, int64_t tokens, int64_t k, uint16_t* out);
+/**
+ * Splits activations into three bf16 parts in the tiles' pair layout (zero padded). mxfp4_order: the k order that
+ * amx_rows32_mxfp4 decodes weights in (per two blocks: their even elements, then their odd ones) — pass true for
+ * activations of MXFP4 rows, false for bf16 rows.
+ */
+void amx_prepare(const float* x, int64_t x_stride, int64_t tokens, int64_t k, uint16_t* out, bool mxfp4_order);
 /** out[t * out_stride + r] = Σ_k W[r, k] · x[t, k] for the 32 bf16 rows at w (row pitch k) and every token. */
 void amx_rows32_bf16(const uint16_t* w, int64_t k, const uint16_t* x, int64_t tokens, float* out, int64_t out_stride);
 /** The same for 32 MXFP4 rows (k / 32 blocks each), decoded to bf16 exactly on the way. */

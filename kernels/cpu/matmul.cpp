@@ -16,7 +16,7 @@ void matmul_amx(float* out, const float* x, const uint16_t* weight, const uint16
                 int64_t n, int64_t k) {
   const DotKernels& dot = dot_kernels();
   std::vector<uint16_t> prepared(static_cast<size_t>(amx_prepared_elems(num_tokens, k)));
-  amx_prepare(x, k, num_tokens, k, prepared.data());
+  amx_prepare(x, k, num_tokens, k, prepared.data(), false);
   const int64_t pairs = n / 32;
 #pragma omp parallel
   {
