@@ -6,7 +6,8 @@
 namespace gptoss::cpu {
 
 void rmsnorm_f32_bf16w(float* out, const float* x, const uint16_t* weight, int64_t rows, int64_t hidden, float eps) {
-#pragma omp parallel for
+  // One row (decode) takes ~5 µs: cheaper on this thread than waking the team (measured ~75 µs per call).
+#pragma omp parallel for if (rows > 1)
   for (int64_t r = 0; r < rows; r++) {
     const float* xr = x + r * hidden;
     double sum = 0;

@@ -8,7 +8,7 @@ namespace gptoss::cpu {
 void rope_f32(float* q, float* k, const int32_t* positions, const float* inv_freq, float concentration,
               int64_t num_tokens, int64_t q_width, int64_t k_width, int64_t head_dim) {
   const int64_t half = head_dim / 2;
-#pragma omp parallel for
+#pragma omp parallel for if (num_tokens > 1)  // one token: cheaper on this thread than waking the team
   for (int64_t t = 0; t < num_tokens; t++) {
     float cosines[256], sines[256];  // head_dim ≤ 512 is checked by the caller
     for (int64_t i = 0; i < half; i++) {
