@@ -4,13 +4,17 @@
 #include <xmmintrin.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
 #include <new>
+#include <mutex>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "../../kernels/cpu/kernels.h"
@@ -38,7 +42,56 @@ struct gptoss_kv_pool {
   uint64_t bytes;
 };
 
+/**
+ * The one thread that runs every step of a context: every OpenMP parallel region then has the same master, the
+ * same team and the same warm caches. gptoss_flush is called with `nonblocking: true`, i.e. on whichever of Deno's
+ * blocking-pool threads is free; each of those would otherwise become the master of its own OpenMP team.
+ */
+class StepThread {
+ public:
+  explicit StepThread(int num_threads) : thread_([this, num_threads] { loop(num_threads); }) {}
+  ~StepThread() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  /** Runs `job` on the step thread; the caller waits on a condition variable (no CPU). */
+  void run(const std::function<void()>& job) {
+    std::unique_lock<std::mutex> lock(mu_);
+    job_ = &job;
+    done_ = false;
+    cv_.notify_all();
+    cv_.wait(lock, [this] { return done_; });
+  }
+
+ private:
+  void loop(int num_threads) {
+    if (num_threads > 0) omp_set_num_threads(num_threads);  // an ICV of the calling thread: set it on the master
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [this] { return stop_ || job_ != nullptr; });
+      if (stop_) return;
+      const std::function<void()>* job = job_;
+      lock.unlock();
+      (*job)();
+      lock.lock();
+      job_ = nullptr;
+      done_ = true;
+      cv_.notify_all();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  const std::function<void()>* job_ = nullptr;
+  bool done_ = false, stop_ = false;
+  std::thread thread_;
+};
+
 struct gptoss_context {
+  std::unique_ptr<StepThread> step_thread;
   /** GPTOSS_PROFILE=1: time spent per op, printed to stderr when the context is destroyed. */
   bool profile = std::getenv("GPTOSS_PROFILE") != nullptr;
   std::vector<std::pair<std::string, double>> profile_ms;
@@ -165,10 +218,16 @@ gptoss_status gptoss_context_create(int32_t num_threads, gptoss_context** out) {
   if (!out) return GPTOSS_INVALID_ARGUMENT;
   try {
     *out = new gptoss_context();
+    (*out)->step_thread = std::make_unique<StepThread>(num_threads);
   } catch (const std::bad_alloc&) {
+    delete *out;
+    *out = nullptr;
     return GPTOSS_OUT_OF_MEMORY;
+  } catch (const std::system_error&) {
+    delete *out;
+    *out = nullptr;
+    return GPTOSS_INTERNAL;
   }
-  if (num_threads > 0) omp_set_num_threads(num_threads);
   return GPTOSS_OK;
 }
 
@@ -447,25 +506,30 @@ gptoss_status gptoss_gather_rows(gptoss_context* ctx, gptoss_tensor* out, gptoss
 
 gptoss_status gptoss_flush(gptoss_context* ctx) {
   if (!ctx) return GPTOSS_INVALID_ARGUMENT;
-  // Flush denormals to zero on every worker thread (and this one): a subnormal product costs a microcode assist of
-  // ~100 cycles on x86, and values below 1.2e-38 cannot change any logit we report.
+  if (ctx->queue.empty()) return GPTOSS_OK;
+  gptoss_status status = GPTOSS_OK;
+  ctx->step_thread->run([&] {
+    // Flush denormals to zero on every worker thread (and this one): a subnormal product costs a microcode assist
+    // of ~100 cycles on x86, and values below 1.2e-38 cannot change any logit we report.
 #pragma omp parallel
-  _mm_setcsr(_mm_getcsr() | 0x8040);
-  _mm_setcsr(_mm_getcsr() | 0x8040);
-  auto queue = std::move(ctx->queue);
-  ctx->queue.clear();
-  for (auto& [name, command] : queue) {
-    const double start = ctx->profile ? omp_get_wtime() : 0;
-    const gptoss_status status = guard(ctx, name.c_str(), command);
-    if (status != GPTOSS_OK) return status;  // the rest of the step is dropped
-    if (ctx->profile) {
-      const double ms = (omp_get_wtime() - start) * 1000;
-      auto it = std::find_if(ctx->profile_ms.begin(), ctx->profile_ms.end(), [&](auto& p) { return p.first == name; });
-      if (it == ctx->profile_ms.end()) ctx->profile_ms.emplace_back(name, ms);
-      else it->second += ms;
+    _mm_setcsr(_mm_getcsr() | 0x8040);
+    _mm_setcsr(_mm_getcsr() | 0x8040);
+    auto queue = std::move(ctx->queue);
+    ctx->queue.clear();
+    for (auto& [name, command] : queue) {
+      const double start = ctx->profile ? omp_get_wtime() : 0;
+      status = guard(ctx, name.c_str(), command);
+      if (status != GPTOSS_OK) return;  // the rest of the step is dropped
+      if (ctx->profile) {
+        const double ms = (omp_get_wtime() - start) * 1000;
+        auto it =
+            std::find_if(ctx->profile_ms.begin(), ctx->profile_ms.end(), [&](auto& p) { return p.first == name; });
+        if (it == ctx->profile_ms.end()) ctx->profile_ms.emplace_back(name, ms);
+        else it->second += ms;
+      }
     }
-  }
-  return GPTOSS_OK;
+  });
+  return status;
 }
 
 }  // extern "C"
