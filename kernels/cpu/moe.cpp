@@ -43,23 +43,6 @@ static inline float swiglu(float glu, float lin, float limit) {
   return g / (1.0f + std::exp(std::min(-1.702f * g, 88.0f))) * (l + 1.0f);
 }
 
-/** e^x for |x| ≤ 88 (Cephes' expf: range reduction by ln 2, degree-7 polynomial; ≤ 2 ulp). */
-__attribute__((target("avx512f"))) static inline __m512 exp_avx512(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
-
 /**
  * h[j] = swiglu(h[2j] + bias[2j], h[2j + 1] + bias[2j + 1]) for j < n, in place (the gate_up rows interleave glu
  * and linear). 16 at a time with AVX-512 (the scalar expf was 40% of a 64-token MoE layer), else one at a time.
