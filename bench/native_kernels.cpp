@@ -4,9 +4,13 @@
 // a 20b preset shard) or, without one, from anonymous memory. Denormals are flushed as in gptoss_flush. Prints GB/s of
 // weights streamed, best of a few passes, for:
 //   gemv  — one decode step's dense bf16 matmuls at 20b shapes (24 × (qkv 5120×2880 + o 2880×4096) + lm_head)
+//   gemm  — prefill-shaped dense matmuls, T tokens (AMX tiles where the CPU has them), in GMAC/s
 //   moe   — 6 layers of 32 MXFP4 experts (2880 → 5760 → 2880), T tokens with 4 distinct random experts each
-//   mxfp4 — the two MXFP4 row dots (f32 and, where the CPU has VNNI, integer) over 1.5 GB of rows
-// GPTOSS_CPU_ISA=avx512 runs the f32 MXFP4 path in `moe` on a VNNI machine, for a same-run comparison.
+//   mxfp4 — the MXFP4 row dots (f32, integer where the CPU has VNNI, AMX tiles) over 1.5 GB of rows
+// GPTOSS_CPU_ISA=avx512 (or avx512-vnni) runs a narrower path on the same machine, for a same-run comparison.
+// The working sets are 2–2.5 GB against a last-level cache that can be large (480 MB on the machine these numbers
+// come from) and re-read in the same order every pass; an adaptive cache keeps part of them, so these rates can
+// exceed a plain streaming read (membw.c) — compare paths with each other, and judge the model by model_speed.ts.
 #include <fcntl.h>
 #include <immintrin.h>
 #include <omp.h>

@@ -9,6 +9,7 @@ g++ -std=c++17 -O3 -fopenmp -march=x86-64-v2 -Wno-uninitialized -o "$binary" ben
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} WEIGHTS_FILE=${1:-}
 [ -n "$WEIGHTS_FILE" ] || unset WEIGHTS_FILE
 "$binary" gemv
+for tokens in 4 32; do "$binary" gemm "$tokens"; GPTOSS_CPU_ISA=avx512-vnni "$binary" gemm "$tokens"; done
 for tokens in 1 2 4; do "$binary" moe "$tokens"; GPTOSS_CPU_ISA=avx512 "$binary" moe "$tokens"; done
 "$binary" mxfp4
 rm -f "$binary"
