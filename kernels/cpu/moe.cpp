@@ -169,9 +169,9 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
   }
   const int64_t gate_rows = 2 * intermediate;
   const int64_t num_work = static_cast<int64_t>(work.size());
-  // Three phases in one parallel region: (1) every gate_up row of every routed expert, one loop, so each thread
+  // Four phases in one parallel region: (1) every gate_up row of every routed expert, one loop, so each thread
   // streams one contiguous run of weights; (2) SwiGLU and the down projection's activation layout per expert;
-  // (3) every output row: each thread owns rows of `out` and adds the experts in ascending order (deterministic).
+  // (3) every down row of every routed expert, the same way; (4) the weighted sum over experts per output row.
 #pragma omp parallel
   {
     std::vector<float> row_f32(static_cast<size_t>(std::max(hidden, intermediate)));
@@ -205,21 +205,24 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
         }
       }
     }
+    const int64_t down_units = (hidden + 31) / 32;
 #pragma omp for schedule(static)
-    for (int64_t unit = 0; unit < (hidden + 31) / 32; unit++) {
-      const int64_t first = unit * 32, end = std::min(first + 32, hidden);
-      for (int64_t t = 0; t < num_tokens; t++)
-        for (int64_t r = first; r < end; r++) out[t * hidden + r] = 0.0f;
+    for (int64_t i = 0; i < num_work * down_units; i++) {
+      ExpertWork& ew = work[static_cast<size_t>(i / down_units)];
+      expert_rows32(dot, ew, (i % down_units) * 32, hidden, w.down_blocks + ew.expert * hidden * inter_blocks * 16,
+                    w.down_scales + ew.expert * hidden * inter_blocks, intermediate, ew.act.data(), gate_rows,
+                    ew.act_split.data(), ew.act_q.data(), ew.act_amx.data(), row_f32.data(), ew.y.data(), hidden);
+    }
+    // Each thread owns rows of `out` and adds the experts in ascending order (the same sums in the same order
+    // for any thread count).
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < hidden; r++) {
+      for (int64_t t = 0; t < num_tokens; t++) out[t * hidden + r] = 0.0f;
       for (ExpertWork& ew : work) {
-        expert_rows32(dot, ew, first, hidden, w.down_blocks + ew.expert * hidden * inter_blocks * 16,
-                      w.down_scales + ew.expert * hidden * inter_blocks, intermediate, ew.act.data(), gate_rows,
-                      ew.act_split.data(), ew.act_q.data(), ew.act_amx.data(), row_f32.data(), ew.y.data(), hidden);
-        for (int64_t r = first; r < end; r++) {
-          const float bias = bf16_to_f32(w.down_bias[ew.expert * hidden + r]);
-          for (size_t s = 0; s < ew.slots.size(); s++) {
-            const int64_t t = ew.slots[s] / top_k;
-            out[t * hidden + r] += weights[ew.slots[s]] * (ew.y[s * hidden + r] + bias);
-          }
+        const float bias = bf16_to_f32(w.down_bias[ew.expert * hidden + r]);
+        for (size_t s = 0; s < ew.slots.size(); s++) {
+          const int64_t t = ew.slots[s] / top_k;
+          out[t * hidden + r] += weights[ew.slots[s]] * (ew.y[s * hidden + r] + bias);
         }
       }
     }
