@@ -8,7 +8,9 @@
  *
  * Ownership: tensors made by gptoss_tensor_wrap() borrow host memory (weights, used in place from the checkpoint's
  * memory mapping: the caller keeps it alive and unchanged); gptoss_tensor_alloc() memory belongs to the context.
- * Nothing here is thread-safe: one thread drives a context; the library parallelises inside gptoss_flush().
+ * Nothing here is thread-safe: one caller at a time drives a context (successive calls may come from different
+ * threads, as Deno's nonblocking calls do); the library parallelises inside gptoss_flush(). The CPU library runs
+ * every flush of a context on one thread of its own, so its OpenMP team is the same whichever thread calls.
  */
 #ifndef GPTOSS_H
 #define GPTOSS_H
