@@ -321,7 +321,12 @@ for (const candidate of candidates) {
 
   test("moe_mlp_f32_mxfp4w: small shapes and the real 20b expert size (H = I = 2880)", async (backend) => {
     for (
-      const [tokens, hidden, inter, experts] of [[3, 64, 96, 8], [6, 64, 96, 4], [20, 64, 96, 4], [6, 2880, 2880, 4], [
+      const [tokens, hidden, inter, experts] of [[3, 64, 96, 8], [5, 64, 96, 4], [6, 64, 96, 4], [20, 64, 96, 4], [
+        6,
+        2880,
+        2880,
+        4,
+      ], [
         1,
         2880,
         2880,
