@@ -1,5 +1,7 @@
 // moe_route_f32 and moe_mlp_f32_mxfp4w: top-k routing with softmax over the k, then the MXFP4 experts with the
-// clamped SwiGLU, dequantized block by block inside the dot products (experts stay packed).
+// clamped SwiGLU, dequantized block by block inside the dot products (experts stay packed). Per expert, by the
+// number of tokens routed to it: AMX tiles (≥ 4, where the CPU has them), the integer VNNI dot (≤ 4), the f32
+// dot (≤ 16), or each row decoded to f32 once and reused (> 16).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -93,7 +95,7 @@ struct ExpertWork {
   std::vector<uint16_t> xs_amx, act_amx;
 };
 
-/** out[s * out_stride + r] for rows [0, n) of one expert's matrix and each of its tokens, 4 tokens per dot. */
+/** out[s * out_stride + row]: one row of one expert's matrix against each of its tokens, 4 tokens per dot call. */
 void expert_rows(const DotKernels& dot, const ExpertWork& ew, int64_t row, const uint8_t* blocks,
                  const uint8_t* scales, int64_t k, const float* x_f32, int64_t x_f32_stride, const float* x_split,
                  const QGroup* x_q, float* row_f32, float* out, int64_t out_stride) {
