@@ -76,7 +76,8 @@ void attention_f32(float* out, const float* q, const float* k, const float* v, c
       std::copy(v + src, v + src + kv_width, layer.values + dst);
     }
   }
-  const bool wide = detect_isa() >= Isa::avx512 && head_dim % 16 == 0 && head_dim <= 256;
+  static const bool avx512 = detect_isa() >= Isa::avx512;
+  const bool wide = avx512 && head_dim % 16 == 0 && head_dim <= 256;
   for (int32_t si = 0; si < num_segments; si++) {
     const Segment& s = segments[si];
     const int64_t tasks = static_cast<int64_t>(s.num_tokens) * num_heads;
