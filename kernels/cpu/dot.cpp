@@ -298,6 +298,57 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void mxfp4_q(const uint8_
   }
 }
 
+/** One MXFP4 row to f32 in the split layout (per block: 16 even elements, then 16 odd ones). */
+__attribute__((target("avx512f,avx512bw"))) void dequantize_split_avx512(const uint8_t* blocks, const uint8_t* scales,
+                                                                         int64_t num_blocks, float* out) {
+  alignas(64) float twice[16];
+  for (int i = 0; i < 16; i++) twice[i] = kFp4Twice[i];
+  const __m512 lut = _mm512_load_ps(twice);
+  for (int64_t g = 0; g < num_blocks; g++) {
+    if ((g & 3) == 0) prefetch_weights(blocks + g * 16);
+    __m512 evens, odds;
+    decode_block_avx512(blocks + g * 16, kScales.half[scales[g]], lut, &evens, &odds);
+    _mm512_storeu_ps(out + g * 32, evens);
+    _mm512_storeu_ps(out + g * 32 + 16, odds);
+  }
+}
+
+void dequantize_split_scalar(const uint8_t* blocks, const uint8_t* scales, int64_t num_blocks, float* out) {
+  for (int64_t g = 0; g < num_blocks; g++) {
+    const float scale = kScales.half[scales[g]];
+    for (int j = 0; j < 16; j++) {
+      const uint8_t byte = blocks[g * 16 + j];
+      out[g * 32 + j] = kFp4Twice[byte & 15] * scale;
+      out[g * 32 + 16 + j] = kFp4Twice[byte >> 4] * scale;
+    }
+  }
+}
+
+/** RB f32 weight rows (pitch k) × TB activation rows (pitch x_stride): out[t * out_stride + r]. k % 16 == 0. */
+template <int RB, int TB>
+__attribute__((target("avx512f"))) void block_f32_avx512(const float* w, const float* x, int64_t x_stride, int64_t k,
+                                                          float* out, int64_t out_stride) {
+  __m512 acc[RB][TB];
+  for (int r = 0; r < RB; r++)
+    for (int t = 0; t < TB; t++) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; i += 16) {
+    __m512 wv[RB];
+    for (int r = 0; r < RB; r++) wv[r] = _mm512_loadu_ps(w + r * k + i);
+    for (int t = 0; t < TB; t++) {
+      const __m512 xv = _mm512_loadu_ps(x + t * x_stride + i);
+      for (int r = 0; r < RB; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+    }
+  }
+  for (int r = 0; r < RB; r++)
+    for (int t = 0; t < TB; t++) out[t * out_stride + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+using BlockF32 = void (*)(const float*, const float*, int64_t, int64_t, float*, int64_t);
+template <int RB>
+constexpr BlockF32 kBlockF32Row[4] = {block_f32_avx512<RB, 1>, block_f32_avx512<RB, 2>, block_f32_avx512<RB, 3>,
+                                      block_f32_avx512<RB, 4>};
+constexpr const BlockF32* kBlockF32[4] = {kBlockF32Row<1>, kBlockF32Row<2>, kBlockF32Row<3>, kBlockF32Row<4>};
+
 void f32_scalar(const float* w, const float* x, int64_t stride, int64_t k, int rows, float* out) {
   for (int r = 0; r < rows; r++) {
     float acc = 0;
@@ -364,6 +415,20 @@ __attribute__((target("avx512f"))) void f32_avx512(const float* w, const float* 
 }
 
 }  // namespace
+
+void dequantize_mxfp4_split(const uint8_t* blocks, const uint8_t* scales, int64_t num_blocks, float* out) {
+  static const bool avx512 = detect_isa() >= Isa::avx512;
+  if (avx512) dequantize_split_avx512(blocks, scales, num_blocks, out);
+  else dequantize_split_scalar(blocks, scales, num_blocks, out);
+}
+
+bool block_f32(const float* w, int rows, const float* x, int64_t x_stride, int tokens, int64_t k, float* out,
+               int64_t out_stride) {
+  static const bool avx512 = detect_isa() >= Isa::avx512;
+  if (!avx512 || k % 16 != 0 || rows < 1 || rows > 4 || tokens < 1 || tokens > 4) return false;
+  kBlockF32[rows - 1][tokens - 1](w, x, x_stride, k, out, out_stride);
+  return true;
+}
 
 void prepare_mxfp4_q(const float* x, int64_t k, QGroup* out) {
   constexpr int32_t kMax = (1 << 21) - 1;  // hi = q >> 14 stays within int8

@@ -90,6 +90,7 @@ struct ExpertWork {
   bool decode_once = false;    // many tokens: decode each weight row to f32 once, reuse it for every token
   bool integer = false;        // few tokens and VNNI: the integer dot over prepared activations
   bool amx = false;            // enough tokens and AMX: 32 rows per tile pass
+  bool blocked = false;        // enough tokens, AVX-512 but no AMX: 4 rows decoded to f32, 4 × 4 register blocks
   std::vector<float> xs, xs_split, act, act_split, y;
   std::vector<QGroup> xs_q, act_q;
   std::vector<uint16_t> xs_amx, act_amx;
@@ -119,6 +120,21 @@ void expert_rows32(const DotKernels& dot, const ExpertWork& ew, int64_t row, int
                    const uint8_t* scales, int64_t k, const float* x_f32, int64_t x_f32_stride, const float* x_split,
                    const QGroup* x_q, const uint16_t* x_amx, float* row_f32, float* out, int64_t out_stride) {
   const int64_t end = std::min(row + 32, num_rows);
+  if (ew.blocked) {
+    const int64_t num_blocks = k / 32, count = static_cast<int64_t>(ew.slots.size());
+    for (int64_t r0 = row; r0 < end; r0 += 4) {
+      const int rows = static_cast<int>(std::min<int64_t>(4, end - r0));
+      for (int r = 0; r < rows; r++) {
+        dequantize_mxfp4_split(blocks + (r0 + r) * num_blocks * 16, scales + (r0 + r) * num_blocks, num_blocks,
+                               row_f32 + r * k);
+      }
+      for (int64_t s = 0; s < count; s += 4) {
+        const int tokens = static_cast<int>(std::min<int64_t>(4, count - s));
+        block_f32(row_f32, rows, x_split + s * k, k, tokens, k, out + s * out_stride + r0, out_stride);
+      }
+    }
+    return;
+  }
   if (ew.amx && end - row == 32) {
     const int64_t num_blocks = k / 32;
     amx_rows32_mxfp4(blocks + row * num_blocks * 16, scales + row * num_blocks, k, x_amx,
@@ -152,6 +168,9 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
     ew.integer = !ew.decode_once && dot.mxfp4_q && count <= kIntegerMaxTokens;
     ew.amx = count >= kAmxMinTokens && hidden % 32 == 0 && intermediate % 32 == 0 && use_amx();
     if (ew.amx) ew.integer = ew.decode_once = false;
+    static const bool avx512 = detect_isa() >= Isa::avx512;
+    ew.blocked = !ew.amx && avx512 && count > kIntegerMaxTokens;
+    if (ew.blocked) ew.integer = ew.decode_once = false;
     ew.xs.resize(static_cast<size_t>(count * hidden));
     for (int64_t s = 0; s < count; s++) std::copy_n(x + (ew.slots[s] / top_k) * hidden, hidden, ew.xs.data() + s * hidden);
     if (ew.amx) {
@@ -176,7 +195,7 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
   // (3) every down row of every routed expert, the same way; (4) the weighted sum over experts per output row.
 #pragma omp parallel
   {
-    std::vector<float> row_f32(static_cast<size_t>(std::max(hidden, intermediate)));
+    std::vector<float> row_f32(static_cast<size_t>(4 * std::max(hidden, intermediate)));  // blocked: 4 rows
     const int64_t gate_units = (gate_rows + 31) / 32;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < num_work * gate_units; i++) {
