@@ -1,7 +1,8 @@
 // moe_route_f32 and moe_mlp_f32_mxfp4w: top-k routing with softmax over the k, then the MXFP4 experts with the
 // clamped SwiGLU, dequantized block by block inside the dot products (experts stay packed). Per expert, by the
-// number of tokens routed to it: AMX tiles (≥ 4, where the CPU has them), the integer VNNI dot (≤ 4), the f32
-// dot (≤ 16), or each row decoded to f32 once and reused (> 16).
+// number of tokens routed to it: AMX tiles (≥ 4, where the CPU has them), the integer VNNI dot (≤ 4), with AVX-512
+// 4 rows decoded to f32 at a time into 4 × 4 register blocks (≥ 5); on narrower CPUs the f32 dot (≤ 16) or each
+// row decoded to f32 once and reused (> 16).
 #include <immintrin.h>
 
 #include <algorithm>
