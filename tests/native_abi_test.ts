@@ -197,9 +197,19 @@ Deno.test({
     const flags = new Set(
       /^flags\s*:(.*)$/m.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1].trim().split(/\s+/) ?? [],
     );
+    // AMX also needs Linux to grant the tile state to the process (a sandbox may refuse): ask as the library does,
+    // arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) through libc's syscall().
+    const amxGranted = (() => {
+      const libc = Deno.dlopen("libc.so.6", { syscall: { parameters: ["i64", "i64", "i64"], result: "i64" } });
+      try {
+        return libc.symbols.syscall(158n, 0x1023n, 18n) === 0n;
+      } finally {
+        libc.close();
+      }
+    })();
     const widest = flags.has("avx512f") && flags.has("avx512bw")
       ? (flags.has("avx512_vnni")
-        ? (["amx_tile", "amx_bf16", "avx512_bf16", "avx512vbmi"].every((f) => flags.has(f))
+        ? (amxGranted && ["amx_tile", "amx_bf16", "avx512_bf16", "avx512vbmi"].every((f) => flags.has(f))
           ? "cpu/avx512-amx"
           : "cpu/avx512-vnni")
         : "cpu/avx512")
