@@ -114,6 +114,21 @@ __attribute__((target("amx-tile"))) void store_pass(const Layout& layout, float*
   }
 }
 
+
+// C tiles 0, 1 += A tiles 2, 3 × this chunk's B: one tile (packed) or the hi, mid and lo parts (tiles 4, 5, 6).
+__attribute__((target("amx-tile,amx-bf16"))) inline void multiply_chunk(const uint16_t* b, bool packed) {
+  _tile_loadd(4, b, 64);
+  _tile_dpbf16ps(0, 2, 4);
+  _tile_dpbf16ps(1, 3, 4);
+  if (packed) return;
+  _tile_loadd(5, b + kPartElems, 64);
+  _tile_loadd(6, b + 2 * kPartElems, 64);
+  _tile_dpbf16ps(0, 2, 5);
+  _tile_dpbf16ps(1, 3, 5);
+  _tile_dpbf16ps(0, 2, 6);
+  _tile_dpbf16ps(1, 3, 6);
+}
+
 }  // namespace
 
 bool amx_available() {
@@ -183,18 +198,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_rows32_bf16(const uint16_t
       }
       _tile_loadd(2, w + c * kChunk, k * 2);
       _tile_loadd(3, w + 16 * k + c * kChunk, k * 2);
-      const uint16_t* b = parts + c * layout.b_tiles_per_chunk * kPartElems;
-      _tile_loadd(4, b, 64);
-      _tile_dpbf16ps(0, 2, 4);
-      _tile_dpbf16ps(1, 3, 4);
-      if (!layout.packed) {
-        _tile_loadd(5, b + kPartElems, 64);
-        _tile_loadd(6, b + 2 * kPartElems, 64);
-        _tile_dpbf16ps(0, 2, 5);
-        _tile_dpbf16ps(1, 3, 5);
-        _tile_dpbf16ps(0, 2, 6);
-        _tile_dpbf16ps(1, 3, 6);
-      }
+      multiply_chunk(parts + c * layout.b_tiles_per_chunk * kPartElems, layout.packed);
     }
     const int64_t first = tile * layout.tokens_per_pass;
     store_pass(layout, out + first * out_stride, out_stride, std::min(layout.tokens_per_pass, tokens - first));
@@ -230,18 +234,7 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vbmi,avx512bf16"
       }
       _tile_loadd(2, a[0], 64);
       _tile_loadd(3, a[16], 64);
-      const uint16_t* b = parts + c * layout.b_tiles_per_chunk * kPartElems;
-      _tile_loadd(4, b, 64);
-      _tile_dpbf16ps(0, 2, 4);
-      _tile_dpbf16ps(1, 3, 4);
-      if (!layout.packed) {
-        _tile_loadd(5, b + kPartElems, 64);
-        _tile_loadd(6, b + 2 * kPartElems, 64);
-        _tile_dpbf16ps(0, 2, 5);
-        _tile_dpbf16ps(1, 3, 5);
-        _tile_dpbf16ps(0, 2, 6);
-        _tile_dpbf16ps(1, 3, 6);
-      }
+      multiply_chunk(parts + c * layout.b_tiles_per_chunk * kPartElems, layout.packed);
     }
     const int64_t first = tile * layout.tokens_per_pass;
     store_pass(layout, out + first * out_stride, out_stride, std::min(layout.tokens_per_pass, tokens - first));
@@ -321,18 +314,9 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512bf16"))) void am
         _tile_dpbf16ps(1, 6, 7);
       } else {
         for (int half = 0; half < 2; half++) {
-          const uint16_t* bh = b + half * 3 * kPartElems;
           _tile_loadd(2, a[half][0], 64);
           _tile_loadd(3, a[half][16], 64);
-          _tile_loadd(4, bh, 64);
-          _tile_loadd(5, bh + kPartElems, 64);
-          _tile_loadd(6, bh + 2 * kPartElems, 64);
-          _tile_dpbf16ps(0, 2, 4);
-          _tile_dpbf16ps(1, 3, 4);
-          _tile_dpbf16ps(0, 2, 5);
-          _tile_dpbf16ps(1, 3, 5);
-          _tile_dpbf16ps(0, 2, 6);
-          _tile_dpbf16ps(1, 3, 6);
+          multiply_chunk(b + half * 3 * kPartElems, false);
         }
       }
     }

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "kernels.h"
 
@@ -324,30 +325,55 @@ void dequantize_split_scalar(const uint8_t* blocks, const uint8_t* scales, int64
   }
 }
 
-/** RB f32 weight rows (pitch k) × TB activation rows (pitch x_stride): out[t * out_stride + r]. k % 16 == 0. */
-template <int RB, int TB>
-__attribute__((target("avx512f"))) void block_f32_avx512(const float* w, const float* x, int64_t x_stride, int64_t k,
-                                                          float* out, int64_t out_stride) {
+// 16 weights as f32: bf16 widened, or f32 as they are.
+__attribute__((target("avx512f,avx512bw"))) inline __m512 load16(const uint16_t* w) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+__attribute__((target("avx512f"))) inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
+
+/** RB weight rows × TB activation rows in registers; see block_dot() in kernels.h. */
+template <typename W, int RB, int TB>
+__attribute__((target("avx512f,avx512bw"))) void block_avx512(const W* w, int64_t w_pitch, const float* x,
+                                                               int64_t x_stride, int64_t k, const uint16_t* bias,
+                                                               float* out, int64_t out_stride) {
   __m512 acc[RB][TB];
   for (int r = 0; r < RB; r++)
     for (int t = 0; t < TB; t++) acc[r][t] = _mm512_setzero_ps();
   for (int64_t i = 0; i < k; i += 16) {
+    if constexpr (std::is_same_v<W, uint16_t>) {  // bf16 rows stream from the mapping; f32 rows are scratch
+      if (i % 32 == 0)
+        for (int r = 0; r < RB; r++) prefetch_weights(w + r * w_pitch + i);
+    }
     __m512 wv[RB];
-    for (int r = 0; r < RB; r++) wv[r] = _mm512_loadu_ps(w + r * k + i);
+    for (int r = 0; r < RB; r++) wv[r] = load16(w + r * w_pitch + i);
     for (int t = 0; t < TB; t++) {
       const __m512 xv = _mm512_loadu_ps(x + t * x_stride + i);
       for (int r = 0; r < RB; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
     }
   }
-  for (int r = 0; r < RB; r++)
-    for (int t = 0; t < TB; t++) out[t * out_stride + r] = _mm512_reduce_add_ps(acc[r][t]);
+  for (int r = 0; r < RB; r++) {
+    const float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
+    for (int t = 0; t < TB; t++) out[t * out_stride + r] = _mm512_reduce_add_ps(acc[r][t]) + b;
+  }
 }
 
-using BlockF32 = void (*)(const float*, const float*, int64_t, int64_t, float*, int64_t);
-template <int RB>
-constexpr BlockF32 kBlockF32Row[4] = {block_f32_avx512<RB, 1>, block_f32_avx512<RB, 2>, block_f32_avx512<RB, 3>,
-                                      block_f32_avx512<RB, 4>};
-constexpr const BlockF32* kBlockF32[4] = {kBlockF32Row<1>, kBlockF32Row<2>, kBlockF32Row<3>, kBlockF32Row<4>};
+template <typename W>
+using BlockKernel = void (*)(const W*, int64_t, const float*, int64_t, int64_t, const uint16_t*, float*, int64_t);
+template <typename W, int RB>
+constexpr BlockKernel<W> kBlockRow[4] = {block_avx512<W, RB, 1>, block_avx512<W, RB, 2>, block_avx512<W, RB, 3>,
+                                         block_avx512<W, RB, 4>};
+template <typename W>
+constexpr const BlockKernel<W>* kBlock[4] = {kBlockRow<W, 1>, kBlockRow<W, 2>, kBlockRow<W, 3>, kBlockRow<W, 4>};
+
+template <typename W>
+bool block_dot_any(const W* w, int rows, int64_t w_pitch, const float* x, int64_t x_stride, int tokens, int64_t k,
+                   const uint16_t* bias, float* out, int64_t out_stride) {
+  static const bool avx512 = detect_isa() >= Isa::avx512;
+  if (!avx512 || k % 16 != 0 || rows < 1 || rows > 4 || tokens < 1 || tokens > 4) return false;
+  kBlock<W>[rows - 1][tokens - 1](w, w_pitch, x, x_stride, k, bias, out, out_stride);
+  return true;
+}
 
 void f32_scalar(const float* w, const float* x, int64_t stride, int64_t k, int rows, float* out) {
   for (int r = 0; r < rows; r++) {
@@ -422,12 +448,14 @@ void dequantize_mxfp4_split(const uint8_t* blocks, const uint8_t* scales, int64_
   else dequantize_split_scalar(blocks, scales, num_blocks, out);
 }
 
-bool block_f32(const float* w, int rows, const float* x, int64_t x_stride, int tokens, int64_t k, float* out,
-               int64_t out_stride) {
-  static const bool avx512 = detect_isa() >= Isa::avx512;
-  if (!avx512 || k % 16 != 0 || rows < 1 || rows > 4 || tokens < 1 || tokens > 4) return false;
-  kBlockF32[rows - 1][tokens - 1](w, x, x_stride, k, out, out_stride);
-  return true;
+bool block_dot(const uint16_t* w, int rows, int64_t w_pitch, const float* x, int64_t x_stride, int tokens, int64_t k,
+               const uint16_t* bias, float* out, int64_t out_stride) {
+  return block_dot_any(w, rows, w_pitch, x, x_stride, tokens, k, bias, out, out_stride);
+}
+
+bool block_dot(const float* w, int rows, int64_t w_pitch, const float* x, int64_t x_stride, int tokens, int64_t k,
+               const uint16_t* bias, float* out, int64_t out_stride) {
+  return block_dot_any(w, rows, w_pitch, x, x_stride, tokens, k, bias, out, out_stride);
 }
 
 void prepare_mxfp4_q(const float* x, int64_t k, QGroup* out) {

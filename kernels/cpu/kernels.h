@@ -60,12 +60,15 @@ void split_for_mxfp4(const float* x, int64_t k, float* out);
 /** Decodes one MXFP4 row to f32 in the split layout of split_for_mxfp4 (per block: evens, then odds). */
 void dequantize_mxfp4_split(const uint8_t* blocks, const uint8_t* scales, int64_t num_blocks, float* out);
 /**
- * out[t * out_stride + r] = w[r] · x[t] for up to 4 f32 weight rows (pitch k) × up to 4 activation rows, in AVX-512
- * register blocks (each activation vector loaded once for all rows). Returns false, doing nothing, where that path
- * is not available (no AVX-512, k not a multiple of 16).
+ * out[t * out_stride + r] = w[r] · x[t] (+ bias[r]) for up to 4 weight rows (pitch w_pitch; bf16 or f32) × up to 4
+ * activation rows, in AVX-512 register blocks: each weight vector is loaded once for every token and each
+ * activation vector once for every row. Returns false, doing nothing, where that path is not available (no AVX-512,
+ * k not a multiple of 16).
  */
-bool block_f32(const float* w, int rows, const float* x, int64_t x_stride, int tokens, int64_t k, float* out,
-               int64_t out_stride);
+bool block_dot(const uint16_t* w, int rows, int64_t w_pitch, const float* x, int64_t x_stride, int tokens, int64_t k,
+               const uint16_t* bias, float* out, int64_t out_stride);
+bool block_dot(const float* w, int rows, int64_t w_pitch, const float* x, int64_t x_stride, int tokens, int64_t k,
+               const uint16_t* bias, float* out, int64_t out_stride);
 /** Decodes one bf16 weight row to f32. */
 void widen_bf16_row(const uint16_t* w, int64_t k, float* out);
 /** Decodes one MXFP4 row (num_blocks × 32 weights) to f32, in element order. */

@@ -1,7 +1,5 @@
 // matmul_f32_bf16w: out[T, N] = x[T, K] · W[N, K]ᵀ + b. Threads split the weight rows; each row is read once per
 // group of 4 tokens (it stays in L1 between groups), so decode streams the weights exactly once.
-#include <immintrin.h>
-
 #include <algorithm>
 #include <vector>
 
@@ -49,43 +47,10 @@ void matmul_amx(float* out, const float* x, const uint16_t* weight, const uint16
 }
 
 /**
- * RB weight rows × TB tokens of out, AVX-512, k a multiple of 16: each weight vector widened once serves TB tokens
- * and each activation vector RB rows, so activations are read from cache once per RB rows instead of once per row
- * (the per-row dot re-reads 4 tokens × k floats from L2 for every row: L2-bound at ~20 GMAC/s per core).
+ * Several tokens without AMX: 4 × 4 register blocks (block_dot; tails with smaller blocks), threads over row blocks.
+ * The per-row dot re-reads 4 tokens × k activations from L2 for every row (L2-bound at ~20 GMAC/s per core); a
+ * block reads them once per 4 rows.
  */
-template <int RB, int TB>
-__attribute__((target("avx512f,avx512bw"))) void block_bf16(float* out, const float* x, const uint16_t* w,
-                                                             const uint16_t* bias, int64_t row, int64_t t0, int64_t n,
-                                                             int64_t k) {
-  __m512 acc[RB][TB];
-  for (int r = 0; r < RB; r++)
-    for (int t = 0; t < TB; t++) acc[r][t] = _mm512_setzero_ps();
-  for (int64_t i = 0; i < k; i += 16) {
-    __m512 wv[RB];
-    if ((i & 31) == 0)
-      for (int r = 0; r < RB; r++) prefetch_weights(w + (row + r) * k + i);
-    for (int r = 0; r < RB; r++) {
-      const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (row + r) * k + i));
-      wv[r] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-    }
-    for (int t = 0; t < TB; t++) {
-      const __m512 xv = _mm512_loadu_ps(x + (t0 + t) * k + i);
-      for (int r = 0; r < RB; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
-    }
-  }
-  for (int r = 0; r < RB; r++) {
-    const float b = bias ? bf16_to_f32(bias[row + r]) : 0.0f;
-    for (int t = 0; t < TB; t++) out[(t0 + t) * n + row + r] = _mm512_reduce_add_ps(acc[r][t]) + b;
-  }
-}
-
-using BlockKernel = void (*)(float*, const float*, const uint16_t*, const uint16_t*, int64_t, int64_t, int64_t,
-                             int64_t);
-template <int RB>
-constexpr BlockKernel kBlockRow[4] = {block_bf16<RB, 1>, block_bf16<RB, 2>, block_bf16<RB, 3>, block_bf16<RB, 4>};
-constexpr const BlockKernel* kBlock[4] = {kBlockRow<1>, kBlockRow<2>, kBlockRow<3>, kBlockRow<4>};
-
-/** Several tokens without AMX: 4 × 4 register blocks (tails with smaller blocks), threads over row blocks. */
 void matmul_blocked(float* out, const float* x, const uint16_t* weight, const uint16_t* bias, int64_t num_tokens,
                     int64_t n, int64_t k) {
   const int64_t row_blocks = (n + 3) / 4;
@@ -95,7 +60,7 @@ void matmul_blocked(float* out, const float* x, const uint16_t* weight, const ui
     const int rb = static_cast<int>(std::min<int64_t>(4, n - row));
     for (int64_t t = 0; t < num_tokens; t += 4) {
       const int tb = static_cast<int>(std::min<int64_t>(4, num_tokens - t));
-      kBlock[rb - 1][tb - 1](out, x, weight, bias, row, t, n, k);
+      block_dot(weight + row * k, rb, k, x + t * k, k, tb, k, bias ? bias + row : nullptr, out + t * n + row, n);
     }
   }
 }
@@ -106,7 +71,7 @@ void matmul_f32_bf16w(float* out, const float* x, const uint16_t* weight, const 
                       int64_t n, int64_t k) {
   if (num_tokens >= kAmxMinTokens && k % 32 == 0 && use_amx()) return matmul_amx(out, x, weight, bias, num_tokens, n, k);
   static const bool avx512 = detect_isa() >= Isa::avx512;
-  if (num_tokens >= kBlockedMinTokens && k % 16 == 0 && avx512) {
+  if (num_tokens >= kBlockedMinTokens && k % 16 == 0 && avx512) {  // the conditions under which block_dot runs
     return matmul_blocked(out, x, weight, bias, num_tokens, n, k);
   }
   const DotKernels& dot = dot_kernels();

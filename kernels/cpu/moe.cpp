@@ -1,8 +1,6 @@
 // moe_route_f32 and moe_mlp_f32_mxfp4w: top-k routing with softmax over the k, then the MXFP4 experts with the
-// clamped SwiGLU, dequantized block by block inside the dot products (experts stay packed). Per expert, by the
-// number of tokens routed to it: AMX tiles (≥ 4, where the CPU has them), the integer VNNI dot (≤ 4), with AVX-512
-// 4 rows decoded to f32 at a time into 4 × 4 register blocks (≥ 5); on narrower CPUs the f32 dot (≤ 16) or each
-// row decoded to f32 once and reused (> 16).
+// clamped SwiGLU, dequantized block by block inside the kernels (experts stay packed). Each expert takes the path
+// (enum Path below) that suits the number of tokens routed to it.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -84,67 +82,114 @@ static void swiglu_row(float* h, const uint16_t* bias, int64_t n, float limit) {
 
 namespace {
 
-/** One expert's share of a step: its (token, slot) pairs and their activations in the layouts its dot reads. */
+/** How one expert's rows meet its tokens, chosen by how many tokens it has this step (see choose_path). */
+enum class Path {
+  amx,           // ≥ 4 tokens and AMX: 32 rows per tile pass
+  integer,       // ≤ 4 tokens and VNNI: the integer dot over prepared activations
+  blocked,       // ≥ 5 tokens, AVX-512 without AMX: 4 rows decoded to f32, 4 × 4 register blocks
+  f32_dot,       // narrower CPUs, ≤ 16 tokens: the f32 MXFP4 dot, 4 tokens per call
+  decoded_rows,  // narrower CPUs, > 16 tokens: each row decoded to f32 once, reused for every token
+};
+
+Path choose_path(const DotKernels& dot, int64_t count, int64_t hidden, int64_t intermediate) {
+  static const bool avx512 = detect_isa() >= Isa::avx512;
+  if (count >= kAmxMinTokens && hidden % 32 == 0 && intermediate % 32 == 0 && use_amx()) return Path::amx;
+  // The integer VNNI dot does more per token than the f32 one; it wins while decoding the codes dominates.
+  if (count <= kIntegerMaxTokens && dot.mxfp4_q) return Path::integer;
+  if (count > kIntegerMaxTokens && avx512) return Path::blocked;
+  return count > 16 ? Path::decoded_rows : Path::f32_dot;  // measured: per group of 4 tokens wins below 17
+}
+
+/** One projection's activations: token s is f32 + s * stride, plus the layout its path reads. */
+struct Inputs {
+  const float* f32 = nullptr;
+  int64_t stride = 0;
+  std::vector<float> split;  // f32_dot, blocked: split_for_mxfp4 order
+  std::vector<QGroup> q;     // integer
+  std::vector<uint16_t> amx; // amx
+};
+
+void prepare_inputs(Path path, Inputs& in, const float* x, int64_t stride, int64_t count, int64_t k) {
+  in.f32 = x;
+  in.stride = stride;
+  switch (path) {
+    case Path::amx:
+      in.amx.resize(static_cast<size_t>(amx_prepared_elems(count, k)));
+      amx_prepare(x, stride, count, k, in.amx.data(), true);
+      break;
+    case Path::integer:
+      in.q.resize(static_cast<size_t>(count * q_groups(k)));
+      for (int64_t s = 0; s < count; s++) prepare_mxfp4_q(x + s * stride, k, in.q.data() + s * q_groups(k));
+      break;
+    case Path::blocked:
+    case Path::f32_dot:
+      in.split.resize(static_cast<size_t>(count * k));
+      for (int64_t s = 0; s < count; s++) split_for_mxfp4(x + s * stride, k, in.split.data() + s * k);
+      break;
+    case Path::decoded_rows: break;
+  }
+}
+
+/** One expert's share of a step: its (token, slot) pairs, path, and activations. */
 struct ExpertWork {
   int64_t expert;
   std::vector<int64_t> slots;  // t * top_k + j, ascending
-  bool decode_once = false;    // many tokens: decode each weight row to f32 once, reuse it for every token
-  bool integer = false;        // few tokens and VNNI: the integer dot over prepared activations
-  bool amx = false;            // enough tokens and AMX: 32 rows per tile pass
-  bool blocked = false;        // enough tokens, AVX-512 but no AMX: 4 rows decoded to f32, 4 × 4 register blocks
-  std::vector<float> xs, xs_split, act, act_split, y;
-  std::vector<QGroup> xs_q, act_q;
-  std::vector<uint16_t> xs_amx, act_amx;
+  Path path;
+  std::vector<float> xs, act, y;
+  Inputs gate_in, down_in;
+};
+
+/** One expert matrix: `rows` rows of k / 32 MXFP4 blocks. */
+struct ExpertMatrix {
+  const uint8_t* blocks;
+  const uint8_t* scales;
+  int64_t rows, k;
 };
 
 /** out[s * out_stride + row]: one row of one expert's matrix against each of its tokens, 4 tokens per dot call. */
-void expert_rows(const DotKernels& dot, const ExpertWork& ew, int64_t row, const uint8_t* blocks,
-                 const uint8_t* scales, int64_t k, const float* x_f32, int64_t x_f32_stride, const float* x_split,
-                 const QGroup* x_q, float* row_f32, float* out, int64_t out_stride) {
-  const int64_t num_blocks = k / 32, groups = q_groups(k);
+void expert_row(const DotKernels& dot, const ExpertWork& ew, const ExpertMatrix& m, int64_t row, const Inputs& in,
+                float* row_f32, float* out, int64_t out_stride) {
+  const int64_t num_blocks = m.k / 32, groups = q_groups(m.k);
   const int64_t count = static_cast<int64_t>(ew.slots.size());
-  const uint8_t* row_blocks = blocks + row * num_blocks * 16;
-  const uint8_t* row_scales = scales + row * num_blocks;
-  if (ew.decode_once) dequantize_mxfp4_row(row_blocks, row_scales, num_blocks, row_f32);
+  const uint8_t* row_blocks = m.blocks + row * num_blocks * 16;
+  const uint8_t* row_scales = m.scales + row * num_blocks;
+  if (ew.path == Path::decoded_rows) dequantize_mxfp4_row(row_blocks, row_scales, num_blocks, row_f32);
   float acc[4];
   for (int64_t s = 0; s < count; s += 4) {
     const int rows = static_cast<int>(std::min<int64_t>(4, count - s));
-    if (ew.decode_once) dot.f32(row_f32, x_f32 + s * x_f32_stride, x_f32_stride, k, rows, acc);
-    else if (ew.integer) dot.mxfp4_q(row_blocks, row_scales, x_q + s * groups, groups, num_blocks, rows, acc);
-    else dot.mxfp4(row_blocks, row_scales, x_split + s * k, k, num_blocks, rows, acc);
+    if (ew.path == Path::decoded_rows) dot.f32(row_f32, in.f32 + s * in.stride, in.stride, m.k, rows, acc);
+    else if (ew.path == Path::integer) dot.mxfp4_q(row_blocks, row_scales, in.q.data() + s * groups, groups, num_blocks, rows, acc);
+    else dot.mxfp4(row_blocks, row_scales, in.split.data() + s * m.k, m.k, num_blocks, rows, acc);
     for (int q = 0; q < rows; q++) out[(s + q) * out_stride + row] = acc[q];
   }
 }
 
 /** Rows [row, row + 32) (fewer at the end of the matrix) of one expert's matrix, for each of its tokens. */
-void expert_rows32(const DotKernels& dot, const ExpertWork& ew, int64_t row, int64_t num_rows, const uint8_t* blocks,
-                   const uint8_t* scales, int64_t k, const float* x_f32, int64_t x_f32_stride, const float* x_split,
-                   const QGroup* x_q, const uint16_t* x_amx, float* row_f32, float* out, int64_t out_stride) {
-  const int64_t end = std::min(row + 32, num_rows);
-  if (ew.blocked) {
-    const int64_t num_blocks = k / 32, count = static_cast<int64_t>(ew.slots.size());
+void expert_rows32(const DotKernels& dot, const ExpertWork& ew, const ExpertMatrix& m, int64_t row, const Inputs& in,
+                   float* row_f32, float* out, int64_t out_stride) {
+  const int64_t end = std::min(row + 32, m.rows), num_blocks = m.k / 32;
+  const int64_t count = static_cast<int64_t>(ew.slots.size());
+  if (ew.path == Path::blocked) {
     for (int64_t r0 = row; r0 < end; r0 += 4) {
       const int rows = static_cast<int>(std::min<int64_t>(4, end - r0));
       for (int r = 0; r < rows; r++) {
-        dequantize_mxfp4_split(blocks + (r0 + r) * num_blocks * 16, scales + (r0 + r) * num_blocks, num_blocks,
-                               row_f32 + r * k);
+        dequantize_mxfp4_split(m.blocks + (r0 + r) * num_blocks * 16, m.scales + (r0 + r) * num_blocks, num_blocks,
+                               row_f32 + r * m.k);
       }
       for (int64_t s = 0; s < count; s += 4) {
         const int tokens = static_cast<int>(std::min<int64_t>(4, count - s));
-        block_f32(row_f32, rows, x_split + s * k, k, tokens, k, out + s * out_stride + r0, out_stride);
+        block_dot(row_f32, rows, m.k, in.split.data() + s * m.k, m.k, tokens, m.k, nullptr, out + s * out_stride + r0,
+                  out_stride);
       }
     }
     return;
   }
-  if (ew.amx && end - row == 32) {
-    const int64_t num_blocks = k / 32;
-    amx_rows32_mxfp4(blocks + row * num_blocks * 16, scales + row * num_blocks, k, x_amx,
-                     static_cast<int64_t>(ew.slots.size()), out + row, out_stride);
+  if (ew.path == Path::amx && end - row == 32) {
+    amx_rows32_mxfp4(m.blocks + row * num_blocks * 16, m.scales + row * num_blocks, m.k, in.amx.data(), count,
+                     out + row, out_stride);
     return;
   }
-  for (int64_t r = row; r < end; r++) {
-    expert_rows(dot, ew, r, blocks, scales, k, x_f32, x_f32_stride, x_split, x_q, row_f32, out, out_stride);
-  }
+  for (int64_t r = row; r < end; r++) expert_row(dot, ew, m, r, in, row_f32, out, out_stride);
 }
 
 }  // namespace
@@ -164,27 +209,10 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
     ew.expert = e;
     ew.slots = std::move(slots[static_cast<size_t>(e)]);
     const int64_t count = static_cast<int64_t>(ew.slots.size());
-    ew.decode_once = count > 16;  // measured: decoding a row per group of 4 tokens wins below this
-    // The integer VNNI dot does more per token than the f32 one; it wins while decoding the codes dominates.
-    ew.integer = !ew.decode_once && dot.mxfp4_q && count <= kIntegerMaxTokens;
-    ew.amx = count >= kAmxMinTokens && hidden % 32 == 0 && intermediate % 32 == 0 && use_amx();
-    if (ew.amx) ew.integer = ew.decode_once = false;
-    static const bool avx512 = detect_isa() >= Isa::avx512;
-    ew.blocked = !ew.amx && avx512 && count > kIntegerMaxTokens;
-    if (ew.blocked) ew.integer = ew.decode_once = false;
+    ew.path = choose_path(dot, count, hidden, intermediate);
     ew.xs.resize(static_cast<size_t>(count * hidden));
     for (int64_t s = 0; s < count; s++) std::copy_n(x + (ew.slots[s] / top_k) * hidden, hidden, ew.xs.data() + s * hidden);
-    if (ew.amx) {
-      ew.xs_amx.resize(static_cast<size_t>(amx_prepared_elems(count, hidden)));
-      amx_prepare(ew.xs.data(), hidden, count, hidden, ew.xs_amx.data(), true);
-    } else if (ew.integer) {
-      ew.xs_q.resize(static_cast<size_t>(count * q_groups(hidden)));
-      for (int64_t s = 0; s < count; s++) prepare_mxfp4_q(ew.xs.data() + s * hidden, hidden, ew.xs_q.data() + s * q_groups(hidden));
-    } else if (!ew.decode_once) {
-      // The f32 MXFP4 dot reads activations in the split layout (evens, then odds, per block): reorder once.
-      ew.xs_split.resize(ew.xs.size());
-      for (int64_t s = 0; s < count; s++) split_for_mxfp4(ew.xs.data() + s * hidden, hidden, ew.xs_split.data() + s * hidden);
-    }
+    prepare_inputs(ew.path, ew.gate_in, ew.xs.data(), hidden, count, hidden);
     ew.act.resize(static_cast<size_t>(count * 2 * intermediate));
     ew.y.resize(static_cast<size_t>(count * hidden));
     work.push_back(std::move(ew));
@@ -201,9 +229,9 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < num_work * gate_units; i++) {
       ExpertWork& ew = work[static_cast<size_t>(i / gate_units)];
-      expert_rows32(dot, ew, (i % gate_units) * 32, gate_rows, w.gate_up_blocks + ew.expert * gate_rows * hidden_blocks * 16,
-                    w.gate_up_scales + ew.expert * gate_rows * hidden_blocks, hidden, ew.xs.data(), hidden,
-                    ew.xs_split.data(), ew.xs_q.data(), ew.xs_amx.data(), row_f32.data(), ew.act.data(), gate_rows);
+      const ExpertMatrix gate_up{w.gate_up_blocks + ew.expert * gate_rows * hidden_blocks * 16,
+                                 w.gate_up_scales + ew.expert * gate_rows * hidden_blocks, gate_rows, hidden};
+      expert_rows32(dot, ew, gate_up, (i % gate_units) * 32, ew.gate_in, row_f32.data(), ew.act.data(), gate_rows);
     }
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < num_work; i++) {
@@ -212,28 +240,15 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
       const uint16_t* gu_bias = w.gate_up_bias + ew.expert * gate_rows;
       // Interleaved rows: even = glu, odd = linear. The activation goes to the first half of each slot's row.
       for (int64_t s = 0; s < count; s++) swiglu_row(ew.act.data() + s * gate_rows, gu_bias, intermediate, swiglu_limit);
-      if (ew.amx) {
-        ew.act_amx.resize(static_cast<size_t>(amx_prepared_elems(count, intermediate)));
-        amx_prepare(ew.act.data(), gate_rows, count, intermediate, ew.act_amx.data(), true);
-      } else if (ew.integer) {
-        ew.act_q.resize(static_cast<size_t>(count * q_groups(intermediate)));
-        for (int64_t s = 0; s < count; s++) {
-          prepare_mxfp4_q(ew.act.data() + s * gate_rows, intermediate, ew.act_q.data() + s * q_groups(intermediate));
-        }
-      } else if (!ew.decode_once) {
-        ew.act_split.resize(static_cast<size_t>(count * intermediate));
-        for (int64_t s = 0; s < count; s++) {
-          split_for_mxfp4(ew.act.data() + s * gate_rows, intermediate, ew.act_split.data() + s * intermediate);
-        }
-      }
+      prepare_inputs(ew.path, ew.down_in, ew.act.data(), gate_rows, count, intermediate);
     }
     const int64_t down_units = (hidden + 31) / 32;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < num_work * down_units; i++) {
       ExpertWork& ew = work[static_cast<size_t>(i / down_units)];
-      expert_rows32(dot, ew, (i % down_units) * 32, hidden, w.down_blocks + ew.expert * hidden * inter_blocks * 16,
-                    w.down_scales + ew.expert * hidden * inter_blocks, intermediate, ew.act.data(), gate_rows,
-                    ew.act_split.data(), ew.act_q.data(), ew.act_amx.data(), row_f32.data(), ew.y.data(), hidden);
+      const ExpertMatrix down{w.down_blocks + ew.expert * hidden * inter_blocks * 16,
+                              w.down_scales + ew.expert * hidden * inter_blocks, hidden, intermediate};
+      expert_rows32(dot, ew, down, (i % down_units) * 32, ew.down_in, row_f32.data(), ew.y.data(), hidden);
     }
     // Each thread owns rows of `out` and adds the experts in ascending order (the same sums in the same order
     // for any thread count).
