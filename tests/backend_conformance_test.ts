@@ -6,7 +6,7 @@
  */
 import { ok as assert } from "node:assert/strict";
 import type { AttentionBatch, Backend, DeviceTensor, DType, MoeWeights } from "../src/backends/backend.ts";
-import { createNativeBackend } from "../src/backends/native/native_backend.ts";
+import { createNativeBackend, CUDA_LIBRARY_PATH, loadNativeLibrary } from "../src/backends/native/native_backend.ts";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
 import { keptWeights } from "../src/backends/reference/sample.ts";
 import { probeBackends } from "../src/backends/select.ts";
@@ -23,13 +23,17 @@ function rng(seed: number): () => number {
 /** Backends under test, with why a missing one is missing. */
 const probes = await probeBackends();
 const gpu = await requestWebGpu();
+const skipReason = (name: string) => {
+  const probe = probes.find((p) => p.name === name)!;
+  return probe.available ? undefined : probe.reason;
+};
 const candidates: { name: string; create: () => Backend; skip?: string }[] = [
+  { name: "native", create: () => createNativeBackend({ numThreads: 2 }), skip: skipReason("native") },
   {
-    name: "native",
-    create: () => createNativeBackend({ numThreads: 2 }),
-    skip: probes.find((p) => p.name === "native")!.available
-      ? undefined
-      : probes.find((p) => p.name === "native")!.reason,
+    name: "cuda",
+    create: () =>
+      createNativeBackend({ library: loadNativeLibrary({ path: CUDA_LIBRARY_PATH, build: false }), name: "cuda" }),
+    skip: skipReason("cuda"),
   },
   {
     name: "webgpu",

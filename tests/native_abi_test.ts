@@ -161,22 +161,32 @@ const cudaBuilt = (() => {
   }
 })();
 
+/** Whether a CUDA device answers (a context can be created), asked once; undefined when the library is not built. */
+const cudaDevice = (() => {
+  if (!cudaBuilt) return undefined;
+  const library = loadNativeLibrary({ path: CUDA_LIBRARY_PATH, build: false });
+  try {
+    const out = new BigUint64Array(1);
+    const status = library.symbols.gptoss_context_create(1, out);
+    if (status === 0) library.symbols.gptoss_context_destroy(Deno.UnsafePointer.create(out[0]));
+    return status === 0;
+  } finally {
+    library.close();
+  }
+})();
+if (cudaDevice === true) console.log("CUDA no-device test skipped: a CUDA device is present here");
+if (cudaDevice === false) console.log("CUDA device test skipped: no CUDA device answers here");
+
 Deno.test({
   name: "the CUDA library exports the same symbol table and ABI version, and reports a missing device cleanly",
-  ignore: !cudaBuilt,
+  ignore: cudaDevice !== false,
   fn: async () => {
     const library = loadNativeLibrary({ path: CUDA_LIBRARY_PATH, build: false }); // every symbol of SYMBOLS resolves
     try {
       assertEquals(library.symbols.gptoss_abi_version(), GPTOSS_ABI_VERSION);
       assertEquals(Deno.UnsafePointerView.getCString(library.symbols.gptoss_backend_kind()!), "cuda");
       const out = new BigUint64Array(1);
-      const status = library.symbols.gptoss_context_create(1, out);
-      if (status === 0) {
-        console.log("a CUDA device is present: the no-device path cannot be checked here");
-        library.symbols.gptoss_context_destroy(Deno.UnsafePointer.create(out[0]));
-        return;
-      }
-      assertEquals(status, 5); // GPTOSS_NO_DEVICE
+      assertEquals(library.symbols.gptoss_context_create(1, out), 5); // GPTOSS_NO_DEVICE
       const message = Deno.UnsafePointerView.getCString(library.symbols.gptoss_last_error(null)!);
       assert(/^no CUDA device: /.test(message), message);
       const probe = (await probeBackends()).find((p) => p.name === "cuda")!;
@@ -184,6 +194,84 @@ Deno.test({
       assertEquals(probe.reason, message);
     } finally {
       library.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "on a CUDA device: the probe picks cuda first, ops run, and a bad id or block table is a status, not a crash",
+  ignore: cudaDevice !== true,
+  fn: async () => {
+    const probes = await probeBackends();
+    assertEquals(probes[0].name, "cuda");
+    assert(probes[0].available, probes[0].reason);
+    const backend = createNativeBackend({
+      library: loadNativeLibrary({ path: CUDA_LIBRARY_PATH, build: false }),
+      name: "cuda",
+    });
+    try {
+      assertEquals(backend.kind, "cuda");
+      // Shapes and dtypes are checked at enqueue, as on the CPU.
+      const x = backend.alloc([2, 8], "f32");
+      const weight = backend.upload({ dtype: "bf16", shape: [3, 5], data: new Uint8Array(30) });
+      assertThrows(
+        () => backend.ops.matmul(backend.alloc([2, 3], "f32"), x, weight),
+        (err: Error) => err instanceof BackendError && /does not match weight/.test(err.message),
+      );
+      assertThrows(
+        () => backend.ops.rmsnorm(x, x, backend.alloc([8], "f32"), 1e-5),
+        (err: Error) => err instanceof BackendError && /expected dtype bf16/.test(err.message),
+      );
+      // A block id outside the pool: refused at enqueue (a kernel would read outside the KV memory).
+      const pool = backend.createKvPool({
+        numLayers: 1,
+        numKeyValueHeads: 1,
+        headDim: 8,
+        blockSize: 4,
+        numFullBlocks: 2,
+        numSlidingBlocks: 0,
+        layerWindows: [0],
+      });
+      const q = backend.alloc([1, 8], "f32"), kv = backend.alloc([1, 8], "f32");
+      const sinks = backend.upload({ dtype: "bf16", shape: [1], data: new Uint8Array(2) });
+      const batch = {
+        numTokens: 1,
+        segments: [{
+          rowOffset: 0,
+          numTokens: 1,
+          startPosition: 0,
+          fullBlocks: Int32Array.of(7),
+          slidingBlocks: new Int32Array(0),
+        }],
+      };
+      assertThrows(
+        () =>
+          backend.ops.attention(backend.alloc([1, 8], "f32"), q, kv, kv, {
+            layer: 0,
+            numHeads: 1,
+            numKeyValueHeads: 1,
+            headDim: 8,
+            window: 0,
+            sinks,
+            pool,
+            batch,
+          }),
+        (err: Error) => err instanceof BackendError && /invalid block id/.test(err.message),
+      );
+      // An embedding id outside the table: the kernel reports it, flush fails naming the op, the context survives.
+      const table = backend.upload({ dtype: "bf16", shape: [10, 8], data: new Uint8Array(160) });
+      const ids = backend.alloc([2], "i32");
+      backend.write(ids, Int32Array.from([3, 99]));
+      backend.ops.embed(x, table, ids);
+      await assertRejects(
+        () => backend.flush(),
+        (err: Error) => err instanceof BackendError && /embed_f32_bf16w: a token id is outside/.test(err.message),
+      );
+      backend.write(ids, Int32Array.from([3, 4]));
+      backend.ops.embed(x, table, ids);
+      assertEquals(Array.from(await backend.read(x)), new Array(16).fill(0));
+    } finally {
+      backend.dispose();
     }
   },
 });

@@ -1,32 +1,16 @@
-// The CUDA implementation of ffi/include/gptoss.h: device tensors, ops launched on one stream (enqueue semantics
-// come free), gptoss_flush() = synchronize. Kernels in kernels/cuda/ (same names as kernels/cpu/).
-// Built by ffi/build_cuda.sh (nvcc, sm_80 + sm_90a + PTX, static cudart). Unverified on a GPU in this repository's CI.
+// The CUDA implementation of ffi/include/gptoss.h: device tensors, ops validated on the host and recorded as commands
+// (ffi/src/cuda_queue.cuh), gptoss_flush() = issue the step (a CUDA graph when the step repeats) and synchronize.
+// Kernels in kernels/cuda/ (same names as kernels/cpu/). Built by ffi/build_cuda.sh.
 #include <cuda_runtime.h>
 
-#include <cstring>
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "../../kernels/cuda/common.cuh"
 #include "../include/gptoss.h"
-
-namespace gptoss::cuda {
-__global__ void embed_f32_bf16w(float*, const uint16_t*, const int32_t*, int64_t);
-__global__ void rmsnorm_f32_bf16w(float*, const float*, const uint16_t*, int64_t, float);
-__global__ void matmul_f32_bf16w(float*, const float*, const uint16_t*, const uint16_t*, int64_t, int64_t);
-__global__ void rope_f32(float*, float*, const int32_t*, const float*, float, int64_t, int64_t, int64_t);
-__global__ void kv_store_f32(float*, float*, const float*, const float*, const Segment*, int32_t, int32_t, int64_t, bool);
-__global__ void attention_f32(float*, const float*, const float*, const float*, const uint16_t*, const Segment*,
-                              int32_t, int32_t, int32_t, int32_t, int32_t);
-__global__ void moe_route_f32(int32_t*, float*, const float*, int64_t, int64_t, int32_t);
-__global__ void moe_gate_up_f32(float*, const float*, const int32_t*, const uint8_t*, const uint8_t*, const uint16_t*,
-                                int32_t, int64_t, int64_t, float);
-__global__ void moe_down_f32(float*, const float*, const int32_t*, const float*, const uint8_t*, const uint8_t*,
-                             const uint16_t*, int32_t, int64_t, int64_t);
-__global__ void add_f32(float*, const float*, const float*, int64_t);
-__global__ void gather_rows_f32(float*, const float*, const int32_t*, int64_t);
-}  // namespace gptoss::cuda
+#include "cuda_queue.cuh"
 
 using namespace gptoss::cuda;
 
@@ -49,41 +33,49 @@ struct gptoss_context {
   std::string last_error;
   std::vector<std::unique_ptr<gptoss_tensor>> tensors;
   std::vector<std::unique_ptr<gptoss_kv_pool>> pools;
-  std::vector<void*> temporaries;  // freed at the next flush
+  CommandQueue queue;
+  StepArena arena;
+  DescriptorStage descriptors;
+  std::vector<int32_t> descriptor;  // the attention call being validated (kept to reuse its memory)
+  int32_t* device_error = nullptr;  // DeviceError of the step's kernels
+  int32_t* host_error = nullptr;    // pinned copy read at flush
 };
 
 namespace {
 
 thread_local std::string g_create_error = "no error";
 
-struct Failure {
-  gptoss_status status;
-  std::string message;
-};
-
-[[noreturn]] void fail(gptoss_status status, const std::string& message) { throw Failure{status, message}; }
-
 size_t dtype_size(gptoss_dtype d) { return d == GPTOSS_BF16 ? 2 : d == GPTOSS_U8 ? 1 : 4; }
 
-void cuda_check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) fail(err == cudaErrorMemoryAllocation ? GPTOSS_OUT_OF_MEMORY : GPTOSS_INTERNAL,
-                               std::string(what) + ": " + cudaGetErrorString(err));
+const char* dtype_name(gptoss_dtype d) {
+  return d == GPTOSS_F32 ? "f32" : d == GPTOSS_BF16 ? "bf16" : d == GPTOSS_U8 ? "u8" : "i32";
+}
+
+std::string shape_text(const gptoss_tensor* t) {
+  std::string s = "[";
+  for (size_t i = 0; i < t->shape.size(); i++) s += (i ? ", " : "") + std::to_string(t->shape[i]);
+  return s + "] " + dtype_name(t->dtype);
 }
 
 const gptoss_tensor* need(const gptoss_tensor* t, const char* name, gptoss_dtype dtype) {
   if (!t) fail(GPTOSS_INVALID_ARGUMENT, std::string(name) + " is a null handle");
-  if (t->dtype != dtype) fail(GPTOSS_SHAPE_MISMATCH, std::string(name) + " has the wrong dtype");
+  if (t->dtype != dtype) {
+    fail(GPTOSS_SHAPE_MISMATCH, std::string(name) + " is " + shape_text(t) + ", expected dtype " + dtype_name(dtype));
+  }
   return t;
 }
 
 int64_t cols(const gptoss_tensor* t) { return t->shape.empty() ? 1 : t->shape.back(); }
 int64_t rows(const gptoss_tensor* t) { return t->shape.empty() ? 1 : t->numel / cols(t); }
-void expect(bool ok, const char* message) {
+void expect(bool ok, const std::string& message) {
   if (!ok) fail(GPTOSS_SHAPE_MISMATCH, message);
 }
 template <typename T>
 T* dev(const gptoss_tensor* t) {
   return static_cast<T*>(t->device);
+}
+unsigned blocks_for(int64_t n, int64_t per_block, int64_t cap = 65535) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min(cap, (n + per_block - 1) / per_block)));
 }
 
 template <typename F>
@@ -91,15 +83,43 @@ gptoss_status guard(gptoss_context* ctx, const char* op, F&& body) {
   if (!ctx) return GPTOSS_INVALID_ARGUMENT;
   try {
     body();
-    cuda_check(cudaGetLastError(), "launch");
     return GPTOSS_OK;
   } catch (const Failure& f) {
     ctx->last_error = std::string(op) + ": " + f.message;
     return f.status;
+  } catch (const std::bad_alloc&) {
+    ctx->last_error = std::string(op) + ": out of host memory";
+    return GPTOSS_OUT_OF_MEMORY;
   } catch (const std::exception& e) {
     ctx->last_error = std::string(op) + ": " + e.what();
     return GPTOSS_INTERNAL;
   }
+}
+
+/** Issues the recorded step and waits for it; scratch memory is taken back even when a command failed. */
+void run_step(gptoss_context* ctx) {
+  try {
+    ctx->queue.issue(ctx->stream);
+  } catch (...) {
+    cudaStreamSynchronize(ctx->stream);
+    ctx->arena.reset();
+    ctx->descriptors.reset();
+    throw;
+  }
+  cuda_check(cudaMemcpyAsync(ctx->host_error, ctx->device_error, sizeof(int32_t), cudaMemcpyDeviceToHost, ctx->stream),
+             "cudaMemcpyAsync");
+  const cudaError_t synced = cudaStreamSynchronize(ctx->stream);
+  ctx->queue.collect_profile();
+  ctx->arena.reset();
+  ctx->descriptors.reset();
+  cuda_check(synced, "cudaStreamSynchronize");
+  const int32_t code = *ctx->host_error;
+  if (code == kDeviceOk) return;
+  *ctx->host_error = 0;
+  cuda_check(cudaMemset(ctx->device_error, 0, sizeof(int32_t)), "cudaMemset");
+  fail(GPTOSS_INVALID_ARGUMENT, code == kEmbedIdOutOfRange     ? "embed_f32_bf16w: a token id is outside the table"
+                                : code == kGatherRowOutOfRange ? "gather_rows_f32: a row index is outside x"
+                                                               : "moe_mlp_f32_mxfp4w: an expert id is out of range");
 }
 
 gptoss_status make_tensor(gptoss_context* ctx, int32_t dtype, int32_t ndim, const int64_t* shape, const void* host,
@@ -119,10 +139,61 @@ gptoss_status make_tensor(gptoss_context* ctx, int32_t dtype, int32_t ndim, cons
     const size_t bytes = static_cast<size_t>(t->numel) * dtype_size(t->dtype);
     cuda_check(cudaMalloc(&t->device, bytes ? bytes : 1), "cudaMalloc");
     // Weights: one copy to the device at load (a GPU cannot compute from the host mapping).
-    if (host) cuda_check(cudaMemcpy(t->device, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy");
+    if (host) {
+      const cudaError_t copied = cudaMemcpy(t->device, host, bytes, cudaMemcpyHostToDevice);
+      if (copied != cudaSuccess) cudaFree(t->device);
+      cuda_check(copied, "cudaMemcpy");
+    }
     *out = t.get();
     ctx->tensors.push_back(std::move(t));
   });
+}
+
+/**
+ * Checks a gptoss_attention batch (the CPU library's rules) and builds its device form in ctx->descriptor:
+ * [Segment × count | the batch words], tables as offsets from the start. Returns the largest segment's tokens.
+ */
+int32_t build_descriptor(gptoss_context* ctx, const gptoss_tensor* q, const gptoss_kv_pool* pool,
+                         const gptoss_attention_args& a, const int32_t* batch, size_t batch_length) {
+  const int32_t count = batch_length > 0 ? batch[0] : -1;
+  if (count < 0) fail(GPTOSS_INVALID_ARGUMENT, "empty batch descriptor");
+  const int32_t header = count * 6;
+  std::vector<int32_t>& d = ctx->descriptor;
+  d.assign(static_cast<size_t>(header), 0);
+  d.insert(d.end(), batch, batch + batch_length);
+  // Blocks the layer's storage has (its kind, not the call's window, sized the allocation).
+  const int32_t layer_blocks = pool->windows[static_cast<size_t>(a.layer)] > 0 ? pool->spec.num_sliding_blocks
+                                                                               : pool->spec.num_full_blocks;
+  const int32_t block_size = pool->spec.block_size;
+  int32_t max_tokens = 0;
+  size_t at = 1;
+  for (int32_t s = 0; s < count; s++) {
+    if (at + 4 > batch_length) fail(GPTOSS_INVALID_ARGUMENT, "truncated batch descriptor");
+    const int32_t row_offset = batch[at], num_tokens = batch[at + 1], start = batch[at + 2], num_blocks = batch[at + 3];
+    at += 4;
+    if (num_blocks < 0 || at + 2 * static_cast<size_t>(num_blocks) > batch_length) {
+      fail(GPTOSS_INVALID_ARGUMENT, "truncated block tables");
+    }
+    const int32_t full_at = header + static_cast<int32_t>(at), sliding_at = full_at + num_blocks;
+    at += 2 * static_cast<size_t>(num_blocks);
+    const int64_t end = int64_t{start} + num_tokens;
+    if (row_offset < 0 || num_tokens < 0 || start < 0 || row_offset + int64_t{num_tokens} > rows(q)) {
+      fail(GPTOSS_INVALID_ARGUMENT, "segment rows out of range");
+    }
+    if ((end + block_size - 1) / block_size > num_blocks) {
+      fail(GPTOSS_INVALID_ARGUMENT, "block table too short for position " + std::to_string(end - 1));
+    }
+    // Every block a query of this step touches (and every block the step's keys are stored in) must exist.
+    const int64_t first = a.window > 0 ? std::max<int64_t>(0, start - a.window + 1) : 0;
+    const int32_t* table = batch + (a.window > 0 ? sliding_at : full_at) - header;
+    for (int64_t b = first / block_size; b * block_size < end; b++) {
+      if (table[b] < 0 || table[b] >= layer_blocks) fail(GPTOSS_INVALID_ARGUMENT, "invalid block id in table");
+    }
+    const int32_t fields[6] = {row_offset, num_tokens, start, num_blocks, full_at, sliding_at};
+    std::copy(fields, fields + 6, d.begin() + 6 * s);
+    max_tokens = std::max(max_tokens, num_tokens);
+  }
+  return max_tokens;
 }
 
 }  // namespace
@@ -134,6 +205,7 @@ uint32_t gptoss_abi_version(void) { return GPTOSS_ABI_VERSION; }
 const char* gptoss_backend_kind(void) { return "cuda"; }
 
 gptoss_status gptoss_context_create(int32_t num_threads, gptoss_context** out) {
+  (void)num_threads;
   if (!out) return GPTOSS_INVALID_ARGUMENT;
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
@@ -143,30 +215,44 @@ gptoss_status gptoss_context_create(int32_t num_threads, gptoss_context** out) {
   }
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
-  if (prop.major < 8) {
-    g_create_error = std::string("CUDA device ") + prop.name + " has compute capability " + std::to_string(prop.major) +
-                     "." + std::to_string(prop.minor) + ", below 8.0";
+  const std::string cc = std::to_string(prop.major) + "." + std::to_string(prop.minor);
+  if (prop.major < 7) {
+    g_create_error = std::string("CUDA device ") + prop.name + " has compute capability " + cc + ", below 7.0";
+    return GPTOSS_UNSUPPORTED;
+  }
+  cudaFuncAttributes attributes{};
+  if (cudaFuncGetAttributes(&attributes, add_f32) != cudaSuccess) {
+    cudaGetLastError();
+    g_create_error = std::string("this build of libgptoss_cuda.so has no code for ") + prop.name +
+                     " (compute capability " + cc + "); rebuild with a CUDA toolkit that targets it";
     return GPTOSS_UNSUPPORTED;
   }
   auto ctx = new gptoss_context();
-  if (cudaStreamCreate(&ctx->stream) != cudaSuccess) {
-    delete ctx;
+  if (cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking) != cudaSuccess ||
+      cudaMalloc(&ctx->device_error, sizeof(int32_t)) != cudaSuccess ||
+      cudaMallocHost(&ctx->host_error, sizeof(int32_t)) != cudaSuccess ||
+      cudaMemset(ctx->device_error, 0, sizeof(int32_t)) != cudaSuccess) {
+    g_create_error = std::string("CUDA context setup failed: ") + cudaGetErrorString(cudaGetLastError());
+    gptoss_context_destroy(ctx);
     return GPTOSS_INTERNAL;
   }
+  *ctx->host_error = 0;
   *out = ctx;
   return GPTOSS_OK;
 }
 
 void gptoss_context_destroy(gptoss_context* ctx) {
   if (!ctx) return;
-  cudaStreamSynchronize(ctx->stream);
+  if (ctx->stream) cudaStreamSynchronize(ctx->stream);
+  if (std::getenv("GPTOSS_PROFILE")) ctx->queue.print_profile();
   for (auto& t : ctx->tensors) cudaFree(t->device);
   for (auto& p : ctx->pools) {
     for (float* k : p->keys) cudaFree(k);
     for (float* v : p->values) cudaFree(v);
   }
-  for (void* p : ctx->temporaries) cudaFree(p);
-  cudaStreamDestroy(ctx->stream);
+  if (ctx->device_error) cudaFree(ctx->device_error);
+  if (ctx->host_error) cudaFreeHost(ctx->host_error);
+  if (ctx->stream) cudaStreamDestroy(ctx->stream);
   delete ctx;
 }
 
@@ -187,7 +273,8 @@ gptoss_status gptoss_tensor_write(gptoss_context* ctx, gptoss_tensor* tensor, co
   return guard(ctx, "tensor_write", [&] {
     if (!tensor || !data) fail(GPTOSS_INVALID_ARGUMENT, "null tensor or data");
     if (bytes != static_cast<size_t>(tensor->numel) * dtype_size(tensor->dtype)) fail(GPTOSS_SHAPE_MISMATCH, "size");
-    // Synchronous with respect to the host buffer, ordered after the work already enqueued on the stream.
+    if (!ctx->queue.empty()) run_step(ctx);  // "runs after what is enqueued"
+    // Synchronous with respect to the host buffer (the caller may reuse it at once).
     cuda_check(cudaMemcpyAsync(tensor->device, data, bytes, cudaMemcpyHostToDevice, ctx->stream), "cudaMemcpyAsync");
     cuda_check(cudaStreamSynchronize(ctx->stream), "cudaStreamSynchronize");
   });
@@ -207,6 +294,7 @@ void gptoss_tensor_free(gptoss_context* ctx, gptoss_tensor* tensor) {
   if (!ctx || !tensor) return;
   for (auto it = ctx->tensors.begin(); it != ctx->tensors.end(); ++it) {
     if (it->get() == tensor) {
+      if (!ctx->queue.empty()) gptoss_flush(ctx);  // recorded commands may still use it
       cudaStreamSynchronize(ctx->stream);
       cudaFree(tensor->device);
       ctx->tensors.erase(it);
@@ -219,6 +307,10 @@ gptoss_status gptoss_kv_pool_create(gptoss_context* ctx, const gptoss_kv_pool_sp
                                     gptoss_kv_pool** out) {
   return guard(ctx, "kv_pool_create", [&] {
     if (!spec || !out || (!layer_windows && spec->num_layers > 0)) fail(GPTOSS_INVALID_ARGUMENT, "null argument");
+    if (spec->num_layers < 0 || spec->num_key_value_heads <= 0 || spec->head_dim <= 0 || spec->block_size <= 0 ||
+        spec->num_full_blocks < 0 || spec->num_sliding_blocks < 0) {
+      fail(GPTOSS_INVALID_ARGUMENT, "bad pool spec");
+    }
     auto pool = std::make_unique<gptoss_kv_pool>();
     pool->spec = *spec;
     pool->bytes = 0;
@@ -229,8 +321,8 @@ gptoss_status gptoss_kv_pool_create(gptoss_context* ctx, const gptoss_kv_pool_sp
       const size_t bytes = static_cast<size_t>(blocks * spec->block_size * row) * sizeof(float);
       float *k = nullptr, *v = nullptr;
       cuda_check(cudaMalloc(&k, bytes ? bytes : 4), "cudaMalloc");
-      cuda_check(cudaMalloc(&v, bytes ? bytes : 4), "cudaMalloc");
       pool->keys.push_back(k);
+      cuda_check(cudaMalloc(&v, bytes ? bytes : 4), "cudaMalloc");
       pool->values.push_back(v);
       pool->bytes += 2 * bytes;
     }
@@ -244,121 +336,153 @@ uint64_t gptoss_kv_pool_bytes(gptoss_kv_pool* pool) { return pool ? pool->bytes 
 gptoss_status gptoss_embed(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* table, gptoss_tensor* ids) {
   return guard(ctx, "embed_f32_bf16w", [&] {
     need(out, "out", GPTOSS_F32), need(table, "table", GPTOSS_BF16), need(ids, "ids", GPTOSS_I32);
-    expect(table->shape.size() == 2 && cols(out) == cols(table) && rows(out) == ids->numel, "embed shapes");
-    if (ids->numel > 0) embed_f32_bf16w<<<ids->numel, 256, 0, ctx->stream>>>(dev<float>(out), dev<uint16_t>(table), dev<int32_t>(ids), cols(table));
+    expect(table->shape.size() == 2 && cols(out) == cols(table) && rows(out) == ids->numel,
+           "out " + shape_text(out) + ", table " + shape_text(table) + " and ids " + shape_text(ids) + " do not fit");
+    if (ids->numel == 0) return;
+    ctx->queue.launch("embed_f32_bf16w", embed_f32_bf16w, dim3(static_cast<unsigned>(ids->numel)), dim3(256), 0,
+                      dev<float>(out), dev<uint16_t>(table), dev<int32_t>(ids), rows(table), cols(table),
+                      ctx->device_error);
   });
 }
 
-gptoss_status gptoss_rmsnorm(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* weight, float eps) {
+gptoss_status gptoss_rmsnorm(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* weight,
+                             float eps) {
   return guard(ctx, "rmsnorm_f32_bf16w", [&] {
     need(out, "out", GPTOSS_F32), need(x, "x", GPTOSS_F32), need(weight, "weight", GPTOSS_BF16);
-    expect(out->numel == x->numel && weight->numel == cols(x), "rmsnorm shapes");
-    if (rows(x) > 0) rmsnorm_f32_bf16w<<<rows(x), 256, 0, ctx->stream>>>(dev<float>(out), dev<float>(x), dev<uint16_t>(weight), cols(x), eps);
+    expect(out->numel == x->numel && weight->numel == cols(x), "x " + shape_text(x) + " and weight do not fit");
+    if (x->numel == 0) return;
+    ctx->queue.launch("rmsnorm_f32_bf16w", rmsnorm_f32_bf16w, dim3(static_cast<unsigned>(rows(x))), dim3(256), 0,
+                      dev<float>(out), dev<float>(x), dev<uint16_t>(weight), cols(x), eps);
   });
 }
 
-gptoss_status gptoss_matmul(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* weight, gptoss_tensor* bias) {
+gptoss_status gptoss_matmul(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* weight,
+                            gptoss_tensor* bias) {
   return guard(ctx, "matmul_f32_bf16w", [&] {
     need(out, "out", GPTOSS_F32), need(x, "x", GPTOSS_F32), need(weight, "weight", GPTOSS_BF16);
     if (bias) need(bias, "bias", GPTOSS_BF16);
-    expect(weight->shape.size() == 2 && cols(x) == weight->shape[1] && cols(out) == weight->shape[0] && rows(out) == rows(x),
-           "matmul shapes");
-    const int64_t n = weight->shape[0];
-    const dim3 grid(static_cast<unsigned>((n + 7) / 8), static_cast<unsigned>(rows(x)));
-    if (rows(x) > 0) matmul_f32_bf16w<<<grid, 256, 0, ctx->stream>>>(dev<float>(out), dev<float>(x), dev<uint16_t>(weight),
-                                                                   bias ? dev<uint16_t>(bias) : nullptr, n, weight->shape[1]);
+    expect(weight->shape.size() == 2 && cols(x) == weight->shape[1] && cols(out) == weight->shape[0] &&
+               rows(out) == rows(x) && (!bias || bias->numel == weight->shape[0]),
+           "x " + shape_text(x) + " and out " + shape_text(out) + " do not match weight " + shape_text(weight));
+    const int64_t n = weight->shape[0], k = weight->shape[1], tokens = rows(x);
+    if (tokens == 0 || n == 0) return;
+    const uint16_t* b = bias ? dev<uint16_t>(bias) : nullptr;
+    const char* op = "matmul_f32_bf16w";
+    if (k % 8 == 0) {
+      const dim3 grid(blocks_for(n, 8, int64_t{1} << 31));
+      ctx->queue.launch(op, matmul_vec_kernel(tokens), grid, dim3(256), 0, dev<float>(out), dev<float>(x),
+                        dev<uint16_t>(weight), b, n, k, tokens);
+      return;
+    }
+    if (tokens > 65535) fail(GPTOSS_UNSUPPORTED, "more than 65535 tokens with K not a multiple of 8");
+    ctx->queue.launch(op, matmul_f32_bf16w, dim3(blocks_for(n, 8, int64_t{1} << 31), static_cast<unsigned>(tokens)),
+                      dim3(256), 0, dev<float>(out), dev<float>(x), dev<uint16_t>(weight), b, n, k);
   });
 }
 
 gptoss_status gptoss_rope(gptoss_context* ctx, gptoss_tensor* q, gptoss_tensor* k, gptoss_tensor* positions,
                           gptoss_tensor* inv_freq, float concentration) {
   return guard(ctx, "rope_f32", [&] {
-    need(q, "q", GPTOSS_F32), need(k, "k", GPTOSS_F32), need(positions, "positions", GPTOSS_I32), need(inv_freq, "inv_freq", GPTOSS_F32);
+    need(q, "q", GPTOSS_F32), need(k, "k", GPTOSS_F32), need(positions, "positions", GPTOSS_I32);
+    need(inv_freq, "inv_freq", GPTOSS_F32);
     const int64_t head_dim = inv_freq->numel * 2;
-    expect(head_dim > 0 && cols(q) % head_dim == 0 && cols(k) % head_dim == 0 && rows(q) == positions->numel, "rope shapes");
-    if (positions->numel > 0) rope_f32<<<positions->numel, 256, 0, ctx->stream>>>(dev<float>(q), dev<float>(k), dev<int32_t>(positions),
-                                                                               dev<float>(inv_freq), concentration, cols(q), cols(k), head_dim);
+    expect(head_dim > 0 && cols(q) % head_dim == 0 && cols(k) % head_dim == 0 && rows(q) == positions->numel &&
+               rows(k) == positions->numel,
+           "q " + shape_text(q) + ", k " + shape_text(k) + " and positions do not fit");
+    if (positions->numel == 0) return;
+    ctx->queue.launch("rope_f32", rope_f32, dim3(static_cast<unsigned>(positions->numel)), dim3(256), 0,
+                      dev<float>(q), dev<float>(k), dev<int32_t>(positions), dev<float>(inv_freq), concentration,
+                      cols(q), cols(k), head_dim);
   });
 }
 
-gptoss_status gptoss_attention(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* q, gptoss_tensor* k, gptoss_tensor* v,
-                               gptoss_tensor* sinks, gptoss_kv_pool* pool, const gptoss_attention_args* args,
-                               const int32_t* batch, size_t batch_length) {
+gptoss_status gptoss_attention(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* q, gptoss_tensor* k,
+                               gptoss_tensor* v, gptoss_tensor* sinks, gptoss_kv_pool* pool,
+                               const gptoss_attention_args* args, const int32_t* batch, size_t batch_length) {
   return guard(ctx, "attention_f32", [&] {
     need(out, "out", GPTOSS_F32), need(q, "q", GPTOSS_F32), need(k, "k", GPTOSS_F32), need(v, "v", GPTOSS_F32);
     need(sinks, "sinks", GPTOSS_BF16);
-    if (!pool || !args || !batch || batch_length == 0) fail(GPTOSS_INVALID_ARGUMENT, "null pool, args or batch");
+    if (!pool || !args || !batch) fail(GPTOSS_INVALID_ARGUMENT, "null pool, args or batch");
     const gptoss_attention_args a = *args;
-    if (a.layer < 0 || a.layer >= pool->spec.num_layers || a.head_dim > 256 || a.num_heads % a.num_key_value_heads != 0) {
-      fail(GPTOSS_INVALID_ARGUMENT, "bad attention arguments");
+    if (a.layer < 0 || a.layer >= pool->spec.num_layers) fail(GPTOSS_INVALID_ARGUMENT, "layer out of range");
+    if (a.num_key_value_heads != pool->spec.num_key_value_heads || a.head_dim != pool->spec.head_dim ||
+        a.num_key_value_heads <= 0 || a.num_heads % a.num_key_value_heads != 0 || a.head_dim > 256) {
+      fail(GPTOSS_SHAPE_MISMATCH, "heads do not match the pool (or head_dim over 256)");
     }
-    // The block tables go to the device once per call; segments point into that copy.
-    int32_t* words = nullptr;
-    cuda_check(cudaMalloc(&words, batch_length * sizeof(int32_t)), "cudaMalloc");
-    ctx->temporaries.push_back(words);
-    cuda_check(cudaMemcpyAsync(words, batch, batch_length * sizeof(int32_t), cudaMemcpyHostToDevice, ctx->stream), "copy");
-    std::vector<Segment> segments;
-    size_t at = 1;
-    int32_t max_tokens = 0;
-    for (int32_t s = 0; s < batch[0]; s++) {
-      if (at + 4 > batch_length) fail(GPTOSS_INVALID_ARGUMENT, "truncated batch descriptor");
-      Segment seg{batch[at], batch[at + 1], batch[at + 2], batch[at + 3], words + at + 4, words + at + 4 + batch[at + 3]};
-      at += 4 + 2 * static_cast<size_t>(seg.num_blocks);
-      if (at > batch_length) fail(GPTOSS_INVALID_ARGUMENT, "truncated block tables");
-      max_tokens = std::max(max_tokens, seg.num_tokens);
-      segments.push_back(seg);
-    }
-    Segment* device_segments = nullptr;
-    cuda_check(cudaMalloc(&device_segments, segments.size() * sizeof(Segment) + 1), "cudaMalloc");
-    ctx->temporaries.push_back(device_segments);
-    cuda_check(cudaMemcpyAsync(device_segments, segments.data(), segments.size() * sizeof(Segment), cudaMemcpyHostToDevice,
-                               ctx->stream), "copy");
-    cuda_check(cudaStreamSynchronize(ctx->stream), "sync");  // the host vector dies at return
-    if (segments.empty() || max_tokens == 0) return;
+    expect(cols(q) == int64_t{a.num_heads} * a.head_dim && cols(k) == int64_t{a.num_key_value_heads} * a.head_dim &&
+               k->numel == v->numel && out->numel == q->numel && sinks->numel == a.num_heads && rows(k) == rows(q),
+           "q " + shape_text(q) + ", k " + shape_text(k) + " or sinks do not match the heads");
+    const int32_t max_tokens = build_descriptor(ctx, q, pool, a, batch, batch_length);
+    const unsigned count = static_cast<unsigned>(batch[0]);
+    if (count == 0 || max_tokens == 0) return;
+    const int32_t* desc = ctx->descriptors.place(ctx->descriptor, [&](int32_t* dst, const int32_t* src, size_t bytes) {
+      ctx->queue.copy("attention_f32", dst, src, bytes, cudaMemcpyHostToDevice);
+    });
     const int64_t kv_width = int64_t{a.num_key_value_heads} * a.head_dim;
-    const dim3 store_grid(max_tokens, static_cast<unsigned>(segments.size()));
-    kv_store_f32<<<store_grid, 128, 0, ctx->stream>>>(pool->keys[a.layer], pool->values[a.layer], dev<float>(k), dev<float>(v),
-                                                       device_segments, static_cast<int32_t>(segments.size()),
-                                                       pool->spec.block_size, kv_width, a.window > 0);
-    const dim3 grid(max_tokens, a.num_heads, static_cast<unsigned>(segments.size()));
-    attention_f32<<<grid, 32, 0, ctx->stream>>>(dev<float>(out), dev<float>(q), pool->keys[a.layer], pool->values[a.layer],
-                                                dev<uint16_t>(sinks), device_segments, pool->spec.block_size, a.num_heads,
-                                                a.num_key_value_heads, a.head_dim, a.window);
+    float* keys = pool->keys[static_cast<size_t>(a.layer)];
+    float* values = pool->values[static_cast<size_t>(a.layer)];
+    ctx->queue.launch("attention_f32", kv_store_f32, dim3(static_cast<unsigned>(max_tokens), count), dim3(128), 0,
+                      keys, values, dev<float>(k), dev<float>(v), desc, pool->spec.block_size, kv_width,
+                      a.window > 0);
+    ctx->queue.launch("attention_f32", attention_f32,
+                      dim3(static_cast<unsigned>(max_tokens), static_cast<unsigned>(a.num_heads), count), dim3(32), 0,
+                      dev<float>(out), dev<float>(q), keys, values, dev<uint16_t>(sinks), desc,
+                      pool->spec.block_size, a.num_heads, a.num_key_value_heads, a.head_dim, a.window);
   });
 }
 
-gptoss_status gptoss_moe_route(gptoss_context* ctx, gptoss_tensor* ids, gptoss_tensor* weights, gptoss_tensor* logits, int32_t top_k) {
+gptoss_status gptoss_moe_route(gptoss_context* ctx, gptoss_tensor* ids, gptoss_tensor* weights, gptoss_tensor* logits,
+                               int32_t top_k) {
   return guard(ctx, "moe_route_f32", [&] {
     need(ids, "ids", GPTOSS_I32), need(weights, "weights", GPTOSS_F32), need(logits, "logits", GPTOSS_F32);
-    expect(top_k > 0 && top_k <= cols(logits) && ids->numel == rows(logits) * top_k, "route shapes");
-    if (rows(logits) > 0) moe_route_f32<<<(rows(logits) + 127) / 128, 128, 0, ctx->stream>>>(
-        dev<int32_t>(ids), dev<float>(weights), dev<float>(logits), rows(logits), cols(logits), top_k);
+    expect(top_k > 0 && top_k <= cols(logits) && ids->numel == rows(logits) * top_k && weights->numel == ids->numel,
+           "ids " + shape_text(ids) + " and logits " + shape_text(logits) + " do not fit top_k");
+    if (rows(logits) == 0) return;
+    ctx->queue.launch("moe_route_f32", moe_route_f32, dim3(blocks_for(rows(logits), 128, int64_t{1} << 31)),
+                      dim3(128), 0, dev<int32_t>(ids), dev<float>(weights), dev<float>(logits), rows(logits),
+                      cols(logits), top_k);
   });
 }
 
-gptoss_status gptoss_moe_mlp(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* ids, gptoss_tensor* weights,
-                             const gptoss_moe_weights* experts, const gptoss_moe_args* args) {
+gptoss_status gptoss_moe_mlp(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* ids,
+                             gptoss_tensor* weights, const gptoss_moe_weights* experts, const gptoss_moe_args* args) {
   return guard(ctx, "moe_mlp_f32_mxfp4w", [&] {
-    need(out, "out", GPTOSS_F32), need(x, "x", GPTOSS_F32), need(ids, "ids", GPTOSS_I32), need(weights, "weights", GPTOSS_F32);
+    need(out, "out", GPTOSS_F32), need(x, "x", GPTOSS_F32), need(ids, "ids", GPTOSS_I32);
+    need(weights, "weights", GPTOSS_F32);
     if (!experts || !args) fail(GPTOSS_INVALID_ARGUMENT, "null experts or args");
     const gptoss_moe_weights e = *experts;
     need(e.gate_up_blocks, "gate_up_blocks", GPTOSS_U8), need(e.gate_up_scales, "gate_up_scales", GPTOSS_U8);
     need(e.gate_up_bias, "gate_up_bias", GPTOSS_BF16), need(e.down_blocks, "down_blocks", GPTOSS_U8);
     need(e.down_scales, "down_scales", GPTOSS_U8), need(e.down_bias, "down_bias", GPTOSS_BF16);
-    const int64_t hidden = cols(x), inter = args->intermediate_size, slots = ids->numel;
+    const int64_t hidden = cols(x), inter = args->intermediate_size, tokens = rows(x), slots = ids->numel;
     const int32_t top_k = static_cast<int32_t>(cols(ids));
-    expect(out->numel == x->numel && rows(ids) == rows(x) && hidden % 32 == 0 && inter % 32 == 0, "moe shapes");
-    float* act = nullptr;
-    cuda_check(cudaMalloc(&act, static_cast<size_t>(slots * inter) * sizeof(float) + 4), "cudaMalloc");
-    ctx->temporaries.push_back(act);
-    cuda_check(cudaMemsetAsync(out->device, 0, static_cast<size_t>(out->numel) * sizeof(float), ctx->stream), "memset");
-    if (slots == 0) return;
-    moe_gate_up_f32<<<dim3((inter + 7) / 8, slots), 256, 0, ctx->stream>>>(
-        act, dev<float>(x), dev<int32_t>(ids), dev<uint8_t>(e.gate_up_blocks), dev<uint8_t>(e.gate_up_scales),
-        dev<uint16_t>(e.gate_up_bias), top_k, hidden, inter, args->swiglu_limit);
-    moe_down_f32<<<dim3((hidden + 7) / 8, slots), 256, 0, ctx->stream>>>(
-        dev<float>(out), act, dev<int32_t>(ids), dev<float>(weights), dev<uint8_t>(e.down_blocks), dev<uint8_t>(e.down_scales),
-        dev<uint16_t>(e.down_bias), top_k, hidden, inter);
+    const int64_t num_experts = e.gate_up_blocks->shape.empty() ? 0 : e.gate_up_blocks->shape[0];
+    expect(out->numel == x->numel && rows(ids) == tokens && weights->numel == slots && hidden % 32 == 0 &&
+               inter > 0 && inter % 32 == 0 && num_experts > 0 && num_experts <= 1024 &&
+               e.gate_up_blocks->numel == num_experts * 2 * inter * hidden / 2 &&
+               e.gate_up_scales->numel == num_experts * 2 * inter * hidden / 32 &&
+               e.gate_up_bias->numel == num_experts * 2 * inter &&
+               e.down_blocks->numel == num_experts * hidden * inter / 2 &&
+               e.down_scales->numel == num_experts * hidden * inter / 32 && e.down_bias->numel == num_experts * hidden,
+           "x " + shape_text(x) + ", ids " + shape_text(ids) + " and the experts " + shape_text(e.gate_up_blocks) +
+               " do not fit");
+    if (tokens == 0) return;
+    const int32_t E = static_cast<int32_t>(num_experts);
+    auto* plan = static_cast<int32_t*>(ctx->arena.take(static_cast<size_t>(2 + 2 * E + slots) * sizeof(int32_t)));
+    auto* act = static_cast<float*>(ctx->arena.take(static_cast<size_t>(slots * inter) * sizeof(float)));
+    auto* y = static_cast<float*>(ctx->arena.take(static_cast<size_t>(slots * hidden) * sizeof(float)));
+    const char* op = "moe_mlp_f32_mxfp4w";
+    auto& q = ctx->queue;
+    q.launch(op, moe_plan, dim3(1), dim3(1024), size_t(2 * E) * sizeof(int32_t), plan, dev<int32_t>(ids), slots, E,
+             ctx->device_error);
+    const unsigned active = static_cast<unsigned>(std::min<int64_t>(num_experts, slots));
+    q.launch(op, moe_gate_up_f32, dim3(blocks_for(inter, 8, int64_t{1} << 31), active), dim3(256), 0, act,
+             dev<float>(x), plan, dev<uint8_t>(e.gate_up_blocks), dev<uint8_t>(e.gate_up_scales),
+             dev<uint16_t>(e.gate_up_bias), E, top_k, hidden, inter, args->swiglu_limit);
+    q.launch(op, moe_down_f32, dim3(blocks_for(hidden, 8, int64_t{1} << 31), active), dim3(256), 0, y, act, plan,
+             dev<uint8_t>(e.down_blocks), dev<uint8_t>(e.down_scales), dev<uint16_t>(e.down_bias), E, hidden, inter);
+    q.launch(op, moe_combine_f32, dim3(blocks_for(tokens * hidden, 256, 8192)), dim3(256), 0, dev<float>(out), y,
+             dev<float>(weights), top_k, tokens, hidden);
   });
 }
 
@@ -366,8 +490,9 @@ gptoss_status gptoss_add(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor*
   return guard(ctx, "add_f32", [&] {
     need(out, "out", GPTOSS_F32), need(a, "a", GPTOSS_F32), need(b, "b", GPTOSS_F32);
     expect(out->numel == a->numel && a->numel == b->numel, "operands differ in size");
-    if (a->numel > 0) add_f32<<<static_cast<unsigned>(std::min<int64_t>((a->numel + 255) / 256, 4096)), 256, 0, ctx->stream>>>(
-        dev<float>(out), dev<float>(a), dev<float>(b), a->numel);
+    if (a->numel == 0) return;
+    ctx->queue.launch("add_f32", add_f32, dim3(blocks_for(a->numel, 256, 4096)), dim3(256), 0, dev<float>(out),
+                      dev<float>(a), dev<float>(b), a->numel);
   });
 }
 
@@ -375,16 +500,14 @@ gptoss_status gptoss_gather_rows(gptoss_context* ctx, gptoss_tensor* out, gptoss
   return guard(ctx, "gather_rows_f32", [&] {
     need(out, "out", GPTOSS_F32), need(x, "x", GPTOSS_F32), need(rows_t, "rows", GPTOSS_I32);
     expect(cols(out) == cols(x) && rows(out) == rows_t->numel, "gather shapes");
-    if (rows_t->numel > 0) gather_rows_f32<<<rows_t->numel, 256, 0, ctx->stream>>>(dev<float>(out), dev<float>(x), dev<int32_t>(rows_t), cols(x));
+    if (rows_t->numel == 0) return;
+    ctx->queue.launch("gather_rows_f32", gather_rows_f32, dim3(static_cast<unsigned>(rows_t->numel)), dim3(256), 0,
+                      dev<float>(out), dev<float>(x), dev<int32_t>(rows_t), rows(x), cols(x), ctx->device_error);
   });
 }
 
 gptoss_status gptoss_flush(gptoss_context* ctx) {
-  return guard(ctx, "flush", [&] {
-    cuda_check(cudaStreamSynchronize(ctx->stream), "cudaStreamSynchronize");
-    for (void* p : ctx->temporaries) cudaFree(p);
-    ctx->temporaries.clear();
-  });
+  return guard(ctx, "flush", [&] { run_step(ctx); });
 }
 
 }  // extern "C"

@@ -1,0 +1,274 @@
+// The CUDA context's machinery below the ABI: the command queue and its CUDA graphs, per-step scratch memory, the
+// pinned staging area for attention descriptors, the device error word and per-op profiling. Included once, by
+// ffi/src/gptoss_cuda.cu.
+//
+// Ops only validate and record commands (a kernel launch with its arguments, a copy, a memset); gptoss_flush runs
+// them. Each command also appends its launch parameters and argument bits to the step's key. When a step's key
+// equals the previous step's (a decode step: same tensors, same shapes), the step is captured once as a CUDA graph
+// and later steps with that key replay it: one launch instead of ~15 per layer. What varies between such steps
+// (token ids, positions, block tables) lives in device tensors or in the pinned descriptor area, whose copy nodes
+// read it again at every replay. GPTOSS_CUDA_GRAPHS=0 launches every command directly; GPTOSS_PROFILE=1 times
+// each op with events (and launches directly) and prints the totals when the context is destroyed.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+struct Failure {
+  gptoss_status status;
+  std::string message;
+};
+
+[[noreturn]] inline void fail(gptoss_status status, const std::string& message) { throw Failure{status, message}; }
+
+inline void cuda_check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    fail(err == cudaErrorMemoryAllocation ? GPTOSS_OUT_OF_MEMORY : GPTOSS_INTERNAL,
+         std::string(what) + ": " + cudaGetErrorString(err));
+  }
+}
+
+/** Device memory handed out in order during a step and taken back whole at flush; it grows by replacement. */
+class StepArena {
+ public:
+  void* take(size_t bytes) {
+    bytes = (bytes + 255) / 256 * 256;
+    if (used_ + bytes > capacity_) {
+      // The old buffer may still be read by commands of this step: it is freed at the next reset.
+      if (base_) retired_.push_back(base_);
+      capacity_ = std::max<size_t>({capacity_ * 2, bytes * 2, size_t{16} << 20});
+      base_ = nullptr;
+      used_ = 0;
+      cuda_check(cudaMalloc(&base_, capacity_), "cudaMalloc (step scratch)");
+    }
+    void* p = static_cast<char*>(base_) + used_;
+    used_ += bytes;
+    return p;
+  }
+  void reset() {
+    for (void* p : retired_) cudaFree(p);
+    retired_.clear();
+    used_ = 0;
+  }
+  ~StepArena() {
+    reset();
+    if (base_) cudaFree(base_);
+  }
+
+ private:
+  void* base_ = nullptr;
+  size_t capacity_ = 0, used_ = 0;
+  std::vector<void*> retired_;
+};
+
+/**
+ * Attention descriptors: written into pinned host memory at enqueue and copied to the device by a command of the
+ * step, so no op allocates or synchronizes. Layers of one step share their tables: an identical descriptor is
+ * copied once and reused.
+ */
+class DescriptorStage {
+ public:
+  /** The device address of `words` for commands of this step (one copy command is recorded when it is new). */
+  template <typename Record>
+  const int32_t* place(const std::vector<int32_t>& words, Record&& record_copy) {
+    if (words == last_ && last_at_ != SIZE_MAX) return device_ + last_at_;
+    if (used_ + words.size() > capacity_) grow(words.size());
+    std::memcpy(host_ + used_, words.data(), words.size() * sizeof(int32_t));
+    record_copy(device_ + used_, host_ + used_, words.size() * sizeof(int32_t));
+    last_ = words;
+    last_at_ = used_;
+    used_ += (words.size() + 63) / 64 * 64;  // 256-byte aligned starts
+    return device_ + last_at_;
+  }
+  void reset() {
+    for (int32_t* p : retired_device_) cudaFree(p);
+    for (int32_t* p : retired_host_) cudaFreeHost(p);
+    retired_device_.clear();
+    retired_host_.clear();
+    used_ = 0;
+    last_at_ = SIZE_MAX;
+  }
+  ~DescriptorStage() {
+    reset();
+    if (device_) cudaFree(device_);
+    if (host_) cudaFreeHost(host_);
+  }
+
+ private:
+  void grow(size_t need) {
+    if (device_) retired_device_.push_back(device_), retired_host_.push_back(host_);
+    capacity_ = std::max<size_t>({capacity_ * 2, need * 2, size_t{1} << 18});
+    device_ = nullptr;
+    host_ = nullptr;
+    used_ = 0;
+    last_at_ = SIZE_MAX;
+    cuda_check(cudaMalloc(&device_, capacity_ * sizeof(int32_t)), "cudaMalloc (descriptors)");
+    cuda_check(cudaMallocHost(&host_, capacity_ * sizeof(int32_t)), "cudaMallocHost (descriptors)");
+  }
+  int32_t* device_ = nullptr;
+  int32_t* host_ = nullptr;
+  size_t capacity_ = 0, used_ = 0, last_at_ = SIZE_MAX;
+  std::vector<int32_t> last_;
+  std::vector<int32_t*> retired_device_, retired_host_;
+};
+
+/** One recorded command: the public op it belongs to and how to issue it on a stream. */
+struct Command {
+  const char* op;
+  std::function<void(cudaStream_t)> issue;
+};
+
+inline uint64_t bits_of(const void* p) { return reinterpret_cast<uintptr_t>(p); }
+inline uint64_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+template <typename T, typename = std::enable_if_t<std::is_integral_v<T>>>
+uint64_t bits_of(T v) {
+  return static_cast<uint64_t>(v);
+}
+
+/** The queue of one context: commands of the current step, its key, and the graph of the last repeated key. */
+class CommandQueue {
+ public:
+  CommandQueue() {
+    const char* graphs = std::getenv("GPTOSS_CUDA_GRAPHS");
+    graphs_ = !(graphs && std::strcmp(graphs, "0") == 0);
+    profile_ = std::getenv("GPTOSS_PROFILE") != nullptr;
+  }
+
+  /** Records kernel<<<grid, block, shared>>>(args...) for op `op`. */
+  template <typename... Params, typename... Args>
+  void launch(const char* op, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, Args... args) {
+    std::tuple<Params...> packed(static_cast<Params>(args)...);
+    sign(bits_of(reinterpret_cast<const void*>(kernel)), grid.x, grid.y, grid.z, block.x, shared);
+    std::apply([&](const auto&... a) { sign(bits_of(a)...); }, packed);
+    commands_.push_back({op, [=](cudaStream_t s) {
+                           std::apply([&](auto... a) { kernel<<<grid, block, shared, s>>>(a...); }, packed);
+                         }});
+  }
+
+  void copy(const char* op, void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    sign(1, bits_of(dst), bits_of(src), bytes, static_cast<uint64_t>(kind));
+    commands_.push_back({op, [=](cudaStream_t s) { cudaMemcpyAsync(dst, src, bytes, kind, s); }});
+  }
+
+  void zero(const char* op, void* dst, size_t bytes) {
+    sign(2, bits_of(dst), bytes);
+    commands_.push_back({op, [=](cudaStream_t s) { cudaMemsetAsync(dst, 0, bytes, s); }});
+  }
+
+  bool empty() const { return commands_.empty(); }
+
+  /** Issues the step's commands on `stream` (replaying or capturing a graph where it can); the caller syncs. */
+  void issue(cudaStream_t stream) {
+    if (commands_.empty()) return;
+    try {
+      issue_step(stream);
+    } catch (...) {
+      commands_.clear();
+      key_.clear();
+      previous_key_.clear();
+      throw;
+    }
+    previous_key_.swap(key_);
+    key_.clear();
+    commands_.clear();
+  }
+
+ private:
+  void issue_step(cudaStream_t stream) {
+    if (graphs_ && !profile_ && exec_ && key_ == graph_key_) {
+      cuda_check(cudaGraphLaunch(exec_, stream), "cudaGraphLaunch");
+      graph_launches_++;
+    } else if (graphs_ && !profile_ && key_ == previous_key_) {
+      capture_and_launch(stream);
+    } else {
+      issue_directly(stream);
+    }
+  }
+
+ public:
+
+  /** After the stream synchronized: adds this step's event times to the per-op totals. */
+  void collect_profile() {
+    for (auto& [op, events] : timed_) {
+      float ms = 0;
+      if (cudaEventElapsedTime(&ms, events.first, events.second) == cudaSuccess) profile_ms_[op] += ms;
+      cudaEventDestroy(events.first);
+      cudaEventDestroy(events.second);
+    }
+    timed_.clear();
+  }
+
+  void print_profile() const {
+    for (const auto& [op, ms] : profile_ms_) std::fprintf(stderr, "gptoss profile %-22s %10.1f ms\n", op.c_str(), ms);
+    std::fprintf(stderr, "gptoss cuda graphs: %llu launched, %llu captured\n",
+                 static_cast<unsigned long long>(graph_launches_), static_cast<unsigned long long>(captures_));
+  }
+
+  ~CommandQueue() {
+    if (exec_) cudaGraphExecDestroy(exec_);
+  }
+
+ private:
+  template <typename... Words>
+  void sign(Words... words) {
+    (key_.push_back(static_cast<uint64_t>(words)), ...);
+  }
+
+  void issue_directly(cudaStream_t stream) {
+    for (const Command& c : commands_) {
+      cudaEvent_t start = nullptr, stop = nullptr;
+      if (profile_) {
+        cudaEventCreate(&start), cudaEventCreate(&stop);
+        cudaEventRecord(start, stream);
+      }
+      c.issue(stream);
+      const cudaError_t err = cudaGetLastError();
+      if (err != cudaSuccess) fail(GPTOSS_INTERNAL, std::string(c.op) + ": launch: " + cudaGetErrorString(err));
+      if (profile_) {
+        cudaEventRecord(stop, stream);
+        timed_.emplace_back(c.op, std::make_pair(start, stop));
+      }
+    }
+  }
+
+  void capture_and_launch(cudaStream_t stream) {
+    cudaGraph_t graph = nullptr;
+    cuda_check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    for (const Command& c : commands_) c.issue(stream);
+    const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+    if (ended != cudaSuccess || !graph) {
+      cudaGetLastError();
+      graphs_ = false;  // this device or driver cannot capture these commands: launch them one by one from now on
+      issue_directly(stream);
+      return;
+    }
+    if (exec_) cudaGraphExecDestroy(exec_), exec_ = nullptr;
+    const cudaError_t made = cudaGraphInstantiate(&exec_, graph, 0);
+    cudaGraphDestroy(graph);
+    cuda_check(made, "cudaGraphInstantiate");
+    graph_key_ = key_;
+    captures_++;
+    cuda_check(cudaGraphLaunch(exec_, stream), "cudaGraphLaunch");
+    graph_launches_++;
+  }
+
+  std::vector<Command> commands_;
+  std::vector<uint64_t> key_, previous_key_, graph_key_;
+  cudaGraphExec_t exec_ = nullptr;
+  bool graphs_ = true, profile_ = false;
+  uint64_t graph_launches_ = 0, captures_ = 0;
+  std::vector<std::pair<const char*, std::pair<cudaEvent_t, cudaEvent_t>>> timed_;
+  std::map<std::string, double> profile_ms_;
+};
