@@ -3,7 +3,7 @@
 # against the reference, golden parity, the API golden replay, the no-device/device ABI tests, then the 20b preset
 # at batch 1/8/32 (prefill and decode tokens/s, batch-1 decode as a fraction of the copy bandwidth measured in the
 # same run), with CUDA graphs on and off, and a per-op profile. Results land in $OUT (default ./cuda-check):
-# summary.json (the numbers), tests.txt, bench*.json, profile.txt, log.txt.
+# summary.json (the numbers), tests.txt, bench*.json, profile1.txt, profile32.txt, log.txt.
 #
 # What it needs beside the repository, for a machine without network (see DEVELOPERS' notes in bench/README.md):
 #   .gpu/deno.xz              xz -T2 -c "$(which deno)" > .gpu/deno.xz
@@ -26,7 +26,7 @@ fi
 [ -d node_modules ] || { [ -f .gpu/node_modules.tar.xz ] && tar -xJf .gpu/node_modules.tar.xz; }
 [ -d ../shared/golden ] || { [ -f .gpu/shared.tar.xz ] && tar -C .. -xJf .gpu/shared.tar.xz; }
 export DENO_NO_UPDATE_CHECK=1 NO_COLOR=1 NPM_CONFIG_REGISTRY=${NPM_CONFIG_REGISTRY:-http://127.0.0.1:9/}  # no network there: fail fast
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
 
 step "build"
 bash ffi/build.sh > /tmp/build-native.txt 2>&1 &
@@ -34,7 +34,7 @@ native_build=$!
 GPTOSS_CUDA_ARCH=${GPTOSS_CUDA_ARCH:-90a} bash ffi/build_cuda.sh || { echo "CUDA build failed"; exit 1; }
 grep -A2 "moe_gate_up\|moe_down\|matmul_f32_bf16w_vec\|attention_f32" build/ptxas.txt | grep "Used\|spill" | head -12
 wait $native_build || cat /tmp/build-native.txt
-deno run -A src/main.ts probe | tee "$OUT/probe.json"
+deno run -A src/main.ts probe
 
 step "tests: ABI, conformance, golden parity, API golden replay (cuda only)"
 timeout 300 deno test -A --parallel --filter "/cuda|CUDA/" tests/native_abi_test.ts tests/backend_conformance_test.ts \
@@ -49,18 +49,19 @@ fi
 
 step "bench: graphs on, batch 1/8/32"
 decode=${CHECK_DECODE:-64}
-timeout 150 deno run -A bench/model_speed.ts --dir /tmp/preset-20b --backend cuda --prompt 32 --decode "$decode" \
+GPTOSS_PROFILE=steps timeout 150 deno run -A bench/model_speed.ts --dir /tmp/preset-20b --backend cuda --prompt 32 --decode "$decode" \
   --batch 1,8,32 > "$OUT/bench.json" 2>&1
-cat "$OUT/bench.json" | head -60
+grep -v "^\s*\"\(checkpoint\|backend\|layers\|prefill_tokens\|decode_tokens\|weight_bytes_per_token\|bandwidth_source\)\"" "$OUT/bench.json"
 step "bench: graphs off, batch 1"
-GPTOSS_CUDA_GRAPHS=0 timeout 90 deno run -A bench/model_speed.ts --dir /tmp/preset-20b --backend cuda --prompt 32 \
+GPTOSS_PROFILE=steps GPTOSS_CUDA_GRAPHS=0 timeout 90 deno run -A bench/model_speed.ts --dir /tmp/preset-20b --backend cuda --prompt 32 \
   --decode "$decode" --batch 1 > "$OUT/bench-nographs.json" 2>&1
-grep -E "decode_tokens_per_s|prefill_tokens_per_s|fraction" "$OUT/bench-nographs.json"
-step "profile: batch 1 and 32, per op"
-GPTOSS_PROFILE=1 timeout 90 deno run -A bench/model_speed.ts --dir /tmp/preset-20b --backend cuda --prompt 32 \
-  --decode 16 --batch 1,32 > "$OUT/profile.txt" 2>&1
-grep "gptoss" "$OUT/profile.txt"
-
+grep -E "decode_tokens_per_s|prefill_tokens_per_s|fraction|gptoss" "$OUT/bench-nographs.json"
+step "profile: per op (graphs off) at batch 1 and 32; host time per flush"
+for batch in 1 32; do
+  GPTOSS_PROFILE=1 timeout 90 deno run -A bench/model_speed.ts --dir /tmp/preset-20b --backend cuda --prompt 32 \
+    --decode 16 --batch "$batch" > "$OUT/profile$batch.txt" 2>&1
+  echo "batch $batch:"; grep "gptoss" "$OUT/profile$batch.txt"
+done
 step "summary"
 python3 - "$OUT" "$tests_rc" <<'EOF'
 import json, re, sys

@@ -8,10 +8,12 @@
 // and later steps with that key replay it: one launch instead of ~15 per layer. What varies between such steps
 // (token ids, positions, block tables) lives in device tensors or in the pinned descriptor area, whose copy nodes
 // read it again at every replay. GPTOSS_CUDA_GRAPHS=0 launches every command directly; GPTOSS_PROFILE=1 times
-// each op with events (and launches directly) and prints the totals when the context is destroyed.
+// each op with events (and launches directly) and prints the totals when the context is destroyed;
+// GPTOSS_PROFILE=steps prints only the host time per flush and the graph counts (graphs stay on).
 #pragma once
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -143,7 +145,8 @@ class CommandQueue {
   CommandQueue() {
     const char* graphs = std::getenv("GPTOSS_CUDA_GRAPHS");
     graphs_ = !(graphs && std::strcmp(graphs, "0") == 0);
-    profile_ = std::getenv("GPTOSS_PROFILE") != nullptr;
+    const char* profile = std::getenv("GPTOSS_PROFILE");
+    profile_ = profile && std::strcmp(profile, "steps") != 0;  // "steps": host times and graph counts only
   }
 
   /** Records kernel<<<grid, block, shared>>>(args...) for op `op`. */
@@ -210,8 +213,16 @@ class CommandQueue {
     timed_.clear();
   }
 
+  /** Host time of a flush: `issue_ms` spent launching, `wait_ms` waiting for the device; since the last flush. */
+  void add_step_times(double enqueue_ms, double issue_ms, double wait_ms) {
+    steps_++;
+    enqueue_ms_ += enqueue_ms, issue_ms_ += issue_ms, wait_ms_ += wait_ms;
+  }
+
   void print_profile() const {
     for (const auto& [op, ms] : profile_ms_) std::fprintf(stderr, "gptoss profile %-22s %10.1f ms\n", op.c_str(), ms);
+    std::fprintf(stderr, "gptoss host: %llu flushes; between flushes (enqueue) %.1f ms, issuing %.1f ms, waiting %.1f ms\n",
+                 static_cast<unsigned long long>(steps_), enqueue_ms_, issue_ms_, wait_ms_);
     std::fprintf(stderr, "gptoss cuda graphs: %llu launched, %llu captured\n",
                  static_cast<unsigned long long>(graph_launches_), static_cast<unsigned long long>(captures_));
   }
@@ -268,7 +279,8 @@ class CommandQueue {
   std::vector<uint64_t> key_, previous_key_, graph_key_;
   cudaGraphExec_t exec_ = nullptr;
   bool graphs_ = true, profile_ = false;
-  uint64_t graph_launches_ = 0, captures_ = 0;
+  uint64_t graph_launches_ = 0, captures_ = 0, steps_ = 0;
+  double enqueue_ms_ = 0, issue_ms_ = 0, wait_ms_ = 0;
   std::vector<std::pair<const char*, std::pair<cudaEvent_t, cudaEvent_t>>> timed_;
   std::map<std::string, double> profile_ms_;
 };

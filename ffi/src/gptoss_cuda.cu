@@ -39,6 +39,7 @@ struct gptoss_context {
   std::vector<int32_t> descriptor;  // the attention call being validated (kept to reuse its memory)
   int32_t* device_error = nullptr;  // DeviceError of the step's kernels
   int32_t* host_error = nullptr;    // pinned copy read at flush
+  std::chrono::steady_clock::time_point last_flush = std::chrono::steady_clock::now();
 };
 
 namespace {
@@ -98,6 +99,12 @@ gptoss_status guard(gptoss_context* ctx, const char* op, F&& body) {
 
 /** Issues the recorded step and waits for it; scratch memory is taken back even when a command failed. */
 void run_step(gptoss_context* ctx) {
+  using Clock = std::chrono::steady_clock;
+  const auto ms = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+  };
+  const Clock::time_point start = Clock::now();
+  const bool had_work = !ctx->queue.empty();
   try {
     ctx->queue.issue(ctx->stream);
   } catch (...) {
@@ -108,7 +115,11 @@ void run_step(gptoss_context* ctx) {
   }
   cuda_check(cudaMemcpyAsync(ctx->host_error, ctx->device_error, sizeof(int32_t), cudaMemcpyDeviceToHost, ctx->stream),
              "cudaMemcpyAsync");
+  const Clock::time_point issued = Clock::now();
   const cudaError_t synced = cudaStreamSynchronize(ctx->stream);
+  const Clock::time_point done = Clock::now();
+  if (had_work) ctx->queue.add_step_times(ms(ctx->last_flush, start), ms(start, issued), ms(issued, done));
+  ctx->last_flush = done;
   ctx->queue.collect_profile();
   ctx->arena.reset();
   ctx->descriptors.reset();
@@ -363,7 +374,7 @@ gptoss_status gptoss_matmul(gptoss_context* ctx, gptoss_tensor* out, gptoss_tens
     if (bias) need(bias, "bias", GPTOSS_BF16);
     expect(weight->shape.size() == 2 && cols(x) == weight->shape[1] && cols(out) == weight->shape[0] &&
                rows(out) == rows(x) && (!bias || bias->numel == weight->shape[0]),
-           "x " + shape_text(x) + " and out " + shape_text(out) + " do not match weight " + shape_text(weight));
+           "x " + shape_text(x) + " (out " + shape_text(out) + ") does not match weight " + shape_text(weight));
     const int64_t n = weight->shape[0], k = weight->shape[1], tokens = rows(x);
     if (tokens == 0 || n == 0) return;
     const uint16_t* b = bias ? dev<uint16_t>(bias) : nullptr;
@@ -476,11 +487,13 @@ gptoss_status gptoss_moe_mlp(gptoss_context* ctx, gptoss_tensor* out, gptoss_ten
     q.launch(op, moe_plan, dim3(1), dim3(1024), size_t(2 * E) * sizeof(int32_t), plan, dev<int32_t>(ids), slots, E,
              ctx->device_error);
     const unsigned active = static_cast<unsigned>(std::min<int64_t>(num_experts, slots));
-    q.launch(op, moe_gate_up_f32, dim3(blocks_for(inter, 8, int64_t{1} << 31), active), dim3(256), 0, act,
-             dev<float>(x), plan, dev<uint8_t>(e.gate_up_blocks), dev<uint8_t>(e.gate_up_scales),
-             dev<uint16_t>(e.gate_up_bias), E, top_k, hidden, inter, args->swiglu_limit);
-    q.launch(op, moe_down_f32, dim3(blocks_for(hidden, 8, int64_t{1} << 31), active), dim3(256), 0, y, act, plan,
-             dev<uint8_t>(e.down_blocks), dev<uint8_t>(e.down_scales), dev<uint16_t>(e.down_bias), E, hidden, inter);
+    const unsigned pairs_up = blocks_for(inter, 8, int64_t{1} << 31), pairs_down = blocks_for(hidden / 2, 8, int64_t{1} << 31);
+    q.launch(op, moe_pairs_kernel(true, slots), dim3(pairs_up, active), dim3(256), 0, act, dev<float>(x), plan,
+             dev<uint8_t>(e.gate_up_blocks), dev<uint8_t>(e.gate_up_scales), dev<uint16_t>(e.gate_up_bias), E, top_k,
+             hidden, 2 * inter, args->swiglu_limit);
+    q.launch(op, moe_pairs_kernel(false, slots), dim3(pairs_down, active), dim3(256), 0, y, act, plan,
+             dev<uint8_t>(e.down_blocks), dev<uint8_t>(e.down_scales), dev<uint16_t>(e.down_bias), E, top_k, inter,
+             hidden, 0.f);
     q.launch(op, moe_combine_f32, dim3(blocks_for(tokens * hidden, 256, 8192)), dim3(256), 0, dev<float>(out), y,
              dev<float>(weights), top_k, tokens, hidden);
   });

@@ -36,12 +36,6 @@ __device__ __forceinline__ float dot8_bf16(uint4 w, const float* x) {
   return s;
 }
 
-/** FP4 E2M1 values by nibble (bit 3 = sign), for a kernel to copy into shared memory (no divergent constant reads). */
-__device__ __forceinline__ float fp4_value(int nibble) {
-  const float magnitude[8] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f};
-  return nibble & 8 ? -magnitude[nibble & 7] : magnitude[nibble & 7];
-}
-
 /** 2^(s − 127) exactly (s = 0 gives 2^-127, subnormal). */
 __device__ __forceinline__ float e8m0(uint8_t s) {
   return s == 0 ? 5.877471754111438e-39f : __uint_as_float(static_cast<uint32_t>(s) << 23);
@@ -76,10 +70,9 @@ __global__ void attention_f32(float*, const float*, const float*, const float*, 
                               int32_t, int32_t, int32_t, int32_t, int32_t);
 __global__ void moe_route_f32(int32_t*, float*, const float*, int64_t, int64_t, int32_t);
 __global__ void moe_plan(int32_t*, const int32_t*, int64_t, int32_t, int32_t*);
-__global__ void moe_gate_up_f32(float*, const float*, const int32_t*, const uint8_t*, const uint8_t*, const uint16_t*,
-                                int32_t, int32_t, int64_t, int64_t, float);
-__global__ void moe_down_f32(float*, const float*, const int32_t*, const uint8_t*, const uint8_t*, const uint16_t*,
-                             int32_t, int64_t, int64_t);
+void (*moe_pairs_kernel(bool gate_up, int64_t slots))(float*, const float*, const int32_t*, const uint8_t*,
+                                                      const uint8_t*, const uint16_t*, int32_t, int32_t, int64_t,
+                                                      int64_t, float);
 __global__ void moe_combine_f32(float*, const float*, const float*, int32_t, int64_t, int64_t);
 __global__ void add_f32(float*, const float*, const float*, int64_t);
 __global__ void gather_rows_f32(float*, const float*, const int32_t*, int64_t, int64_t, int32_t*);

@@ -1,5 +1,5 @@
 // matmul_f32_bf16w: out[T, N] = x[T, K] · W[N, K]ᵀ + b. One warp per weight row; bf16 widened in registers.
-// The vector kernel (K a multiple of 8) streams each row in 16-byte loads, four in flight per lane, and dots every
+// The vector kernel (K a multiple of 8) streams each row in 16-byte loads, eight in flight per lane, and dots every
 // load with TT tokens at once; a token's sum runs in the same order whatever TT is, so results do not depend on
 // how many tokens share the step (batch invariance). The scalar kernel serves any K.
 #include "common.cuh"
@@ -9,7 +9,7 @@ template <int TT>
 __global__ void __launch_bounds__(256) matmul_f32_bf16w_vec(float* out, const float* x, const uint16_t* weight,
                                                             const uint16_t* bias, int64_t n, int64_t k,
                                                             int64_t tokens) {
-  constexpr int kUnroll = 4, kStep = 32 * 8;  // a warp covers 256 weights per load
+  constexpr int kUnroll = 8, kStep = 32 * 8;  // a warp covers 256 weights per load
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (row >= n) return;
   const int lane = threadIdx.x % 32;

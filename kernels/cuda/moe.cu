@@ -1,8 +1,8 @@
 // The MoE MLP on MXFP4 experts, grouped by expert so each weight row is read once per step whatever the batch:
 //   moe_route_f32    top-k of the router logits (ties: lowest index), softmax over the k
 //   moe_plan         which experts the step uses and, per expert, its (token, slot) list
-//   moe_gate_up_f32  per used expert, one warp per output pair: rows 2i (glu) and 2i + 1 (linear), SwiGLU
-//   moe_down_f32     per used expert, one warp per hidden row: y[slot, r]
+//   moe_pairs_f32    per used expert, one warp per two adjacent rows: gate_up rows 2i (glu) and 2i + 1 (linear)
+//                    into SwiGLU, or two hidden rows of down: y[slot, r]
 //   moe_combine_f32  out[t, r] = Σ_j w[t, j] · y[t·k + j, r] in slot order (deterministic: no atomics)
 // A slot's sums run in the same order whatever else shares its expert (batch invariance).
 #include "common.cuh"
@@ -68,18 +68,19 @@ __global__ void moe_plan(int32_t* plan, const int32_t* ids, int64_t slots, int32
 }
 
 namespace {
-constexpr int kTile = 4;  // slots dotted with each decoded weight block
-
-/** The 32 weights of one MXFP4 block, decoded through the shared table (unscaled). */
-__device__ __forceinline__ void decode_block(uint4 packed, const float* lut, float* w) {
+/**
+ * The 32 weights of one MXFP4 block, unscaled, without a table: an E2M1 nibble s·e1e0·m put where an f32 keeps its
+ * sign, exponent's low bits and mantissa's top bit reads as the FP4 value × 2^-126 (e = 0 gives the subnormal 0.5
+ * step); one exact multiply by 2^126 restores it.
+ */
+__device__ __forceinline__ void decode_block(uint4 packed, float* w) {
   const uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
 #pragma unroll
   for (int q = 0; q < 4; q++) {
 #pragma unroll
-    for (int b = 0; b < 4; b++) {
-      const uint32_t byte = (words[q] >> (8 * b)) & 0xffu;
-      w[8 * q + 2 * b] = lut[byte & 15u];
-      w[8 * q + 2 * b + 1] = lut[byte >> 4];
+    for (int n = 0; n < 8; n++) {
+      const uint32_t nibble = (words[q] >> (4 * n)) & 15u;
+      w[8 * q + n] = __uint_as_float(((nibble & 8u) << 28) | ((nibble & 7u) << 22)) * 8.507059173023462e37f;
     }
   }
 }
@@ -97,105 +98,88 @@ __device__ __forceinline__ float dot32(const float* w, const float* x) {
   return s;
 }
 
-__device__ __forceinline__ void fill_lut(float* lut) {
-  if (threadIdx.x < 16) lut[threadIdx.x] = fp4_value(static_cast<int>(threadIdx.x));
-  __syncthreads();
-}
+constexpr int kLoads = 8;  // 16-byte blocks each lane has in flight: a 20b row pair (180 blocks) in one pass
 }  // namespace
 
-/** Grid (⌈I / 8⌉, min(E, slots)), 256 threads: warp = output pair i of active expert blockIdx.y. */
-__global__ void __launch_bounds__(256) moe_gate_up_f32(float* act, const float* x, const int32_t* plan,
-                                                       const uint8_t* blocks, const uint8_t* scales,
-                                                       const uint16_t* bias, int32_t num_experts, int32_t top_k,
-                                                       int64_t hidden, int64_t intermediate, float limit) {
-  __shared__ float lut[16];
-  fill_lut(lut);
+/**
+ * Two adjacent rows (2p, 2p + 1) of an active expert, one warp, dotted with every slot routed to it, TT slots at a
+ * time. The pair is 2·K/32 contiguous MXFP4 blocks: lane l takes blocks l, l + 32, …, all loads issued before any
+ * use. kGateUp: the rows are glu and linear, the output is SwiGLU (out [slots, rows/2]); else the rows are two hidden
+ * rows of the down projection (out [slots, rows]). A slot's sum runs in the same order for any TT.
+ */
+template <int TT, bool kGateUp>
+__global__ void __launch_bounds__(256) moe_pairs_f32(float* out, const float* in, const int32_t* plan,
+                                                     const uint8_t* blocks, const uint8_t* scales,
+                                                     const uint16_t* bias, int32_t num_experts, int32_t top_k,
+                                                     int64_t k, int64_t rows, float limit) {
   const int32_t a = blockIdx.y;
   if (a >= plan[0]) return;
   const int32_t E = num_experts, e = plan[1 + a], begin = plan[1 + E + a], end = plan[2 + E + a];
   const int32_t* lists = plan + 2 + 2 * E;
-  const int64_t pair = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-  if (pair >= intermediate) return;
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (2 * p >= rows) return;
   const int lane = threadIdx.x % 32;
-  const int64_t hb = hidden / 32, row0 = static_cast<int64_t>(e) * 2 * intermediate + 2 * pair;
-  const uint8_t* b0 = blocks + row0 * hb * 16;
-  const uint8_t* b1 = b0 + hb * 16;
-  const uint8_t* s0 = scales + row0 * hb;
-  const uint8_t* s1 = s0 + hb;
+  const int64_t nb = k / 32, row0 = static_cast<int64_t>(e) * rows + 2 * p;
+  const uint8_t* pair_blocks = blocks + row0 * nb * 16;
+  const uint8_t* pair_scales = scales + row0 * nb;
   const float bias0 = bf16_to_f32(bias[row0]), bias1 = bf16_to_f32(bias[row0 + 1]);
-  for (int32_t c = begin; c < end; c += kTile) {
-    float acc0[kTile], acc1[kTile];
-    const float* xt[kTile];
+  const int64_t width = kGateUp ? rows / 2 : rows;
+  for (int32_t c = begin; c < end; c += TT) {
+    float acc0[TT], acc1[TT];
+    const float* xt[TT];
 #pragma unroll
-    for (int t = 0; t < kTile; t++) {
+    for (int t = 0; t < TT; t++) {
       acc0[t] = acc1[t] = 0.f;
-      xt[t] = x + static_cast<int64_t>(lists[min(c + t, end - 1)] / top_k) * hidden;
+      const int32_t slot = lists[min(c + t, end - 1)];
+      xt[t] = in + static_cast<int64_t>(kGateUp ? slot / top_k : slot) * k;
     }
-    for (int64_t g = lane; g < hb; g += 32) {
-      float w0[32], w1[32];
-      decode_block(load_stream(b0 + g * 16), lut, w0);
-      decode_block(load_stream(b1 + g * 16), lut, w1);
-      const float sc0 = e8m0(s0[g]), sc1 = e8m0(s1[g]);
+    for (int64_t base = lane; base < 2 * nb; base += 32 * kLoads) {
+      uint4 packed[kLoads];
 #pragma unroll
-      for (int t = 0; t < kTile; t++) {
-        if (c + t < end) {
-          acc0[t] = fmaf(dot32(w0, xt[t] + g * 32), sc0, acc0[t]);
-          acc1[t] = fmaf(dot32(w1, xt[t] + g * 32), sc1, acc1[t]);
+      for (int j = 0; j < kLoads; j++) {
+        const int64_t b = base + 32 * j;
+        packed[j] = b < 2 * nb ? load_stream(pair_blocks + b * 16) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int j = 0; j < kLoads; j++) {
+        const int64_t b = base + 32 * j;
+        if (b >= 2 * nb) break;
+        const bool second = b >= nb;
+        const int64_t g = second ? b - nb : b;
+        const float scale = e8m0(pair_scales[b]);
+        float w[32];
+        decode_block(packed[j], w);
+#pragma unroll
+        for (int t = 0; t < TT; t++) {
+          const float v = dot32(w, xt[t] + g * 32) * scale;
+          if (second) acc1[t] += v;
+          else acc0[t] += v;
         }
       }
     }
 #pragma unroll
-    for (int t = 0; t < kTile; t++) {
+    for (int t = 0; t < TT; t++) {
       const float h0 = warp_sum(acc0[t]) + bias0, h1 = warp_sum(acc1[t]) + bias1;
-      if (lane == 0 && c + t < end) {
+      if (lane != 0 || c + t >= end) continue;
+      const int64_t slot = lists[c + t];
+      if (kGateUp) {
         const float glu = fminf(h0, limit), lin = fmaxf(-limit, fminf(h1, limit));
-        act[static_cast<int64_t>(lists[c + t]) * intermediate + pair] = glu / (1.f + expf(-1.702f * glu)) * (lin + 1.f);
+        out[slot * width + p] = glu / (1.f + expf(-1.702f * glu)) * (lin + 1.f);
+      } else {
+        out[slot * width + 2 * p] = h0;
+        out[slot * width + 2 * p + 1] = h1;
       }
     }
   }
 }
 
-/** Grid (⌈H / 8⌉, min(E, slots)), 256 threads: warp = hidden row r of active expert blockIdx.y; y[slot, r]. */
-__global__ void __launch_bounds__(256) moe_down_f32(float* y, const float* act, const int32_t* plan,
-                                                    const uint8_t* blocks, const uint8_t* scales,
-                                                    const uint16_t* bias, int32_t num_experts, int64_t hidden,
-                                                    int64_t intermediate) {
-  __shared__ float lut[16];
-  fill_lut(lut);
-  const int32_t a = blockIdx.y;
-  if (a >= plan[0]) return;
-  const int32_t E = num_experts, e = plan[1 + a], begin = plan[1 + E + a], end = plan[2 + E + a];
-  const int32_t* lists = plan + 2 + 2 * E;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-  if (r >= hidden) return;
-  const int lane = threadIdx.x % 32;
-  const int64_t ib = intermediate / 32, row = static_cast<int64_t>(e) * hidden + r;
-  const uint8_t* b = blocks + row * ib * 16;
-  const uint8_t* s = scales + row * ib;
-  const float bias_r = bf16_to_f32(bias[row]);
-  for (int32_t c = begin; c < end; c += kTile) {
-    float acc[kTile];
-    const float* at[kTile];
-#pragma unroll
-    for (int t = 0; t < kTile; t++) {
-      acc[t] = 0.f;
-      at[t] = act + static_cast<int64_t>(lists[min(c + t, end - 1)]) * intermediate;
-    }
-    for (int64_t g = lane; g < ib; g += 32) {
-      float w[32];
-      decode_block(load_stream(b + g * 16), lut, w);
-      const float sc = e8m0(s[g]);
-#pragma unroll
-      for (int t = 0; t < kTile; t++) {
-        if (c + t < end) acc[t] = fmaf(dot32(w, at[t] + g * 32), sc, acc[t]);
-      }
-    }
-#pragma unroll
-    for (int t = 0; t < kTile; t++) {
-      const float v = warp_sum(acc[t]) + bias_r;
-      if (lane == 0 && c + t < end) y[static_cast<int64_t>(lists[c + t]) * hidden + r] = v;
-    }
-  }
+using MoePairsKernel = void (*)(float*, const float*, const int32_t*, const uint8_t*, const uint8_t*, const uint16_t*,
+                                int32_t, int32_t, int64_t, int64_t, float);
+
+/** The pair kernel for a step of `slots` (token, expert) slots: one slot per pass when few, else four. */
+MoePairsKernel moe_pairs_kernel(bool gate_up, int64_t slots) {
+  if (slots <= 8) return gate_up ? moe_pairs_f32<1, true> : moe_pairs_f32<1, false>;
+  return gate_up ? moe_pairs_f32<4, true> : moe_pairs_f32<4, false>;
 }
 
 /** out[t, r] = Σ_j w[t, j] · y[t·k + j, r]; y must be zeroed where a slot was left out (bad expert id). */
