@@ -56,10 +56,10 @@ step "bench: graphs off, batch 1"
 GPTOSS_PROFILE=steps GPTOSS_CUDA_GRAPHS=0 timeout 90 deno run -A bench/model_speed.ts --dir /tmp/preset-20b --backend cuda --prompt 32 \
   --decode "$decode" --batch 1 > "$OUT/bench-nographs.json" 2>&1
 grep -E "decode_tokens_per_s|prefill_tokens_per_s|fraction|gptoss" "$OUT/bench-nographs.json"
-step "profile: per op (graphs off) at batch 1 and 32; host time per flush"
+step "profile: per op (graphs off) of decode steps (1-token prompts) at batch 1 and 32; host time per flush"
 for batch in 1 32; do
-  GPTOSS_PROFILE=1 timeout 90 deno run -A bench/model_speed.ts --dir /tmp/preset-20b --backend cuda --prompt 32 \
-    --decode 16 --batch "$batch" > "$OUT/profile$batch.txt" 2>&1
+  GPTOSS_PROFILE=1 timeout 90 deno run -A bench/model_speed.ts --dir /tmp/preset-20b --backend cuda --prompt 1 \
+    --decode 32 --batch "$batch" > "$OUT/profile$batch.txt" 2>&1
   echo "batch $batch:"; grep "gptoss" "$OUT/profile$batch.txt"
 done
 step "summary"

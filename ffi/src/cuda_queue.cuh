@@ -4,8 +4,8 @@
 //
 // Ops only validate and record commands (a kernel launch with its arguments, a copy, a memset); gptoss_flush runs
 // them. Each command also appends its launch parameters and argument bits to the step's key. When a step's key
-// equals the previous step's (a decode step: same tensors, same shapes), the step is captured once as a CUDA graph
-// and later steps with that key replay it: one launch instead of ~15 per layer. What varies between such steps
+// was seen in one of the last few steps (a decode step: same tensors, same shapes), the step is captured once as a
+// CUDA graph (a few are kept) and later steps with that key replay it: one launch instead of ~15 per layer. What varies between such steps
 // (token ids, positions, block tables) lives in device tensors or in the pinned descriptor area, whose copy nodes
 // read it again at every replay. GPTOSS_CUDA_GRAPHS=0 launches every command directly; GPTOSS_PROFILE=1 times
 // each op with events (and launches directly) and prints the totals when the context is destroyed;
@@ -13,6 +13,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -180,24 +181,52 @@ class CommandQueue {
     } catch (...) {
       commands_.clear();
       key_.clear();
-      previous_key_.clear();
       throw;
     }
-    previous_key_.swap(key_);
     key_.clear();
     commands_.clear();
   }
 
  private:
+  /** A captured step: its key and executable graph; `used` orders eviction. */
+  struct Graph {
+    uint64_t hash;
+    std::vector<uint64_t> key;
+    cudaGraphExec_t exec;
+    uint64_t used;
+  };
+  static constexpr size_t kGraphs = 4, kHistory = 4;
+
+  static uint64_t hash_of(const std::vector<uint64_t>& key) {
+    uint64_t h = 1469598103934665603ull;
+    for (uint64_t w : key) h = (h ^ w) * 1099511628211ull;
+    return h;
+  }
+
+  // A key seen among the last few steps is captured (decode alternates between a few keys: the TS side hands
+  // freed tensors back in another order, and every 16 tokens a block is added); a captured key is replayed.
   void issue_step(cudaStream_t stream) {
-    if (graphs_ && !profile_ && exec_ && key_ == graph_key_) {
-      cuda_check(cudaGraphLaunch(exec_, stream), "cudaGraphLaunch");
-      graph_launches_++;
-    } else if (graphs_ && !profile_ && key_ == previous_key_) {
-      capture_and_launch(stream);
-    } else {
-      issue_directly(stream);
+    const uint64_t hash = hash_of(key_);
+    clock_++;
+    if (graphs_ && !profile_) {
+      for (Graph& g : graphs_cache_) {
+        if (g.hash == hash && g.key == key_) {
+          g.used = clock_;
+          cuda_check(cudaGraphLaunch(g.exec, stream), "cudaGraphLaunch");
+          graph_launches_++;
+          return;
+        }
+      }
+      const bool seen = std::find(history_.begin(), history_.end(), hash) != history_.end();
+      remember(hash);
+      if (seen) return capture_and_launch(stream, hash);
     }
+    issue_directly(stream);
+  }
+
+  void remember(uint64_t hash) {
+    history_.push_back(hash);
+    if (history_.size() > kHistory) history_.erase(history_.begin());
   }
 
  public:
@@ -228,7 +257,7 @@ class CommandQueue {
   }
 
   ~CommandQueue() {
-    if (exec_) cudaGraphExecDestroy(exec_);
+    for (Graph& g : graphs_cache_) cudaGraphExecDestroy(g.exec);
   }
 
  private:
@@ -254,7 +283,7 @@ class CommandQueue {
     }
   }
 
-  void capture_and_launch(cudaStream_t stream) {
+  void capture_and_launch(cudaStream_t stream, uint64_t hash) {
     cudaGraph_t graph = nullptr;
     cuda_check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
     for (const Command& c : commands_) c.issue(stream);
@@ -265,19 +294,27 @@ class CommandQueue {
       issue_directly(stream);
       return;
     }
-    if (exec_) cudaGraphExecDestroy(exec_), exec_ = nullptr;
-    const cudaError_t made = cudaGraphInstantiate(&exec_, graph, 0);
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     cuda_check(made, "cudaGraphInstantiate");
-    graph_key_ = key_;
+    if (graphs_cache_.size() == kGraphs) {
+      auto oldest = std::min_element(graphs_cache_.begin(), graphs_cache_.end(),
+                                     [](const Graph& a, const Graph& b) { return a.used < b.used; });
+      cudaGraphExecDestroy(oldest->exec);
+      graphs_cache_.erase(oldest);
+    }
+    graphs_cache_.push_back({hash, key_, exec, clock_});
     captures_++;
-    cuda_check(cudaGraphLaunch(exec_, stream), "cudaGraphLaunch");
+    cuda_check(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
     graph_launches_++;
   }
 
   std::vector<Command> commands_;
-  std::vector<uint64_t> key_, previous_key_, graph_key_;
-  cudaGraphExec_t exec_ = nullptr;
+  std::vector<uint64_t> key_;
+  std::vector<Graph> graphs_cache_;
+  std::vector<uint64_t> history_;
+  uint64_t clock_ = 0;
   bool graphs_ = true, profile_ = false;
   uint64_t graph_launches_ = 0, captures_ = 0, steps_ = 0;
   double enqueue_ms_ = 0, issue_ms_ = 0, wait_ms_ = 0;

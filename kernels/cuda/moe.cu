@@ -69,46 +69,48 @@ __global__ void moe_plan(int32_t* plan, const int32_t* ids, int64_t slots, int32
 
 namespace {
 /**
- * The 32 weights of one MXFP4 block, unscaled, without a table: an E2M1 nibble s·e1e0·m put where an f32 keeps its
- * sign, exponent's low bits and mantissa's top bit reads as the FP4 value × 2^-126 (e = 0 gives the subnormal 0.5
- * step); one exact multiply by 2^126 restores it.
+ * 8 weights of an MXFP4 block (one 32-bit word: 8 nibbles, low nibble first), unscaled, without a table: an E2M1
+ * nibble s·e1e0·m put where an f32 keeps its sign, exponent's low bits and mantissa's top bit reads as the FP4 value
+ * × 2^-126 (e = 0 gives the subnormal 0.5 step); one exact multiply by 2^126 restores it.
  */
-__device__ __forceinline__ void decode_block(uint4 packed, float* w) {
-  const uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
+__device__ __forceinline__ void decode_word(uint32_t word, float* w) {
 #pragma unroll
-  for (int q = 0; q < 4; q++) {
-#pragma unroll
-    for (int n = 0; n < 8; n++) {
-      const uint32_t nibble = (words[q] >> (4 * n)) & 15u;
-      w[8 * q + n] = __uint_as_float(((nibble & 8u) << 28) | ((nibble & 7u) << 22)) * 8.507059173023462e37f;
-    }
+  for (int n = 0; n < 8; n++) {
+    const uint32_t nibble = (word >> (4 * n)) & 15u;
+    w[n] = __uint_as_float(((nibble & 8u) << 28) | ((nibble & 7u) << 22)) * 8.507059173023462e37f;
   }
 }
 
-__device__ __forceinline__ float dot32(const float* w, const float* x) {
-  float s = 0.f;
-#pragma unroll
-  for (int j = 0; j < 32; j += 4) {
-    const float4 v = *reinterpret_cast<const float4*>(x + j);
-    s = fmaf(w[j], v.x, s);
-    s = fmaf(w[j + 1], v.y, s);
-    s = fmaf(w[j + 2], v.z, s);
-    s = fmaf(w[j + 3], v.w, s);
-  }
-  return s;
+__device__ __forceinline__ float dot8(const float* w, const float* x) {
+  const float4 a = *reinterpret_cast<const float4*>(x), b = *reinterpret_cast<const float4*>(x + 4);
+  float s = w[0] * a.x;
+  s = fmaf(w[1], a.y, s);
+  s = fmaf(w[2], a.z, s);
+  s = fmaf(w[3], a.w, s);
+  s = fmaf(w[4], b.x, s);
+  s = fmaf(w[5], b.y, s);
+  s = fmaf(w[6], b.z, s);
+  return fmaf(w[7], b.w, s);
 }
 
-constexpr int kLoads = 8;  // 16-byte blocks each lane has in flight: a 20b row pair (180 blocks) in one pass
+__device__ __forceinline__ uint32_t load_word_stream(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+
+constexpr int kWords = 24;  // 4-byte words each lane has in flight: a 20b row pair (720 words) in one pass
 }  // namespace
 
 /**
  * Two adjacent rows (2p, 2p + 1) of an active expert, one warp, dotted with every slot routed to it, TT slots at a
- * time. The pair is 2·K/32 contiguous MXFP4 blocks: lane l takes blocks l, l + 32, …, all loads issued before any
- * use. kGateUp: the rows are glu and linear, the output is SwiGLU (out [slots, rows/2]); else the rows are two hidden
- * rows of the down projection (out [slots, rows]). A slot's sum runs in the same order for any TT.
+ * time. The pair is 2·K/32 contiguous MXFP4 blocks = 8·K/16 words; lane l takes words l, l + 32, … (all loads issued
+ * before any use), so a warp reads 128 contiguous bytes of weights and, per token, 1 KB of contiguous activations
+ * per step (coalesced). kGateUp: the rows are glu and linear, the output is SwiGLU (out [slots, rows/2]); else they
+ * are two hidden rows of the down projection (out [slots, rows]). A slot's sum runs in the same order for any TT.
  */
 template <int TT, bool kGateUp>
-__global__ void __launch_bounds__(256) moe_pairs_f32(float* out, const float* in, const int32_t* plan,
+__global__ void __launch_bounds__(256, 2) moe_pairs_f32(float* out, const float* in, const int32_t* plan,
                                                      const uint8_t* blocks, const uint8_t* scales,
                                                      const uint16_t* bias, int32_t num_experts, int32_t top_k,
                                                      int64_t k, int64_t rows, float limit) {
@@ -119,8 +121,8 @@ __global__ void __launch_bounds__(256) moe_pairs_f32(float* out, const float* in
   const int64_t p = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (2 * p >= rows) return;
   const int lane = threadIdx.x % 32;
-  const int64_t nb = k / 32, row0 = static_cast<int64_t>(e) * rows + 2 * p;
-  const uint8_t* pair_blocks = blocks + row0 * nb * 16;
+  const int64_t nb = k / 32, words = 8 * nb, row0 = static_cast<int64_t>(e) * rows + 2 * p;
+  const uint32_t* pair_words = reinterpret_cast<const uint32_t*>(blocks + row0 * nb * 16);
   const uint8_t* pair_scales = scales + row0 * nb;
   const float bias0 = bf16_to_f32(bias[row0]), bias1 = bf16_to_f32(bias[row0 + 1]);
   const int64_t width = kGateUp ? rows / 2 : rows;
@@ -133,25 +135,25 @@ __global__ void __launch_bounds__(256) moe_pairs_f32(float* out, const float* in
       const int32_t slot = lists[min(c + t, end - 1)];
       xt[t] = in + static_cast<int64_t>(kGateUp ? slot / top_k : slot) * k;
     }
-    for (int64_t base = lane; base < 2 * nb; base += 32 * kLoads) {
-      uint4 packed[kLoads];
+    for (int64_t base = lane; base < words; base += 32 * kWords) {
+      uint32_t packed[kWords];
 #pragma unroll
-      for (int j = 0; j < kLoads; j++) {
-        const int64_t b = base + 32 * j;
-        packed[j] = b < 2 * nb ? load_stream(pair_blocks + b * 16) : make_uint4(0, 0, 0, 0);
+      for (int j = 0; j < kWords; j++) {
+        const int64_t w = base + 32 * j;
+        packed[j] = w < words ? load_word_stream(pair_words + w) : 0u;
       }
 #pragma unroll
-      for (int j = 0; j < kLoads; j++) {
-        const int64_t b = base + 32 * j;
-        if (b >= 2 * nb) break;
+      for (int j = 0; j < kWords; j++) {
+        const int64_t w = base + 32 * j, b = w / 4;
+        if (w >= words) break;
         const bool second = b >= nb;
-        const int64_t g = second ? b - nb : b;
+        const int64_t at = (second ? b - nb : b) * 32 + (w % 4) * 8;  // first activation of these 8 weights
         const float scale = e8m0(pair_scales[b]);
-        float w[32];
-        decode_block(packed[j], w);
+        float wv[8];
+        decode_word(packed[j], wv);
 #pragma unroll
         for (int t = 0; t < TT; t++) {
-          const float v = dot32(w, xt[t] + g * 32) * scale;
+          const float v = dot8(wv, xt[t] + at) * scale;
           if (second) acc1[t] += v;
           else acc0[t] += v;
         }
