@@ -68,9 +68,12 @@ const gptoss_tensor* need(const gptoss_tensor* t, const char* name, gptoss_dtype
 
 int64_t cols(const gptoss_tensor* t) { return t->shape.empty() ? 1 : t->shape.back(); }
 int64_t rows(const gptoss_tensor* t) { return t->shape.empty() ? 1 : t->numel / cols(t); }
-void expect(bool ok, const std::string& message) {
-  if (!ok) fail(GPTOSS_SHAPE_MISMATCH, message);
-}
+// A shape check whose message (often several shape_text strings) is built only when it fails: ops run per layer per
+// step, so a message built eagerly costs more than the check.
+#define expect(condition, message)                                \
+  do {                                                            \
+    if (!(condition)) fail(GPTOSS_SHAPE_MISMATCH, (message));     \
+  } while (0)
 template <typename T>
 T* dev(const gptoss_tensor* t) {
   return static_cast<T*>(t->device);

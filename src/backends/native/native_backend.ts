@@ -119,7 +119,31 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
 
   const attentionArgs = new Int32Array(5);
   const moeArgs = new DataView(new ArrayBuffer(8));
-  const moeWeights = new BigUint64Array(6);
+  // Every layer of a step passes the same batch, and each layer the same experts: their encodings are made once (the
+  // batch's until the next flush: a caller may build its next step's batch in the same object).
+  let lastBatch: AttentionOptions["batch"] | undefined;
+  let lastWords = new Int32Array(0);
+  const batchWords = (batch: AttentionOptions["batch"]): Int32Array => {
+    if (batch === lastBatch) return lastWords;
+    const list: number[] = [batch.segments.length];
+    for (const seg of batch.segments) {
+      const numBlocks = seg.fullBlocks.length;
+      list.push(seg.rowOffset, seg.numTokens, seg.startPosition, numBlocks, ...seg.fullBlocks);
+      for (let b = 0; b < numBlocks; b++) list.push(b < seg.slidingBlocks.length ? seg.slidingBlocks[b] : -1);
+    }
+    lastBatch = batch;
+    lastWords = Int32Array.from(list);
+    return lastWords;
+  };
+  const expertCache = new WeakMap<MoeMlpOptions["weights"], BigUint64Array>();
+  const expertHandles = (w: MoeMlpOptions["weights"]): BigUint64Array => {
+    let handles = expertCache.get(w);
+    if (handles) return handles;
+    const tensors = [w.gateUpBlocks, w.gateUpScales, w.gateUpBias, w.downBlocks, w.downScales, w.downBias];
+    handles = BigUint64Array.from(tensors.map((t) => BigInt(Deno.UnsafePointer.value(handleOf(t, "moeMlp")))));
+    expertCache.set(w, handles);
+    return handles;
+  };
 
   const ops: Ops = {
     embed(o, table, ids) {
@@ -165,13 +189,7 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
         throw new BackendError("attention: the pool does not belong to the native backend", "attention");
       }
       attentionArgs.set([opt.layer, opt.numHeads, opt.numKeyValueHeads, opt.headDim, opt.window]);
-      const words: number[] = [opt.batch.segments.length];
-      for (const seg of opt.batch.segments) {
-        const numBlocks = seg.fullBlocks.length;
-        words.push(seg.rowOffset, seg.numTokens, seg.startPosition, numBlocks, ...seg.fullBlocks);
-        for (let b = 0; b < numBlocks; b++) words.push(b < seg.slidingBlocks.length ? seg.slidingBlocks[b] : -1);
-      }
-      const batch = Int32Array.from(words);
+      const batch = batchWords(opt.batch);
       check(
         s.gptoss_attention(
           ctx,
@@ -201,9 +219,7 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
       );
     },
     moeMlp(o, x, ids, weights, opt: MoeMlpOptions) {
-      const w = opt.weights;
-      const tensors = [w.gateUpBlocks, w.gateUpScales, w.gateUpBias, w.downBlocks, w.downScales, w.downBias];
-      tensors.forEach((t, i) => (moeWeights[i] = BigInt(Deno.UnsafePointer.value(handleOf(t, "moeMlp")))));
+      const moeWeights = expertHandles(opt.weights);
       moeArgs.setInt32(0, opt.intermediateSize, true);
       moeArgs.setFloat32(4, opt.swigluLimit, true);
       check(
@@ -286,10 +302,12 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
     },
     ops,
     async flush(): Promise<void> {
+      lastBatch = undefined;
       check(await s.gptoss_flush(ctx), "flush");
     },
     async read(tensor: DeviceTensor): Promise<Float32Array | Int32Array> {
       const t = tensor as NativeTensor;
+      lastBatch = undefined;
       check(await s.gptoss_flush(ctx), "flush");
       const result = t.dtype === "i32" ? new Int32Array(t.bytes / 4) : new Float32Array(t.bytes / 4);
       if (t.dtype !== "f32" && t.dtype !== "i32") {
