@@ -23,7 +23,7 @@ else
   gencode+=(-gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_86,code=sm_86
     -gencode arch=compute_89,code=sm_89 -gencode arch=compute_90a,code=sm_90a -gencode "arch=$lowest,code=$lowest")
 fi
-"$NVCC" -std=c++17 -O3 -shared -Xcompiler -fPIC -cudart static --threads 0 -Xptxas -v "${gencode[@]}" \
+"$NVCC" -std=c++17 -O3 -shared -Xcompiler -fPIC -cudart static -Xptxas -v "${gencode[@]}" \
   -o build/libgptoss_cuda.so ffi/src/gptoss_cuda.cu kernels/cuda/*.cu 2> build/ptxas.txt || { cat build/ptxas.txt >&2; exit 1; }
 grep -v "^ptxas info    : \(Compiling\|Function properties\)\|bytes stack frame, 0 bytes spill" build/ptxas.txt | grep -i "warning\|error\|spill" >&2 || true
 echo "built build/libgptoss_cuda.so"

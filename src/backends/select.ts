@@ -65,7 +65,7 @@ function probeCuda(): ProbeResult {
     const status = library.symbols.gptoss_context_create(1, out);
     if (status !== 0) return result(false, Deno.UnsafePointerView.getCString(library.symbols.gptoss_last_error(null)!));
     library.symbols.gptoss_context_destroy(Deno.UnsafePointer.create(out[0]));
-    return result(true, "build/libgptoss_cuda.so loaded and a CUDA device of compute capability 8.0 or later answered");
+    return result(true, "build/libgptoss_cuda.so loaded and a CUDA device it has code for answered");
   } finally {
     library.close();
   }
