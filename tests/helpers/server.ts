@@ -2,6 +2,21 @@
 
 const MAIN = new URL("../../src/main.ts", import.meta.url).pathname;
 
+/**
+ * The environment of a child server: Mesa's Vulkan (WebGPU on lavapipe) prints two stderr lines when
+ * XDG_RUNTIME_DIR is unset, which would break the one-line error checks on a machine where it is (a fresh shell, CI
+ * containers); such a child gets a private directory of this test process.
+ */
+let runtimeDir: string | undefined;
+function childEnv(extra: Record<string, string> | undefined): Record<string, string> {
+  if (!Deno.env.get("XDG_RUNTIME_DIR") && runtimeDir === undefined) {
+    const dir = Deno.makeTempDirSync({ prefix: "gpt-oss-xdg-" });
+    runtimeDir = dir;
+    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+  }
+  return { NO_COLOR: "1", ...(runtimeDir ? { XDG_RUNTIME_DIR: runtimeDir } : {}), ...extra };
+}
+
 /** A running server process. */
 export interface ServerProcess {
   readonly child: Deno.ChildProcess;
@@ -20,7 +35,7 @@ export async function runCli(
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const output = await new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-all", "--unstable-no-legacy-abort", MAIN, ...args],
-    env: { NO_COLOR: "1", ...options.env },
+    env: childEnv(options.env),
     cwd: options.cwd,
     stdout: "piped",
     stderr: "piped",
@@ -37,7 +52,7 @@ export async function startServer(
 ): Promise<ServerProcess> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-all", "--unstable-no-legacy-abort", MAIN, "serve", "--log-format", "json", ...args],
-    env: { NO_COLOR: "1", ...options.env },
+    env: childEnv(options.env),
     stdout: "null",
     stderr: "piped",
     stdin: "null",
