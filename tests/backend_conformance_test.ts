@@ -128,7 +128,20 @@ for (const candidate of candidates) {
   const ignore = candidate.skip !== undefined;
   if (ignore) console.log(`conformance: skipping ${candidate.name}: ${candidate.skip}`);
   const test = (name: string, fn: (backend: Backend) => Promise<void>) =>
-    Deno.test({ name: `${candidate.name}: ${name}`, ignore, fn: () => fn(candidate.create()) });
+    Deno.test({
+      name: `${candidate.name}: ${name}`,
+      ignore,
+      fn: async () => {
+        // Disposed after each test: a native context left alive owns a step thread and an OpenMP team that the
+        // process would tear down at exit while they still exist.
+        const backend = candidate.create();
+        try {
+          await fn(backend);
+        } finally {
+          backend.dispose();
+        }
+      },
+    });
 
   test("embed_f32_bf16w: one token and several, odd hidden size", async (backend) => {
     for (const [tokens, hidden] of [[1, 37], [5, 64]]) {
