@@ -9,7 +9,8 @@
 #   .gpu/deno.xz              xz -T2 -c "$(which deno)" > .gpu/deno.xz
 #   .gpu/node_modules.tar.xz  tar -cf - node_modules | xz -T2 > .gpu/node_modules.tar.xz   (after deno install)
 #   .gpu/shared.tar.xz        tar -C .. -cf - shared/golden shared/harmony-vectors | xz -T2 > .gpu/shared.tar.xz
-# Environment: GPTOSS_CUDA_ARCH (default 90a here: one target builds fastest), CHECK_DECODE (decode steps, 64).
+# Environment: GPTOSS_CUDA_ARCH (default 90a here: one target builds fastest), CHECK_DECODE (decode steps, 64),
+# CHECK_TESTS_ONLY=1 (build and tests only, ~1 minute: no preset, no benchmarks).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-./cuda-check}
@@ -41,6 +42,8 @@ timeout 300 deno test -A --parallel --filter "/cuda|CUDA/" tests/native_abi_test
   tests/golden_test.ts tests/api_test.ts > "$OUT/tests.txt" 2>&1
 tests_rc=$?
 grep -E "^(ok|FAILED) \|| \.\.\. (FAILED|ok|ignored)|error:" "$OUT/tests.txt" | tail -60
+
+if [ "${CHECK_TESTS_ONLY:-0}" = 1 ]; then step "done (tests only)"; exit "$tests_rc"; fi
 
 step "20b preset"
 if [ ! -f /tmp/preset-20b/config.json ]; then

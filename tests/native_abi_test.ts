@@ -5,6 +5,7 @@ import {
   rejects as assertRejects,
   throws as assertThrows,
 } from "node:assert/strict";
+import type { Backend, DeviceTensor } from "../src/backends/backend.ts";
 import { createNativeBackend, CUDA_LIBRARY_PATH, loadNativeLibrary } from "../src/backends/native/native_backend.ts";
 import { probeBackends } from "../src/backends/select.ts";
 import { GPTOSS_ABI_VERSION, SYMBOLS } from "../src/backends/native/ffi.ts";
@@ -77,22 +78,39 @@ Deno.test("the TS symbol table matches ffi/include/gptoss.h: names, parameter an
   );
 });
 
+/** Shape and dtype errors are refused at enqueue with a BackendError naming the op (CPU and CUDA alike). */
+function assertEnqueueChecks(backend: Backend, x: DeviceTensor): void {
+  const weight = backend.upload({ dtype: "bf16", shape: [3, 5], data: new Uint8Array(30) });
+  assertThrows(
+    () => backend.ops.matmul(backend.alloc([2, 3], "f32"), x, weight),
+    (err: Error) =>
+      err instanceof BackendError && err.op === "matmul_f32_bf16w" && /does not match weight/.test(err.message),
+  );
+  assertThrows(
+    () => backend.ops.rmsnorm(x, x, backend.alloc([8], "f32"), 1e-5),
+    (err: Error) => err instanceof BackendError && /expected dtype bf16/.test(err.message),
+  );
+}
+
+/** A token id outside the table fails at flush with `message`, and the backend keeps working. x is [2, 8]. */
+async function assertBadEmbedIdAtFlush(backend: Backend, x: DeviceTensor, message: RegExp): Promise<void> {
+  const table = backend.upload({ dtype: "bf16", shape: [10, 8], data: new Uint8Array(160) });
+  const ids = backend.alloc([2], "i32");
+  backend.write(ids, Int32Array.from([3, 99]));
+  backend.ops.embed(x, table, ids);
+  await assertRejects(() => backend.flush(), (err: Error) => err instanceof BackendError && message.test(err.message));
+  backend.write(ids, Int32Array.from([3, 4]));
+  backend.ops.embed(x, table, ids);
+  await backend.flush();
+}
+
 Deno.test({
   name: "bad input at the boundary: wrong shapes and dtypes, null handles, bad ids → BackendError naming the op",
   ignore: !nativeAvailable,
   fn: async () => {
     const backend = createNativeBackend({ numThreads: 1 });
     const x = backend.alloc([2, 8], "f32");
-    const weight = backend.upload({ dtype: "bf16", shape: [3, 5], data: new Uint8Array(30) });
-    assertThrows(
-      () => backend.ops.matmul(backend.alloc([2, 3], "f32"), x, weight),
-      (err: Error) =>
-        err instanceof BackendError && err.op === "matmul_f32_bf16w" && /does not match weight/.test(err.message),
-    );
-    assertThrows(
-      () => backend.ops.rmsnorm(x, x, backend.alloc([8], "f32"), 1e-5),
-      (err: Error) => err instanceof BackendError && /expected dtype bf16/.test(err.message),
-    );
+    assertEnqueueChecks(backend, x);
     const library = loadNativeLibrary();
     const status = library.symbols.gptoss_add(null, null, null, null);
     assertEquals(status, 1); // GPTOSS_INVALID_ARGUMENT, no crash
@@ -103,18 +121,7 @@ Deno.test({
     assert(/null handle/.test(Deno.UnsafePointerView.getCString(library.symbols.gptoss_last_error(ctx)!)));
     library.symbols.gptoss_context_destroy(ctx);
     library.close();
-    // A token id outside the vocabulary fails at flush, naming the op, and the backend keeps working.
-    const table = backend.upload({ dtype: "bf16", shape: [10, 8], data: new Uint8Array(160) });
-    const ids = backend.alloc([2], "i32");
-    backend.write(ids, Int32Array.from([3, 99]));
-    backend.ops.embed(x, table, ids);
-    await assertRejects(
-      () => backend.flush(),
-      (err: Error) => err instanceof BackendError && /embed_f32_bf16w: token id 99/.test(err.message),
-    );
-    backend.write(ids, Int32Array.from([3, 4]));
-    backend.ops.embed(x, table, ids);
-    await backend.flush();
+    await assertBadEmbedIdAtFlush(backend, x, /embed_f32_bf16w: token id 99/);
     backend.dispose();
   },
 });
@@ -161,19 +168,8 @@ const cudaBuilt = (() => {
   }
 })();
 
-/** Whether a CUDA device answers (a context can be created), asked once; undefined when the library is not built. */
-const cudaDevice = (() => {
-  if (!cudaBuilt) return undefined;
-  const library = loadNativeLibrary({ path: CUDA_LIBRARY_PATH, build: false });
-  try {
-    const out = new BigUint64Array(1);
-    const status = library.symbols.gptoss_context_create(1, out);
-    if (status === 0) library.symbols.gptoss_context_destroy(Deno.UnsafePointer.create(out[0]));
-    return status === 0;
-  } finally {
-    library.close();
-  }
-})();
+/** Whether a CUDA device answers (the probe's verdict), asked once; undefined when the library is not built. */
+const cudaDevice = cudaBuilt ? (await probeBackends()).find((p) => p.name === "cuda")!.available : undefined;
 if (cudaDevice === true) console.log("CUDA no-device test skipped: a CUDA device is present here");
 if (cudaDevice === false) console.log("CUDA device test skipped: no CUDA device answers here");
 
@@ -213,15 +209,7 @@ Deno.test({
       assertEquals(backend.kind, "cuda");
       // Shapes and dtypes are checked at enqueue, as on the CPU.
       const x = backend.alloc([2, 8], "f32");
-      const weight = backend.upload({ dtype: "bf16", shape: [3, 5], data: new Uint8Array(30) });
-      assertThrows(
-        () => backend.ops.matmul(backend.alloc([2, 3], "f32"), x, weight),
-        (err: Error) => err instanceof BackendError && /does not match weight/.test(err.message),
-      );
-      assertThrows(
-        () => backend.ops.rmsnorm(x, x, backend.alloc([8], "f32"), 1e-5),
-        (err: Error) => err instanceof BackendError && /expected dtype bf16/.test(err.message),
-      );
+      assertEnqueueChecks(backend, x);
       // A block id outside the pool: refused at enqueue (a kernel would read outside the KV memory).
       const pool = backend.createKvPool({
         numLayers: 1,
@@ -259,16 +247,7 @@ Deno.test({
         (err: Error) => err instanceof BackendError && /invalid block id/.test(err.message),
       );
       // An embedding id outside the table: the kernel reports it, flush fails naming the op, the context survives.
-      const table = backend.upload({ dtype: "bf16", shape: [10, 8], data: new Uint8Array(160) });
-      const ids = backend.alloc([2], "i32");
-      backend.write(ids, Int32Array.from([3, 99]));
-      backend.ops.embed(x, table, ids);
-      await assertRejects(
-        () => backend.flush(),
-        (err: Error) => err instanceof BackendError && /embed_f32_bf16w: a token id is outside/.test(err.message),
-      );
-      backend.write(ids, Int32Array.from([3, 4]));
-      backend.ops.embed(x, table, ids);
+      await assertBadEmbedIdAtFlush(backend, x, /embed_f32_bf16w: a token id is outside/);
       assertEquals(Array.from(await backend.read(x)), new Array(16).fill(0));
     } finally {
       backend.dispose();

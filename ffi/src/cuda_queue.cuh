@@ -2,7 +2,7 @@
 // pinned staging area for attention descriptors, the device error word and per-op profiling. Included once, by
 // ffi/src/gptoss_cuda.cu.
 //
-// Ops only validate and record commands (a kernel launch with its arguments, a copy, a memset); gptoss_flush runs
+// Ops only validate and record commands (a kernel launch with its arguments, a copy); gptoss_flush runs
 // them. Each command also appends its launch parameters and argument bits to the step's key. When a step's key
 // was seen in one of the last few steps (a decode step: same tensors, same shapes), the step is captured once as a
 // CUDA graph (a few are kept) and later steps with that key replay it: one launch instead of ~15 per layer. What varies between such steps
@@ -166,11 +166,6 @@ class CommandQueue {
     commands_.push_back({op, [=](cudaStream_t s) { cudaMemcpyAsync(dst, src, bytes, kind, s); }});
   }
 
-  void zero(const char* op, void* dst, size_t bytes) {
-    sign(2, bits_of(dst), bytes);
-    commands_.push_back({op, [=](cudaStream_t s) { cudaMemsetAsync(dst, 0, bytes, s); }});
-  }
-
   bool empty() const { return commands_.empty(); }
 
   /** Issues the step's commands on `stream` (replaying or capturing a graph where it can); the caller syncs. */
@@ -185,6 +180,35 @@ class CommandQueue {
     }
     key_.clear();
     commands_.clear();
+  }
+
+  /** After the stream synchronized: adds this step's event times to the per-op totals. */
+  void collect_profile() {
+    for (auto& [op, events] : timed_) {
+      float ms = 0;
+      if (cudaEventElapsedTime(&ms, events.first, events.second) == cudaSuccess) profile_ms_[op] += ms;
+      cudaEventDestroy(events.first);
+      cudaEventDestroy(events.second);
+    }
+    timed_.clear();
+  }
+
+  /** Host time of a flush: `issue_ms` spent launching, `wait_ms` waiting for the device; since the last flush. */
+  void add_step_times(double enqueue_ms, double issue_ms, double wait_ms) {
+    steps_++;
+    enqueue_ms_ += enqueue_ms, issue_ms_ += issue_ms, wait_ms_ += wait_ms;
+  }
+
+  void print_profile() const {
+    for (const auto& [op, ms] : profile_ms_) std::fprintf(stderr, "gptoss profile %-22s %10.1f ms\n", op.c_str(), ms);
+    std::fprintf(stderr, "gptoss host: %llu flushes; between flushes (enqueue) %.1f ms, issuing %.1f ms, waiting %.1f ms\n",
+                 static_cast<unsigned long long>(steps_), enqueue_ms_, issue_ms_, wait_ms_);
+    std::fprintf(stderr, "gptoss cuda graphs: %llu launched, %llu captured\n",
+                 static_cast<unsigned long long>(graph_launches_), static_cast<unsigned long long>(captures_));
+  }
+
+  ~CommandQueue() {
+    for (Graph& g : graphs_cache_) cudaGraphExecDestroy(g.exec);
   }
 
  private:
@@ -229,38 +253,6 @@ class CommandQueue {
     if (history_.size() > kHistory) history_.erase(history_.begin());
   }
 
- public:
-
-  /** After the stream synchronized: adds this step's event times to the per-op totals. */
-  void collect_profile() {
-    for (auto& [op, events] : timed_) {
-      float ms = 0;
-      if (cudaEventElapsedTime(&ms, events.first, events.second) == cudaSuccess) profile_ms_[op] += ms;
-      cudaEventDestroy(events.first);
-      cudaEventDestroy(events.second);
-    }
-    timed_.clear();
-  }
-
-  /** Host time of a flush: `issue_ms` spent launching, `wait_ms` waiting for the device; since the last flush. */
-  void add_step_times(double enqueue_ms, double issue_ms, double wait_ms) {
-    steps_++;
-    enqueue_ms_ += enqueue_ms, issue_ms_ += issue_ms, wait_ms_ += wait_ms;
-  }
-
-  void print_profile() const {
-    for (const auto& [op, ms] : profile_ms_) std::fprintf(stderr, "gptoss profile %-22s %10.1f ms\n", op.c_str(), ms);
-    std::fprintf(stderr, "gptoss host: %llu flushes; between flushes (enqueue) %.1f ms, issuing %.1f ms, waiting %.1f ms\n",
-                 static_cast<unsigned long long>(steps_), enqueue_ms_, issue_ms_, wait_ms_);
-    std::fprintf(stderr, "gptoss cuda graphs: %llu launched, %llu captured\n",
-                 static_cast<unsigned long long>(graph_launches_), static_cast<unsigned long long>(captures_));
-  }
-
-  ~CommandQueue() {
-    for (Graph& g : graphs_cache_) cudaGraphExecDestroy(g.exec);
-  }
-
- private:
   template <typename... Words>
   void sign(Words... words) {
     (key_.push_back(static_cast<uint64_t>(words)), ...);

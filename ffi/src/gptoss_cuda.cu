@@ -24,8 +24,12 @@ struct gptoss_tensor {
 struct gptoss_kv_pool {
   gptoss_kv_pool_spec spec;
   std::vector<int32_t> windows;
-  std::vector<float*> keys, values;
+  std::vector<float*> keys, values;  // per layer; freed with the pool (also when its creation fails halfway)
   uint64_t bytes;
+  ~gptoss_kv_pool() {
+    for (float* k : keys) cudaFree(k);
+    for (float* v : values) cudaFree(v);
+  }
 };
 
 struct gptoss_context {
@@ -260,10 +264,7 @@ void gptoss_context_destroy(gptoss_context* ctx) {
   if (ctx->stream) cudaStreamSynchronize(ctx->stream);
   if (std::getenv("GPTOSS_PROFILE")) ctx->queue.print_profile();
   for (auto& t : ctx->tensors) cudaFree(t->device);
-  for (auto& p : ctx->pools) {
-    for (float* k : p->keys) cudaFree(k);
-    for (float* v : p->values) cudaFree(v);
-  }
+  ctx->pools.clear();
   if (ctx->device_error) cudaFree(ctx->device_error);
   if (ctx->host_error) cudaFreeHost(ctx->host_error);
   if (ctx->stream) cudaStreamDestroy(ctx->stream);

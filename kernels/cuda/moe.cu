@@ -184,7 +184,7 @@ MoePairsKernel moe_pairs_kernel(bool gate_up, int64_t slots) {
   return gate_up ? moe_pairs_f32<4, true> : moe_pairs_f32<4, false>;
 }
 
-/** out[t, r] = Σ_j w[t, j] · y[t·k + j, r]; y must be zeroed where a slot was left out (bad expert id). */
+/** out[t, r] = Σ_j w[t, j] · y[t·k + j, r] (a slot left out for a bad expert id fails the flush anyway). */
 __global__ void moe_combine_f32(float* out, const float* y, const float* weights, int32_t top_k, int64_t num_tokens,
                                 int64_t hidden) {
   const int64_t n = num_tokens * hidden;
