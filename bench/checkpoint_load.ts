@@ -8,8 +8,8 @@
  */
 import { parseArgs } from "node:util";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
-import { Checkpoint } from "../src/model/checkpoint.ts";
-import { loadWeights } from "../src/model/weights.ts";
+import { Checkpoint } from "../src/checkpoint/checkpoint.ts";
+import { loadWeights } from "../src/checkpoint/load_weights.ts";
 
 function peakRssBytes(): number {
   const status = Deno.readTextFileSync("/proc/self/status");

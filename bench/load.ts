@@ -10,7 +10,7 @@
  * All traffic goes to 127.0.0.1 and every loop is bounded.
  */
 import { parseArgs } from "node:util";
-import { generateCheckpoint } from "../src/model/synthetic.ts";
+import { generateCheckpoint } from "../src/tools/synthetic.ts";
 import { startServer } from "../tests/helpers/server.ts";
 
 interface RequestResult {
@@ -180,7 +180,7 @@ async function main(): Promise<void> {
     // Prefix caching: a shared 1,000-token system prompt.
     const system = Array.from({ length: 1000 }, (_, k) => (k * 13 + 5) % 1000);
     const ttfts: number[] = [];
-    let afterFirst: { queriedTokens: number; hitTokens: number } | undefined;
+    let afterFirst: { queried_tokens: number; hit_tokens: number } | undefined;
     for (let i = 0; i < 20; i++) {
       const prompt = [...system, ...Array.from({ length: 20 }, (_, k) => (i * 31 + k) % 1000)];
       const result = await streamOnce(server.baseUrl, model, prompt, 4, undefined);
@@ -188,7 +188,7 @@ async function main(): Promise<void> {
       if (i === 0) afterFirst = { ...(await memory(server.baseUrl)).prefix_cache };
     }
     const final = (await memory(server.baseUrl)).prefix_cache;
-    const hitRate = (final.hitTokens - afterFirst!.hitTokens) / (final.queriedTokens - afterFirst!.queriedTokens);
+    const hitRate = (final.hit_tokens - afterFirst!.hit_tokens) / (final.queried_tokens - afterFirst!.queried_tokens);
     const rest = ttfts.slice(1).reduce((s, x) => s + x, 0) / 19;
     console.log(
       `prefix cache: hit rate after the first ${(hitRate * 100).toFixed(1)}% (goal >= 90%); ` +

@@ -9,11 +9,11 @@
  */
 import { parseArgs } from "node:util";
 import { selectBackend } from "../src/backends/select.ts";
-import { Checkpoint } from "../src/model/checkpoint.ts";
+import { Checkpoint } from "../src/checkpoint/checkpoint.ts";
 import { bytesPerDecodeToken } from "../src/model/cost.ts";
 import { KvSession } from "../src/engine/kv_session.ts";
 import { createModel, type Model } from "../src/model/gpt_oss.ts";
-import { loadWeights } from "../src/model/weights.ts";
+import { loadWeights } from "../src/checkpoint/load_weights.ts";
 
 function peakRssBytes(): number {
   return Number(/VmHWM:\s+(\d+) kB/.exec(Deno.readTextFileSync("/proc/self/status"))![1]) * 1024;

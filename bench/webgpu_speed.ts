@@ -8,9 +8,9 @@ import type { Backend, DeviceTensor } from "../src/backends/backend.ts";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
 import { createWebGpuBackend, requestWebGpu } from "../src/backends/webgpu/webgpu_backend.ts";
 import { KvSession } from "../src/engine/kv_session.ts";
-import { Checkpoint } from "../src/model/checkpoint.ts";
+import { Checkpoint } from "../src/checkpoint/checkpoint.ts";
 import { createModel } from "../src/model/gpt_oss.ts";
-import { loadWeights } from "../src/model/weights.ts";
+import { loadWeights } from "../src/checkpoint/load_weights.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

@@ -12,11 +12,11 @@ import { Engine } from "./engine/engine.ts";
 import { CheckpointError, ConfigFileError, PortBusyError, UsageError } from "./errors.ts";
 import { Tokenizer } from "./harmony/tokenizer.ts";
 import { ASSISTANT_STOP_IDS } from "./harmony/tokens.ts";
-import { Checkpoint, modelFootprint } from "./model/checkpoint.ts";
-import { chooseModel, type ModelChoice } from "./model/choose.ts";
+import { Checkpoint, modelFootprint } from "./checkpoint/checkpoint.ts";
+import { chooseModel, type ModelChoice } from "./checkpoint/choose.ts";
 import { createModel } from "./model/gpt_oss.ts";
-import { generateCheckpoint, type Preset } from "./model/synthetic.ts";
-import { loadWeights } from "./model/weights.ts";
+import type { Preset } from "./tools/synthetic.ts";
+import { loadWeights } from "./checkpoint/load_weights.ts";
 import { createLogger, type Logger } from "./obs/logger.ts";
 import { createMetrics, type Metrics } from "./obs/metrics.ts";
 import { createTracing } from "./obs/tracing.ts";
@@ -96,16 +96,16 @@ async function loadModel(
     metrics.setLabels({ model: state.modelId!, backend: backend.name, profile: config.profile });
     metrics.setSources({
       engine: () => {
-        const memory = engine.memory();
+        const { stats, memory } = engine.snapshot();
         return {
-          running: engine.stats.running,
-          waiting: engine.stats.waiting,
-          preemptions: engine.stats.preemptions,
-          admission: engine.stats.admission,
+          running: stats.running,
+          waiting: stats.waiting,
+          preemptions: stats.preemptions,
+          admission: stats.admission,
           kvUsage: memory.blocks.used / Math.max(1, memory.blocks.total),
-          prefixQueriedTokens: memory.prefix_cache.queriedTokens,
-          prefixHitTokens: memory.prefix_cache.hitTokens,
-          prefixMisses: memory.prefix_cache.missBlocks,
+          prefixQueriedTokens: memory.prefixCache.queriedTokens,
+          prefixHitTokens: memory.prefixCache.hitTokens,
+          prefixMisses: memory.prefixCache.missBlocks,
         };
       },
       memory: () => {
@@ -151,6 +151,10 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
       defaultModel: config.scheduler.defaultModel,
       env: { HF_HUB_CACHE: Deno.env.get("HF_HUB_CACHE"), HF_HOME: Deno.env.get("HF_HOME"), HOME: Deno.env.get("HOME") },
       cacheDir: config.modelCacheDir ?? userCacheDir(),
+      generateDemo: async (dir) => {
+        const { generateCheckpoint } = await import("./tools/synthetic.ts");
+        await generateCheckpoint("tiny-random", dir, { seed: 0 });
+      },
       logger,
     });
   } catch (err) {
@@ -219,7 +223,6 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info("server.drain", { signal, drainTimeoutMs: config.drainTimeoutMs });
-    state.model?.engine.drain();
     const deadline = new Promise<"timeout">((resolve) => setTimeout(() => resolve("timeout"), config.drainTimeoutMs));
     const outcome = await Promise.race([server.shutdown().then(() => "drained" as const), deadline]);
     await Promise.race([tracing.shutdown(), new Promise((resolve) => setTimeout(resolve, 5000))]); // flush spans
@@ -247,6 +250,7 @@ async function makeModel(flags: Readonly<Record<string, string | boolean>>): Pro
   const logger = createLogger({ level: "info", format: Deno.stderr.isTerminal() ? "pretty" : "json" });
   const progress = createProgress({ event: "make_model", logger, terminal: terminalWriter() });
   const started = performance.now();
+  const { generateCheckpoint } = await import("./tools/synthetic.ts");
   await generateCheckpoint(preset, out, { seed, onProgress: progress });
   logger.info("make_model.done", { preset, out, seed, ms: Math.round(performance.now() - started) });
 }

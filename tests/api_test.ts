@@ -343,9 +343,9 @@ Deno.test("32 concurrent streams complete well-formed; a client that disconnects
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
     assertEquals(stats.engine.running, 0);
-    assertEquals(stats.engine.kv_caches_held ?? stats.engine.kvCachesHeld, 0);
+    assertEquals(stats.engine.kv_caches_held, 0);
     assert(stats.engine.finished.abort >= 1);
-    assert(stats.engine.generatedTokens < 5000);
+    assert(stats.engine.generated_tokens < 5000);
   } finally {
     await server.stop();
   }

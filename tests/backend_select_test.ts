@@ -2,8 +2,8 @@
 import { deepStrictEqual as assertEquals, match as assertMatch, ok as assert, rejects } from "node:assert/strict";
 import { fitRefusal, type ProbeResult, selectBackend } from "../src/backends/select.ts";
 import type { WebGpuInfo } from "../src/backends/webgpu/webgpu_backend.ts";
-import { Checkpoint, modelFootprint } from "../src/model/checkpoint.ts";
-import { presetConfig } from "../src/model/synthetic.ts";
+import { Checkpoint, modelFootprint } from "../src/checkpoint/checkpoint.ts";
+import { presetConfig } from "../src/tools/synthetic.ts";
 import { GOLDEN_ROOT } from "./helpers/golden.ts";
 import { runCli } from "./helpers/server.ts";
 

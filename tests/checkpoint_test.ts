@@ -2,12 +2,12 @@
 import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import { CheckpointError } from "../src/errors.ts";
 import { dequantizeMxfp4 } from "../src/formats/numeric.ts";
-import { Checkpoint, expectedTensors } from "../src/model/checkpoint.ts";
+import { Checkpoint, expectedTensors } from "../src/checkpoint/checkpoint.ts";
 import { parseHfConfig } from "../src/model/config.ts";
-import { resolveModel } from "../src/model/resolve.ts";
-import { SafetensorsSet } from "../src/model/safetensors.ts";
-import { bytesSource, writeSafetensors } from "../src/model/safetensors_writer.ts";
-import { generateCheckpoint, presetConfig, shardPlan } from "../src/model/synthetic.ts";
+import { resolveModel } from "../src/checkpoint/resolve.ts";
+import { SafetensorsSet } from "../src/checkpoint/safetensors.ts";
+import { bytesSource, writeSafetensors } from "../src/checkpoint/safetensors_writer.ts";
+import { generateCheckpoint, presetConfig, shardPlan } from "../src/tools/synthetic.ts";
 import { GOLDEN_ROOT } from "./helpers/golden.ts";
 
 async function sha256Hex(path: string): Promise<string> {

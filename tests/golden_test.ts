@@ -5,10 +5,10 @@ import { createNativeBackend } from "../src/backends/native/native_backend.ts";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
 import { probeBackends, selectBackend } from "../src/backends/select.ts";
 import { createWebGpuBackend, requestWebGpu } from "../src/backends/webgpu/webgpu_backend.ts";
-import { Checkpoint } from "../src/model/checkpoint.ts";
+import { Checkpoint } from "../src/checkpoint/checkpoint.ts";
 import { KvSession } from "../src/engine/kv_session.ts";
 import { createModel, type Model } from "../src/model/gpt_oss.ts";
-import { loadWeights } from "../src/model/weights.ts";
+import { loadWeights } from "../src/checkpoint/load_weights.ts";
 import {
   argmax,
   assertLogitsClose,

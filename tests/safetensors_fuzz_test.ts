@@ -1,8 +1,8 @@
 /** Fuzzing the safetensors reader: every mutated file parses or fails with a typed CheckpointError. */
 import { ok as assert } from "node:assert/strict";
 import { CheckpointError } from "../src/errors.ts";
-import { SafetensorsSet } from "../src/model/safetensors.ts";
-import { bytesSource, encodeHeader, writeSafetensors } from "../src/model/safetensors_writer.ts";
+import { SafetensorsSet } from "../src/checkpoint/safetensors.ts";
+import { bytesSource, encodeHeader, writeSafetensors } from "../src/checkpoint/safetensors_writer.ts";
 import { GOLDEN_ROOT } from "./helpers/golden.ts";
 import { rng } from "./helpers/random.ts";
 

@@ -14,6 +14,7 @@ import { completions } from "./completions.ts";
 import { getModel, listModels } from "./models.ts";
 import { HttpError, toOpenAiError } from "./openai_errors.ts";
 import { newId, type ServingState } from "./serving.ts";
+import { memoryJson, memoryStatsBody, statsBody, statsJson } from "./stats.ts";
 import { RequestTelemetry } from "./telemetry.ts";
 import { detokenize, tokenize } from "./tokenize.ts";
 
@@ -178,25 +179,13 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.post("/detokenize", async (c) => c.json(detokenize(await readJson(c.req.raw), state)));
 
   app.get("/stats", (c) => {
-    const engine = state.model?.engine;
-    return c.json({
-      status: state.status,
-      model: state.modelId ?? null,
-      http_requests_in_flight: inFlight,
-      engine: engine ? { ...engine.stats } : null,
-      prefix_cache_hit_rate: engine ? engine.memory().prefix_cache.hit_rate : null,
-    });
+    const server = { status: state.status, model: state.modelId ?? null, inFlight };
+    return c.json(statsBody(server, state.model?.engine.snapshot()));
   });
 
   app.get("/memory_stats", (c) => {
-    const memory = deps.memoryUsage?.();
-    const engine = state.model?.engine;
-    return c.json({
-      backend: state.backend ?? null,
-      process: memory ?? null,
-      kv_caches_held: engine?.stats.kvCachesHeld ?? 0,
-      kv_cache: engine ? engine.memory() : null,
-    });
+    const process = deps.memoryUsage?.() ?? null;
+    return c.json(memoryStatsBody(state.backend ?? null, process, state.model?.engine.snapshot()));
   });
 
   app.get("/metrics", async (c) => {
@@ -216,7 +205,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     if (!keyMatches(given, config.adminKey)) {
       throw new HttpError(403, "Wrong admin key", "permission_error", "invalid_admin_key");
     }
-    const engine = state.model?.engine;
+    const snapshot = state.model?.engine.snapshot();
     return c.json({
       version: VERSION,
       server: SERVER_NAME,
@@ -224,8 +213,8 @@ export function createApp(deps: AppDeps): Hono<Env> {
       config: redactConfig(config),
       state: { status: state.status, model: state.modelId ?? null, backend: state.backend ?? null, error: state.error },
       ...(deps.debugInfo?.() ?? {}),
-      memory: { process: deps.memoryUsage?.() ?? null, kv_cache: engine?.memory() ?? null },
-      scheduler: engine ? { ...engine.stats } : null,
+      memory: { process: deps.memoryUsage?.() ?? null, kv_cache: snapshot ? memoryJson(snapshot.memory) : null },
+      scheduler: snapshot ? statsJson(snapshot.stats) : null,
       recent_errors: recentErrors,
       metrics: deps.metrics ? (await deps.metrics.render(false)).body : null,
     });

@@ -1,6 +1,6 @@
 /** POST /v1/chat/completions: parse → harmony prompt → engine → parsed reasoning, content and tool calls. */
 import type { ServerConfig } from "../config.ts";
-import type { EngineRequest, TokenEvent } from "../engine/engine.ts";
+import type { EngineRequest, TokenEvent } from "../engine/engine_api.ts";
 import { InvalidRequestError } from "../errors.ts";
 import { type ChatMessage, renderChatPrompt, type ToolChoice } from "../harmony/chat.ts";
 import { type ChatEvent, ChatOutputParser, type ChatResult } from "../harmony/chat_output.ts";

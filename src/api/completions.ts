@@ -1,6 +1,6 @@
 /** POST /v1/completions: raw prompts (text or token ids) → raw text, with the legacy logprobs shape. */
 import type { ServerConfig } from "../config.ts";
-import type { TokenEvent } from "../engine/engine.ts";
+import type { TokenEvent } from "../engine/engine_api.ts";
 import { InvalidRequestError } from "../errors.ts";
 import type { Tokenizer } from "../harmony/tokenizer.ts";
 import type { Logger } from "../obs/logger.ts";

@@ -1,6 +1,6 @@
 /** What the endpoints need from the loaded model, and request → engine helpers shared by them. */
 import type { SchedulerSettings } from "../config.ts";
-import type { Engine, EngineRequest, TokenEvent } from "../engine/engine.ts";
+import type { EngineApi, EngineRequest, TokenEvent } from "../engine/engine_api.ts";
 import type { SamplingParams } from "../engine/sampling.ts";
 import { InvalidRequestError, ModelNotFoundError, NotReadyError } from "../errors.ts";
 import type { Tokenizer } from "../harmony/tokenizer.ts";
@@ -9,7 +9,7 @@ import type { Tokenizer } from "../harmony/tokenizer.ts";
 export interface ServingModel {
   readonly modelId: string;
   readonly backend: string;
-  readonly engine: Engine;
+  readonly engine: EngineApi;
   readonly tokenizer: Tokenizer;
   /** Unix seconds, for /v1/models. */
   readonly createdAt: number;
@@ -78,7 +78,7 @@ export function samplingParams(
 }
 
 /** Default completion length: what the profile says, capped by the context left after the prompt. */
-export function defaultMaxTokens(scheduler: SchedulerSettings, engine: Engine, promptLength: number): number {
+export function defaultMaxTokens(scheduler: SchedulerSettings, engine: EngineApi, promptLength: number): number {
   return Math.max(1, Math.min(scheduler.defaultMaxTokens, engine.maxModelLen - promptLength));
 }
 
@@ -87,7 +87,7 @@ export function defaultMaxTokens(scheduler: SchedulerSettings, engine: Engine, p
  * first, so a bad request queues nothing; if one is refused (overload), the ones already queued are aborted.
  */
 export function submitChoices(
-  engine: Engine,
+  engine: EngineApi,
   requests: readonly EngineRequest[],
   controllers: readonly AbortController[],
 ): AsyncIterable<TokenEvent>[] {

@@ -32,6 +32,12 @@ export interface DeviceTensor {
   readonly shape: readonly number[];
 }
 
+/** What a model's weights need on a backend (checked before loading where a backend has limits). */
+export interface ModelFootprint {
+  readonly weightBytes: number;
+  readonly largestRow: { readonly tensor: string; readonly bytes: number };
+}
+
 /** Shape of a paged KV pool: fixed-size blocks in two groups, full-attention layers and sliding-window layers. */
 export interface KvPoolSpec {
   readonly numLayers: number;
@@ -171,6 +177,8 @@ export interface Backend {
    * backends keep the host sampler, which also does penalties, logit bias, min-p and logprobs.
    */
   readonly samplesOnDevice?: boolean;
+  /** Bytes of one stored K or V element in the pools this backend creates. */
+  readonly kvBytesPerElement: number;
   /** Device limits the engine must respect when sizing the KV pool (a layer's K or V is one buffer). */
   readonly limits?: { readonly maxKvLayerBytes: number };
   /** The KV storage for all sequences (allocated once). */

@@ -2,10 +2,9 @@
  * The capability probe: which backends can run here, with the evidence, and which one `--backend` picks.
  * Order of preference: cuda → webgpu on a real adapter → native CPU → webgpu on a fallback adapter → reference.
  */
-import type { Backend, BackendName } from "./backend.ts";
+import type { Backend, BackendName, ModelFootprint } from "./backend.ts";
 import { createNativeBackend, CUDA_LIBRARY_PATH, loadNativeLibrary } from "./native/native_backend.ts";
 import { createReferenceBackend } from "./reference/reference_backend.ts";
-import type { ModelFootprint } from "../model/checkpoint.ts";
 import { createWebGpuBackend, requestWebGpu, webGpuFitRefusal, type WebGpuInfo } from "./webgpu/webgpu_backend.ts";
 
 /** One backend's probe result. */

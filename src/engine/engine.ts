@@ -8,64 +8,38 @@ import type { KvPool } from "../backends/backend.ts";
 import { ContextOverflowError, InvalidRequestError, OverloadedError } from "../errors.ts";
 import {
   forwardStep,
-  kvBytesPerPosition,
   kvPoolSpec,
   type LogitsWanted,
   type Model,
+  type StepResult,
   type StepSequence,
 } from "../model/gpt_oss.ts";
-import type { TokenGuide } from "../harmony/tool_guide.ts";
 import type { Logger } from "../obs/logger.ts";
+import type {
+  EngineApi,
+  EngineMemory,
+  EngineRequest,
+  EngineSnapshot,
+  EngineStats,
+  FinishReason,
+  PressureLevel,
+  TokenEvent,
+} from "./engine_api.ts";
 import { KvBlockManager, type SequenceBlocks } from "./kv_blocks.ts";
-import { logSoftmax, reservedIdRange, Sampler, type SamplingParams, topIndices } from "./sampling.ts";
+import { sizeKvCache } from "./kv_sizing.ts";
+import { logSoftmax, reservedIdRange, Sampler, topIndices } from "./sampling.ts";
 import { planStep, type SchedulerLimits } from "./scheduler.ts";
 
-/** A generation request. */
-export interface EngineRequest {
-  readonly id: string;
-  readonly promptIds: readonly number[];
-  readonly maxTokens: number;
-  readonly sampling: SamplingParams;
-  /** Sampling stops after one of these (it is still reported). */
-  readonly stopTokenIds: ReadonlySet<number>;
-  /** Ignore stop tokens (vLLM's ignore_eos): generate exactly maxTokens. */
-  readonly ignoreEos?: boolean;
-  /** Forces tokens at chosen points (tool_choice "required" / named); undefined = sample freely. */
-  readonly guide?: TokenGuide;
-  /** Also report the logprobs of prompt tokens 1..n−1 (completions `echo` with `logprobs`). */
-  readonly promptLogprobs?: number;
-}
-
-/** Why a request ended. */
-export type FinishReason = "stop" | "length" | "abort";
-
-/** Events of one request. */
-export type TokenEvent =
-  | {
-    readonly type: "token";
-    readonly tokenId: number;
-    readonly logprob?: number;
-    readonly topLogprobs?: ReadonlyArray<{ tokenId: number; logprob: number }>;
-  }
-  | {
-    readonly type: "prompt_logprobs";
-    /** One entry per prompt token; the first is null (nothing predicts it). */
-    readonly logprobs: ReadonlyArray<number | null>;
-    readonly topLogprobs: ReadonlyArray<ReadonlyArray<{ tokenId: number; logprob: number }> | null>;
-  }
-  | {
-    readonly type: "done";
-    readonly finishReason: FinishReason;
-    readonly promptTokens: number;
-    readonly completionTokens: number;
-    /** Prompt tokens served from the prefix cache. */
-    readonly cachedTokens: number;
-    /** Time spent waiting before the request was admitted. */
-    readonly queueMs: number;
-  };
-
-/** Memory pressure levels of the KV cache (README: what each one does). */
-export type PressureLevel = "none" | "moderate" | "high" | "critical";
+export type {
+  EngineApi,
+  EngineMemory,
+  EngineRequest,
+  EngineSnapshot,
+  EngineStats,
+  FinishReason,
+  PressureLevel,
+  TokenEvent,
+} from "./engine_api.ts";
 
 /** Engine settings. */
 export interface EngineOptions {
@@ -74,33 +48,11 @@ export interface EngineOptions {
   readonly maxQueuedTokens: number;
   /** Longest prompt + completion. */
   readonly maxModelLen: number;
-  /** KV cache budget in bytes (the reference backend stores f32). */
+  /** KV cache budget in bytes (at the backend's bytes per element). */
   readonly kvCacheBytes: number;
   /** Positions per KV block (default 16). */
   readonly blockSize?: number;
   readonly logger: Logger;
-}
-
-/** Counters and gauges for /stats and /memory_stats. */
-export interface EngineStats {
-  running: number;
-  waiting: number;
-  steps: number;
-  promptTokens: number;
-  generatedTokens: number;
-  finished: Record<FinishReason, number>;
-  /** Admission decisions by decision and reason. */
-  admission: Record<string, number>;
-  preemptions: number;
-  lastBatchSize: number;
-  maxBatchSize: number;
-  /** Sequences holding KV blocks. */
-  kvCachesHeld: number;
-  /** Output tokens per second over the last 10 s. */
-  tokensPerSecond: number;
-  pressure: PressureLevel;
-  /** Degradations applied, counted per step or request. */
-  pressureActions: Record<string, number>;
 }
 
 /** An unbounded single-consumer queue of events. */
@@ -144,6 +96,14 @@ interface Sequence {
   finished: boolean;
 }
 
+/** One sequence's part of a planned step. */
+interface PlannedRun {
+  readonly seq: Sequence;
+  readonly numTokens: number;
+  readonly samples: boolean;
+  readonly logits: LogitsWanted;
+}
+
 function topLogprobsOf(logprobs: Float64Array, count: number) {
   return topIndices(logprobs, count).map((id) => ({ tokenId: id, logprob: logprobs[id] }));
 }
@@ -159,7 +119,7 @@ const PRESSURE_THRESHOLDS: ReadonlyArray<[PressureLevel, number]> = [["critical"
 ]];
 
 /** The engine. One per model. */
-export class Engine {
+export class Engine implements EngineApi {
   readonly #model: Model;
   readonly #options: EngineOptions;
   readonly #pool: KvPool;
@@ -167,7 +127,6 @@ export class Engine {
   readonly #waiting: Sequence[] = [];
   readonly #running: Sequence[] = [];
   #loop: Promise<void> | undefined;
-  #draining = false;
   readonly #recentTokens: { at: number; count: number }[] = [];
   readonly stats: EngineStats = {
     running: 0,
@@ -189,34 +148,17 @@ export class Engine {
   constructor(model: Model, options: EngineOptions) {
     this.#model = model;
     this.#options = options;
-    const config = model.config;
-    const blockSize = options.blockSize ?? 16;
-    const perPosition = kvBytesPerPosition(config);
-    const window = config.layerIsSliding.some((s) => s) ? config.slidingWindow : 0;
-    // Sliding layers need at most window + chunk positions per running sequence; keep twice that for the cache.
-    const slidingPerSequence = window > 0 ? Math.ceil((window + options.limits.prefillChunkSize) / blockSize) + 2 : 0;
-    const numSlidingBlocks = Math.min(
-      slidingPerSequence * options.limits.maxNumSeqs * 2,
-      perPosition.sliding > 0 ? Math.floor(options.kvCacheBytes / 2 / (blockSize * perPosition.sliding)) : 0,
-    );
-    const slidingBytes = numSlidingBlocks * blockSize * perPosition.sliding;
-    const numFullBlocks = perPosition.full > 0
-      ? Math.max(1, Math.floor((options.kvCacheBytes - slidingBytes) / (blockSize * perPosition.full)))
-      // A model with only sliding layers still needs block tables for positions: make them cheap.
-      : Math.ceil(options.maxModelLen / blockSize) * options.limits.maxNumSeqs;
-    // A backend that keeps each layer's K and V in one buffer caps the blocks per group.
-    const layerRow = blockSize * config.numKeyValueHeads * config.headDim * 4;
-    const maxBlocks = model.backend.limits ? Math.floor(model.backend.limits.maxKvLayerBytes / layerRow) : Infinity;
-    const cappedFull = Math.min(numFullBlocks, maxBlocks), cappedSliding = Math.min(numSlidingBlocks, maxBlocks);
-    this.#blocks = new KvBlockManager({
-      blockSize,
-      numFullBlocks: cappedFull,
-      numSlidingBlocks: cappedSliding,
-      window,
+    const sizing = sizeKvCache(model.config, {
+      kvCacheBytes: options.kvCacheBytes,
+      blockSize: options.blockSize ?? 16,
+      bytesPerElement: model.backend.kvBytesPerElement,
+      maxNumSeqs: options.limits.maxNumSeqs,
+      prefillChunkSize: options.limits.prefillChunkSize,
+      maxModelLen: options.maxModelLen,
+      maxKvLayerBytes: model.backend.limits?.maxKvLayerBytes,
     });
-    this.#pool = model.backend.createKvPool(
-      kvPoolSpec(config, { blockSize, numFullBlocks: cappedFull, numSlidingBlocks: cappedSliding }),
-    );
+    this.#blocks = new KvBlockManager(sizing);
+    this.#pool = model.backend.createKvPool(kvPoolSpec(model.config, sizing));
   }
 
   /** The model's context length as served. */
@@ -229,24 +171,38 @@ export class Engine {
     return this.#model.config.vocabSize;
   }
 
-  /** KV cache state for /memory_stats. */
-  memory() {
-    const usage = this.#blocks.usage();
-    const bytesPerBlock = this.#pool.sizeBytes / Math.max(1, usage.total + this.#blocks.slidingUsage().total);
+  /** KV cache state. */
+  memory(): EngineMemory {
+    const usage = this.#blocks.usage(), sliding = this.#blocks.slidingUsage();
+    const bytesPerBlock = this.#pool.sizeBytes / Math.max(1, usage.total + sliding.total);
+    const prefix = this.#blocks.stats;
     return {
-      block_size: this.#blocks.blockSize,
+      blockSize: this.#blocks.blockSize,
       blocks: usage,
-      sliding_blocks: this.#blocks.slidingUsage(),
-      bytes_total: this.#pool.sizeBytes,
-      bytes_used: Math.round(bytesPerBlock * (usage.used + this.#blocks.slidingUsage().used)),
+      slidingBlocks: sliding,
+      bytesTotal: this.#pool.sizeBytes,
+      bytesUsed: Math.round(bytesPerBlock * (usage.used + sliding.used)),
       pressure: this.stats.pressure,
-      pressure_actions: { ...this.stats.pressureActions },
-      prefix_cache: {
-        ...this.#blocks.stats,
-        hit_rate: this.#blocks.stats.queriedTokens > 0
-          ? this.#blocks.stats.hitTokens / this.#blocks.stats.queriedTokens
-          : 0,
+      pressureActions: { ...this.stats.pressureActions },
+      prefixCache: {
+        ...prefix,
+        missBlocks: { ...prefix.missBlocks },
+        hitRate: prefix.queriedTokens > 0 ? prefix.hitTokens / prefix.queriedTokens : 0,
       },
+    };
+  }
+
+  /** A copy of the counters and the cache state. */
+  snapshot(): EngineSnapshot {
+    const stats = this.stats;
+    return {
+      stats: {
+        ...stats,
+        finished: { ...stats.finished },
+        admission: { ...stats.admission },
+        pressureActions: { ...stats.pressureActions },
+      },
+      memory: this.memory(),
     };
   }
 
@@ -343,15 +299,6 @@ export class Engine {
   /** Resolves once no request is running or waiting. */
   async idle(): Promise<void> {
     while (this.#loop) await this.#loop;
-  }
-
-  /** Marks the engine as shutting down (running and queued requests still finish). */
-  drain(): void {
-    this.#draining = true;
-  }
-
-  get draining(): boolean {
-    return this.#draining;
   }
 
   async #run(): Promise<void> {
@@ -453,22 +400,34 @@ export class Engine {
     return false;
   }
 
+  /** One step: admit, allocate blocks for the planned chunks, build the batch, run it, apply the results. */
   async #step(): Promise<void> {
     const pressure = this.#pressure();
     this.stats.pressure = pressure;
     const limits = this.#limits(pressure);
     this.#admit(limits, pressure);
+    const runnable = this.#allocate(limits);
+    if (runnable.length === 0) return;
+    const step = await forwardStep(this.#model, this.#pool, this.#build(runnable), {
+      masked: reservedIdRange(this.#model.config.vocabSize),
+    });
+    this.stats.steps++;
+    this.stats.lastBatchSize = runnable.length;
+    this.stats.maxBatchSize = Math.max(this.stats.maxBatchSize, runnable.length);
+    this.#apply(runnable, step);
+  }
+
+  /** Plans the step and makes sure each chunk has its blocks (preempting the newest request when they run out). */
+  #allocate(limits: SchedulerLimits): PlannedRun[] {
     const plan = planStep(
       this.#running.map((s) => ({ id: s.request.id, numTokens: s.tokens.length, numComputed: s.numComputed })),
-      [],
       limits,
     );
     const byId = new Map(this.#running.map((s) => [s.request.id, s]));
-    const planned: { seq: Sequence; numTokens: number; samples: boolean; logits: LogitsWanted }[] = [];
+    const planned: PlannedRun[] = [];
     for (const chunk of plan.chunks) {
       const seq = byId.get(chunk.id)!;
       if (!this.#running.includes(seq)) continue; // preempted for an earlier chunk of this step
-      // Blocks for this chunk; when they run out, preempt the newest other request (recompute later).
       while (!this.#blocks.ensure(seq.blocks, seq.numComputed + chunk.numTokens, seq.numComputed)) {
         if (!this.#preemptOne(seq)) break;
       }
@@ -485,42 +444,48 @@ export class Engine {
       planned.push({ seq, numTokens: chunk.numTokens, samples: chunk.samples, logits });
     }
     // A sequence preempted after its chunk was planned must not run.
-    const runnable = planned.filter((p) => this.#running.includes(p.seq));
-    if (runnable.length === 0) return;
-    const device = this.#model.backend.samplesOnDevice === true && this.#model.backend.ops.sample !== undefined;
-    const stepSequences: StepSequence[] = runnable.map(({ seq, numTokens, samples, logits }) => ({
-      tokenIds: seq.tokens.slice(seq.numComputed, seq.numComputed + numTokens),
-      startPosition: seq.numComputed,
-      fullBlocks: Int32Array.from(seq.blocks.full),
-      slidingBlocks: Int32Array.from(seq.blocks.sliding),
-      logits,
-      // Rows a guide may force and rows whose logits are wanted stay on the host.
-      sample: device && samples && logits === "last" && !seq.request.guide && !seq.finished
-        ? seq.sampler.deviceSampling()
-        : undefined,
-    }));
-    const step = await forwardStep(this.#model, this.#pool, stepSequences, {
-      masked: reservedIdRange(this.#model.config.vocabSize),
+    return planned.filter((p) => this.#running.includes(p.seq));
+  }
+
+  /**
+   * The model's view of the step. A row is drawn on the device when the backend samples there and the row needs
+   * no pre-pass and no guide; its uniform comes from the request's generator either way, so the tokens are the same.
+   */
+  #build(runnable: readonly PlannedRun[]): StepSequence[] {
+    const backend = this.#model.backend;
+    const device = backend.samplesOnDevice === true && backend.ops.sample !== undefined;
+    return runnable.map(({ seq, numTokens, samples, logits }) => {
+      const onDevice = device && samples && logits === "last" && !seq.request.guide && !seq.finished &&
+        !seq.sampler.needsPrepass;
+      return {
+        tokenIds: seq.tokens.slice(seq.numComputed, seq.numComputed + numTokens),
+        startPosition: seq.numComputed,
+        fullBlocks: Int32Array.from(seq.blocks.full),
+        slidingBlocks: Int32Array.from(seq.blocks.sliding),
+        logits,
+        sample: onDevice ? seq.sampler.nextDraw() : undefined,
+        keepLogits: onDevice && seq.sampler.wantsLogprobs,
+      };
     });
-    const logits = step.logits;
-    this.stats.steps++;
-    this.stats.lastBatchSize = runnable.length;
-    this.stats.maxBatchSize = Math.max(this.stats.maxBatchSize, runnable.length);
+  }
+
+  /** Records prompt logprobs, advances the caches, takes each sampled token and applies the stop rules. */
+  #apply(runnable: readonly PlannedRun[], step: StepResult): void {
     const vocab = this.#model.config.vocabSize;
     let generated = 0;
     runnable.forEach(({ seq, numTokens, samples, logits: wanted }, i) => {
-      const rows = logits[i];
+      const rows = step.logits[i];
       if (wanted === "all" && seq.promptLogprobs) this.#recordPromptLogprobs(seq, rows, numTokens);
       seq.numComputed += numTokens;
       this.#blocks.advance(seq.blocks, seq.tokens, seq.numComputed);
       if (!samples || seq.finished) return;
-      const last = rows.subarray(rows.length - vocab);
+      const last = rows.length > 0 ? rows.subarray(rows.length - vocab) : undefined;
       const forced = seq.request.guide?.next(seq.tokens.slice(seq.promptLength));
       const sampled = step.sampled[i] >= 0
-        ? seq.sampler.acceptDeviceSample(step.sampled[i])
+        ? seq.sampler.acceptDeviceSample(step.sampled[i], last)
         : typeof forced === "number"
-        ? seq.sampler.force(forced, last)
-        : seq.sampler.sample(last, forced?.allowed);
+        ? seq.sampler.force(forced, last!)
+        : seq.sampler.sample(last!, forced?.allowed);
       seq.tokens.push(sampled.tokenId);
       generated++;
       if (seq.promptLogprobs && seq.numComputed >= seq.promptLength) {

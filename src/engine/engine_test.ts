@@ -2,9 +2,9 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import type { Backend } from "../backends/backend.ts";
 import { createReferenceBackend } from "../backends/reference/reference_backend.ts";
 import { createWebGpuBackend, requestWebGpu } from "../backends/webgpu/webgpu_backend.ts";
-import { Checkpoint } from "../model/checkpoint.ts";
+import { Checkpoint } from "../checkpoint/checkpoint.ts";
 import { createModel } from "../model/gpt_oss.ts";
-import { loadWeights } from "../model/weights.ts";
+import { loadWeights } from "../checkpoint/load_weights.ts";
 import { createLogger } from "../obs/logger.ts";
 import { Engine, type EngineRequest, type TokenEvent } from "./engine.ts";
 import { DEFAULT_SAMPLING } from "./sampling.ts";
@@ -118,7 +118,7 @@ Deno.test("out of KV blocks, requests are preempted and recomputed: same tokens 
   assert((tight.stats.pressureActions.smaller_batches ?? 0) > 0, JSON.stringify(tight.stats.pressureActions));
   const memory = tight.memory();
   assertEquals(memory.blocks.total, memory.blocks.used + memory.blocks.cached + memory.blocks.free);
-  assert(memory.bytes_total > 0 && ["none", "moderate", "high", "critical"].includes(memory.pressure));
+  assert(memory.bytesTotal > 0 && ["none", "moderate", "high", "critical"].includes(memory.pressure));
   await tight.idle();
   assertEquals(tight.memory().blocks.used, 0);
   assertEquals(tight.stats.kvCachesHeld, 0);
@@ -137,7 +137,7 @@ Deno.test("a repeated prompt is served from the prefix cache with identical toke
   }
   assertEquals(second, firstTokens);
   assertEquals(cached, 28); // 7 whole blocks of 4; the last 2 prompt tokens are recomputed
-  assert(e.memory().prefix_cache.hit_rate > 0.4);
+  assert(e.memory().prefixCache.hitRate > 0.4);
 });
 
 Deno.test("a request that could never fit the KV cache is refused as context_length_exceeded", async () => {
@@ -156,7 +156,7 @@ const gpu = await requestWebGpu();
 if (!gpu) console.log("skip: engine device sampling (no WebGPU adapter here)");
 
 Deno.test({
-  name: "webgpu samples on the device: greedy = the reference's tokens, seeded alone = in a batch beside logprobs rows",
+  name: "webgpu samples on the device: greedy = the reference's tokens, seeded alone = batched = with logprobs",
   ignore: gpu === undefined,
   async fn() {
     // f32 matmuls: the greedy tokens are compared with the reference's exactly.
@@ -176,8 +176,7 @@ Deno.test({
     assertEquals(sampledRows, 20, "every greedy token was picked on the device");
     const seeded = { ...request("s", prompt, 7), sampling: { ...DEFAULT_SAMPLING, seed: 7, topK: 40, topP: 0.9 } };
     const alone = await tokens(e.submit(seeded));
-    // Beside a request that wants logprobs (host sampler, so the step reads logits and samples the others on the
-    // device) and another seeded one.
+    // Beside a request that wants logprobs (drawn on the device too; its logits also come back) and another one.
     const withLogprobs = {
       ...request("lp", [3, 1, 4, 1, 5], 1),
       sampling: { ...DEFAULT_SAMPLING, seed: 1, logprobs: 2 },
@@ -190,7 +189,10 @@ Deno.test({
     ]);
     assertEquals(beside, alone);
     assertEquals(logprobTokens.length, 20);
-    assertEquals(sampledRows - rowsBefore, 40, "the two seeded requests sampled on the device, the logprobs one not");
+    assertEquals(sampledRows - rowsBefore, 60, "every row was drawn on the device, the logprobs one too");
+    // The logprobs request's tokens are the ones it gets without logprobs.
+    const plain = { ...withLogprobs, id: "lp2", sampling: { ...withLogprobs.sampling, logprobs: undefined } };
+    assertEquals(await tokens(e.submit(plain)), logprobTokens);
     // Another seed gives another stream (the draw really uses the request's generator).
     const other = await tokens(e.submit({ ...seeded, id: "s3", sampling: { ...seeded.sampling, seed: 8 } }));
     assert(other.join() !== alone.join(), "seeds 7 and 8 gave the same 20 tokens");

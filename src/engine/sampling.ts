@@ -1,8 +1,10 @@
 /**
- * Token sampling on the host: penalties, logit bias, reserved-id masking, temperature, top-k, top-p, min-p and a
- * per-request seeded generator, so a seeded request gives the same tokens whatever else shares its batch.
- * Logprobs are the model's raw log-softmax (f32 logits, before any filter or mask), as vLLM reports by default.
+ * Token sampling of one request: the pre-pass (penalties, logit bias, reserved ids, min-p), the seeded generator and
+ * logprobs; the draw itself is the backends' sample op, so a seeded request gives the same tokens on every backend,
+ * alone or batched, with or without logprobs. Logprobs are the model's raw log-softmax (f32 logits, before any
+ * filter or mask), as vLLM reports by default.
  */
+import { GREEDY_TEMPERATURE, type RowSampling as SampleOpRow, sampleRow } from "../backends/reference/sample.ts";
 
 /** Sampling settings of one request (OpenAI/vLLM semantics). */
 export interface SamplingParams {
@@ -123,7 +125,20 @@ export function topIndices(values: ArrayLike<number>, k: number): number[] {
   return best;
 }
 
-/** Samples tokens for one request; owns the request's random generator and output-token counts. */
+/** The settings of the single sample op ({@link sampleRow}) for one draw of a request. */
+export type RowSampling = SampleOpRow;
+
+/** The largest f32 below 1: a draw's uniform as the device receives it (f32 params). */
+const U_MAX = 0.99999994;
+
+/**
+ * Samples tokens for one request; owns the request's random generator and output-token counts.
+ *
+ * One rule on every backend: penalties, logit bias, reserved ids, a guide's allowed set and min-p are a pre-pass
+ * over the logits ({@link Sampler.prepare}); the draw is the sample op ({@link sampleRow}, the reference that every
+ * device kernel is tested against) with one f32 uniform from the request's seeded generator per non-greedy token.
+ * A row without a pre-pass may be drawn on the device with the same uniform: same tokens either way.
+ */
 export class Sampler {
   readonly #params: SamplingParams;
   readonly #random: Random;
@@ -131,13 +146,24 @@ export class Sampler {
   readonly #seen = new Set<number>();
   readonly #masked: [number, number] | undefined;
   #scratch = new Float32Array(0);
-  #weights = new Float64Array(0);
 
   constructor(params: SamplingParams, options: { vocabSize: number; promptIds?: readonly number[] }) {
     this.#params = params;
     this.#random = new Random(params.seed ?? crypto.getRandomValues(new Uint32Array(1))[0]);
     this.#masked = reservedIdRange(options.vocabSize);
     for (const id of options.promptIds ?? []) this.#seen.add(id);
+  }
+
+  /** Whether the logits need a pre-pass before the sample op (penalties, logit bias, min-p). */
+  get needsPrepass(): boolean {
+    const p = this.#params;
+    return p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0 ||
+      p.logitBias.size > 0 || (p.minP > 0 && p.temperature > GREEDY_TEMPERATURE);
+  }
+
+  /** Whether the raw logits must come back to the host (logprobs). */
+  get wantsLogprobs(): boolean {
+    return this.#params.logprobs !== undefined;
   }
 
   /** Records a token that joined the output without being sampled here (e.g. forced). */
@@ -152,29 +178,25 @@ export class Sampler {
     return this.#withLogprobs(tokenId, logits);
   }
 
-  /**
-   * The settings for sampling on the device, or undefined when this request needs the host sampler (logprobs,
-   * penalties, logit bias, min-p). Device sampling has the same filters but picks by its own rule (see Ops.sample).
-   */
-  deviceSampling(): { temperature: number; topK: number; topP: number; u: number } | undefined {
+  /** The next draw's sample-op settings; consumes one uniform from the generator unless the request is greedy. */
+  nextDraw(): RowSampling {
     const p = this.#params;
-    if (
-      p.logprobs !== undefined || p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0 ||
-      p.logitBias.size > 0 || p.minP > 0
-    ) return undefined;
-    // One draw per sampled token, as on the host, so a seeded request's stream does not depend on its batch.
-    const u = p.temperature <= 1e-5 ? 0 : this.#random.next();
+    const u = p.temperature <= GREEDY_TEMPERATURE ? 0 : Math.fround(Math.min(this.#random.next(), U_MAX));
     return { temperature: p.temperature, topK: p.topK, topP: p.topP, u };
   }
 
-  /** Records a token the device sampled with {@link deviceSampling}'s settings. */
-  acceptDeviceSample(tokenId: number): SampledToken {
+  /** Records a token the device sampled with {@link nextDraw}'s settings; `logits` only when logprobs are wanted. */
+  acceptDeviceSample(tokenId: number, logits?: Float32Array): SampledToken {
     this.observe(tokenId);
-    return { tokenId };
+    return logits ? this.#withLogprobs(tokenId, logits) : { tokenId };
   }
 
-  /** Picks the next token from one row of logits (not modified); only among `allowed` when given (guided decoding). */
-  sample(logits: Float32Array, allowed?: ReadonlySet<number>): SampledToken {
+  /**
+   * The pre-pass: a copy of the logits with repetition, presence and frequency penalties, logit bias, the reserved
+   * ids and anything outside `allowed` (guided decoding) applied, then min-p: ids with (z − max) / T < ln(min_p)
+   * (probability below min_p × the top one) set to −∞.
+   */
+  prepare(logits: Float32Array, allowed?: ReadonlySet<number>): Float32Array {
     const p = this.#params;
     if (this.#scratch.length < logits.length) this.#scratch = new Float32Array(logits.length);
     const z = this.#scratch.subarray(0, logits.length);
@@ -188,13 +210,23 @@ export class Sampler {
     for (const [id, bias] of p.logitBias) if (id >= 0 && id < z.length) z[id] += bias;
     if (this.#masked) z.fill(-Infinity, this.#masked[0], this.#masked[1] + 1);
     if (allowed) {
-      // Keep only the allowed ids, with their penalties and bias applied.
       const kept = [...allowed].filter((id) => id >= 0 && id < z.length).map((id) => [id, z[id]] as const);
       z.fill(-Infinity);
       for (const [id, logit] of kept) z[id] = logit;
     }
+    if (p.minP > 0 && p.temperature > GREEDY_TEMPERATURE) {
+      let max = -Infinity;
+      for (let i = 0; i < z.length; i++) if (z[i] > max) max = z[i];
+      const floor = max + p.temperature * Math.log(p.minP);
+      for (let i = 0; i < z.length; i++) if (z[i] < floor) z[i] = -Infinity;
+    }
+    return z;
+  }
 
-    const tokenId = p.temperature <= 1e-5 ? topIndices(z, 1)[0] : this.#sampleRandom(z);
+  /** Picks the next token from one row of logits (not modified); only among `allowed` when given (guided decoding). */
+  sample(logits: Float32Array, allowed?: ReadonlySet<number>): SampledToken {
+    const z = this.prepare(logits, allowed);
+    const tokenId = sampleRow(z, this.nextDraw(), this.#masked);
     this.observe(tokenId);
     return this.#withLogprobs(tokenId, logits);
   }
@@ -210,64 +242,5 @@ export class Sampler {
         ? topIndices(logprobs, p.logprobs).map((id) => ({ tokenId: id, logprob: logprobs[id] }))
         : [],
     };
-  }
-
-  #sampleRandom(z: Float32Array): number {
-    const p = this.#params;
-    let max = -Infinity;
-    for (let i = 0; i < z.length; i++) if (z[i] > max) max = z[i];
-    const weights = this.#weights.length >= z.length ? this.#weights : (this.#weights = new Float64Array(z.length));
-    const invT = 1 / p.temperature;
-    let total = 0;
-    for (let i = 0; i < z.length; i++) {
-      const w = Math.exp((z[i] - max) * invT); // 0 for masked (−∞) logits
-      weights[i] = w;
-      total += w;
-    }
-    if (p.topK <= 0 && p.topP >= 1 && p.minP <= 0) return this.#draw(weights, total, z.length);
-
-    // Candidates: tokens whose weight is not negligible (below 1e-12 of the top one, all of them together cannot
-    // move a draw by more than 2e-7), most likely first.
-    let candidates: number[] = [];
-    if (p.topK > 0) candidates = topIndices(weights.subarray(0, z.length), p.topK);
-    else {
-      for (let i = 0; i < z.length; i++) if (weights[i] >= 1e-12) candidates.push(i);
-      candidates.sort((a, b) => weights[b] - weights[a] || a - b);
-    }
-    total = candidates.reduce((s, id) => s + weights[id], 0);
-    if (p.topP < 1) {
-      let cumulative = 0;
-      let keep = 0;
-      while (keep < candidates.length) {
-        cumulative += weights[candidates[keep]] / total;
-        keep++;
-        if (cumulative >= p.topP) break;
-      }
-      candidates = candidates.slice(0, keep);
-    }
-    if (p.minP > 0) {
-      const floor = p.minP * weights[candidates[0]];
-      candidates = candidates.filter((id) => weights[id] >= floor);
-    }
-    total = candidates.reduce((s, id) => s + weights[id], 0);
-    let u = this.#random.next() * total;
-    for (const id of candidates) {
-      u -= weights[id];
-      if (u < 0) return id;
-    }
-    return candidates[candidates.length - 1];
-  }
-
-  /** Draws from unnormalized weights[0..n). */
-  #draw(weights: Float64Array, total: number, n: number): number {
-    let u = this.#random.next() * total;
-    let last = 0;
-    for (let i = 0; i < n; i++) {
-      if (weights[i] === 0) continue;
-      last = i;
-      u -= weights[i];
-      if (u < 0) return i;
-    }
-    return last;
   }
 }

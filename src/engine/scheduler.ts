@@ -1,6 +1,7 @@
 /**
- * The scheduler: pure. From the running sequences and the waiting queue it plans one step under a token budget
- * and a sequence limit: running decodes first (or prefills first, per profile), then prefill chunks, oldest first.
+ * The scheduler: pure. From the running sequences it plans one step under a token budget and a sequence limit:
+ * running decodes first (or prefills first, per profile), then prefill chunks, oldest first. Admission (which waiting
+ * request joins the running set) is the engine's, because it depends on free KV blocks and the prefix cache.
  */
 
 /** What the scheduler needs to know of a sequence. */
@@ -31,19 +32,12 @@ export interface PlannedChunk {
 /** The plan of one step. */
 export interface StepPlan {
   readonly chunks: readonly PlannedChunk[];
-  /** Waiting sequences admitted by this plan (they join the running set). */
-  readonly admitted: readonly string[];
   readonly numTokens: number;
 }
 
-/** Plans one step. `running` keeps its order (oldest first); `waiting` is the queue in arrival order. */
-export function planStep(
-  running: readonly SchedulableSequence[],
-  waiting: readonly SchedulableSequence[],
-  limits: SchedulerLimits,
-): StepPlan {
+/** Plans one step. `running` keeps its order (oldest first). */
+export function planStep(running: readonly SchedulableSequence[], limits: SchedulerLimits): StepPlan {
   const chunks: PlannedChunk[] = [];
-  const admitted: string[] = [];
   let budget = limits.maxNumBatchedTokens;
   const take = (seq: SchedulableSequence): boolean => {
     const remaining = seq.numTokens - seq.numComputed;
@@ -58,11 +52,5 @@ export function planStep(
   const prefills = running.filter((s) => s.numTokens - s.numComputed > 1);
   const order = limits.prefillPriority === "decode_first" ? [...decodes, ...prefills] : [...prefills, ...decodes];
   for (const seq of order) take(seq);
-  // New sequences join while there is room for them.
-  for (const seq of waiting) {
-    if (running.length + admitted.length >= limits.maxNumSeqs || budget <= 0) break;
-    if (take(seq)) admitted.push(seq.id);
-    else break;
-  }
-  return { chunks, admitted, numTokens: limits.maxNumBatchedTokens - budget };
+  return { chunks, numTokens: limits.maxNumBatchedTokens - budget };
 }

@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { presetConfig } from "./synthetic.ts";
+import { presetConfig } from "../tools/synthetic.ts";
 import { bytesPerDecodeToken } from "./cost.ts";
 
 Deno.test("bytesPerDecodeToken() matches spec §7: 3,708,089,088 B for 20b and 5,002,907,904 B for 120b", () => {

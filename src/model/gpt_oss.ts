@@ -37,15 +37,10 @@ export function kvPoolSpec(
     numKeyValueHeads: config.numKeyValueHeads,
     headDim: config.headDim,
     layerWindows: config.layerIsSliding.map((sliding) => (sliding ? config.slidingWindow : 0)),
-    ...blocks,
+    blockSize: blocks.blockSize,
+    numFullBlocks: blocks.numFullBlocks,
+    numSlidingBlocks: blocks.numSlidingBlocks,
   };
-}
-
-/** KV bytes per position of each block group (f32 K and V as the reference stores them; a backend may differ). */
-export function kvBytesPerPosition(config: ModelConfig, bytesPerElement = 4): { full: number; sliding: number } {
-  const row = 2 * config.numKeyValueHeads * config.headDim * bytesPerElement;
-  const sliding = config.layerIsSliding.filter((s) => s).length;
-  return { full: row * (config.numHiddenLayers - sliding), sliding: row * sliding };
 }
 
 /** Which rows of logits a sequence wants back from a step. */
@@ -65,6 +60,8 @@ export interface StepSequence {
    * and a backend with `ops.sample`. `u` is the request's seeded uniform draw in [0, 1).
    */
   readonly sample?: { readonly temperature: number; readonly topK: number; readonly topP: number; readonly u: number };
+  /** With `sample`: return the row's logits as well (logprobs of a device-sampled token). */
+  readonly keepLogits?: boolean;
 }
 
 /** A step's results per sequence: logits rows (empty when none were wanted or the row was sampled) and the id. */
@@ -232,7 +229,8 @@ export async function forwardStep(
       const picked = (await backend.read(ids)) as Int32Array;
       samplers.forEach((seq, j) => sampled[seq] = picked[j]);
     }
-    if (sampleRows.length < logitRows.length) result = (await backend.read(logits)) as Float32Array;
+    const logitsWanted = sequences.some((seq) => rowCount(seq) > 0 && (!seq.sample || seq.keepLogits));
+    if (logitsWanted) result = (await backend.read(logits)) as Float32Array;
   } else {
     await backend.flush();
   }
@@ -243,7 +241,7 @@ export async function forwardStep(
   for (const seq of sequences) {
     const count = rowCount(seq);
     out.push(
-      result && !seq.sample
+      result && (!seq.sample || seq.keepLogits)
         ? result.subarray(offset * config.vocabSize, (offset + count) * config.vocabSize)
         : new Float32Array(0),
     );

@@ -262,6 +262,7 @@ export function createNativeBackend(options: NativeBackendOptions = {}): Backend
 
   return {
     name: options.name ?? "native",
+    kvBytesPerElement: 4,
     kind,
     upload(tensor: HostTensor): DeviceTensor {
       const size = tensor.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[tensor.dtype];

@@ -9,6 +9,7 @@ import { ref, RefTensor } from "./tensor.ts";
 export function createReferenceBackend(): Backend {
   return {
     name: "reference",
+    kvBytesPerElement: 4,
     upload(tensor: HostTensor): DeviceTensor {
       // Zero copy: the host bytes are the device bytes. Unaligned views are copied once so typed views work.
       const data = tensor.data.byteOffset % DTYPE_BYTES[tensor.dtype] === 0 ? tensor.data : tensor.data.slice();

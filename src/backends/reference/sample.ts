@@ -1,7 +1,11 @@
 /**
- * Device sampling's semantics in plain TypeScript (the oracle for {@link Ops.sample}): argmax, or top-k / top-p by
- * f32 weight thresholds found by bisection over float bits, then an inverse-CDF draw in id order. Bisection instead
- * of sorting is what a GPU does well; it keeps every tie at the threshold (a sort would cut ties by id).
+ * The sampling rule, written once (the oracle for {@link Ops.sample} on every backend and the host's own sampler):
+ * argmax, or top-k / top-p by f32 weight thresholds found by bisection over float bits, then an inverse-CDF draw in
+ * id order. Bisection instead of sorting is what a GPU does well; it keeps every tie at the threshold.
+ *
+ * Speed on the host: a bisection step that raises the threshold to τ also proves that no weight below τ can matter
+ * to any later step, so the candidates are compacted (in id order) as τ rises. The sums and counts are the same
+ * numbers, in the same order, as a pass over the whole row.
  */
 import type { DeviceTensor, Ops } from "../backend.ts";
 import { SAMPLE_PARAMS } from "../backend.ts";
@@ -15,6 +19,9 @@ export interface RowSampling {
   readonly u: number;
 }
 
+/** Rows at or below this temperature are greedy. */
+export const GREEDY_TEMPERATURE = 1e-5;
+
 const F32_ONE_BITS = 0x3f800000;
 const bitsView = new DataView(new ArrayBuffer(4));
 function floatOfBits(bits: number): number {
@@ -22,22 +29,14 @@ function floatOfBits(bits: number): number {
   return bitsView.getFloat32(0);
 }
 
-/** The largest float τ in [floatOfBits(lo), 1] with `valid(τ)`; valid must hold at lo and be monotone. */
-function largestThreshold(lo: number, valid: (tau: number) => boolean): number {
-  let hi = F32_ONE_BITS + 1; // weights are ≤ 1, so nothing is ≥ the float after 1
-  while (hi - lo > 1) {
-    const mid = (lo + hi) >>> 1;
-    if (valid(floatOfBits(mid))) lo = mid;
-    else hi = mid;
-  }
-  return floatOfBits(lo);
+function isMasked(i: number, masked: readonly [number, number] | undefined): boolean {
+  return masked !== undefined && i >= masked[0] && i <= masked[1];
 }
 
 function argmax(logits: Float32Array, masked?: readonly [number, number]): { best: number; max: number } {
   let max = -Infinity, best = 0;
   for (let i = 0; i < logits.length; i++) {
-    if (masked && i >= masked[0] && i <= masked[1]) continue;
-    if (logits[i] > max) {
+    if (logits[i] > max && !isMasked(i, masked)) {
       max = logits[i];
       best = i;
     }
@@ -45,63 +44,118 @@ function argmax(logits: Float32Array, masked?: readonly [number, number]): { bes
   return { best, max };
 }
 
+/** Candidate ids (ascending) and their f32 weights; shrinks as the threshold rises. */
+class Candidates {
+  ids: Int32Array;
+  weights: Float32Array;
+  length: number;
+
+  constructor(ids: Int32Array, weights: Float32Array, length: number) {
+    this.ids = ids;
+    this.weights = weights;
+    this.length = length;
+  }
+
+  count(tau: number): number {
+    let n = 0;
+    for (let i = 0; i < this.length; i++) if (this.weights[i] >= tau) n++;
+    return n;
+  }
+
+  sum(tau: number): number {
+    let s = 0;
+    for (let i = 0; i < this.length; i++) if (this.weights[i] >= tau) s += this.weights[i];
+    return s;
+  }
+
+  /** Drops the candidates below tau (keeps id order). */
+  keep(tau: number): void {
+    let n = 0;
+    for (let i = 0; i < this.length; i++) {
+      if (this.weights[i] >= tau) {
+        this.ids[n] = this.ids[i];
+        this.weights[n++] = this.weights[i];
+      }
+    }
+    this.length = n;
+  }
+}
+
+/** The bits of the largest float τ in [floatOfBits(lo), 1] with `valid(τ)` (valid holds at lo and is monotone). */
+function largestThreshold(lo: number, set: Candidates, valid: (tau: number) => boolean): number {
+  let hi = F32_ONE_BITS + 1; // weights are ≤ 1, so nothing is ≥ the float after 1
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >>> 1;
+    if (valid(floatOfBits(mid))) {
+      lo = mid;
+      set.keep(floatOfBits(lo));
+    } else hi = mid;
+  }
+  return lo;
+}
+
 /**
- * The weights a non-greedy row draws from: exp((z − max) / T) in f32 where kept by top-k / top-p, 0 elsewhere
- * (see {@link Ops.sample}); undefined for a greedy row.
+ * The candidates a non-greedy row draws from: ids (ascending) with weights exp((z − max) / T) in f32, kept by top-k
+ * and top-p (see {@link Ops.sample}); undefined for a greedy row or a row with nothing to draw.
+ */
+export function keptCandidates(
+  logits: Float32Array,
+  p: RowSampling,
+  masked?: readonly [number, number],
+): { ids: Int32Array; weights: Float32Array } | undefined {
+  const n = logits.length;
+  const { max } = argmax(logits, masked);
+  if (p.temperature <= GREEDY_TEMPERATURE || max === -Infinity) return undefined;
+  const ids = new Int32Array(n), weights = new Float32Array(n);
+  let length = 0;
+  for (let i = 0; i < n; i++) {
+    if (isMasked(i, masked)) continue;
+    const w = Math.fround(Math.exp((logits[i] - max) / p.temperature));
+    if (w > 0) { // a zero weight is never drawn and never changes a count above τ > 0
+      ids[length] = i;
+      weights[length++] = w;
+    }
+  }
+  const set = new Candidates(ids, weights, length);
+  let tauBits = 0;
+  if (p.topK > 0 && p.topK < n) tauBits = largestThreshold(0, set, (t) => set.count(t) >= p.topK);
+  if (p.topP < 1) {
+    const goal = p.topP * set.sum(floatOfBits(tauBits));
+    tauBits = largestThreshold(tauBits, set, (t) => set.sum(t) >= goal);
+  }
+  set.keep(floatOfBits(tauBits));
+  return { ids: set.ids.subarray(0, set.length), weights: set.weights.subarray(0, set.length) };
+}
+
+/**
+ * The kept weights as a dense row (0 where dropped), or undefined for a greedy row. For tests that need each
+ * token's share of the kept mass.
  */
 export function keptWeights(
   logits: Float32Array,
   p: RowSampling,
   masked?: readonly [number, number],
 ): Float32Array | undefined {
-  const n = logits.length;
-  const { max } = argmax(logits, masked);
-  if (p.temperature <= 1e-5 || max === -Infinity) return undefined;
-  const w = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    w[i] = masked && i >= masked[0] && i <= masked[1] ? 0 : Math.exp((logits[i] - max) / p.temperature);
-  }
-  const sumFrom = (tau: number) => {
-    let s = 0;
-    for (let i = 0; i < n; i++) if (w[i] >= tau) s += w[i];
-    return s;
-  };
-  const bitsOf = (x: number) => {
-    bitsView.setFloat32(0, x);
-    return bitsView.getUint32(0);
-  };
-  let tauBits = 0;
-  if (p.topK > 0 && p.topK < n) {
-    tauBits = bitsOf(largestThreshold(0, (t) => {
-      let count = 0;
-      for (let i = 0; i < n; i++) if (w[i] >= t) count++;
-      return count >= p.topK;
-    }));
-  }
-  if (p.topP < 1) {
-    const goal = p.topP * sumFrom(floatOfBits(tauBits));
-    tauBits = bitsOf(largestThreshold(tauBits, (t) => sumFrom(t) >= goal));
-  }
-  const tau = floatOfBits(tauBits);
-  for (let i = 0; i < n; i++) if (w[i] < tau) w[i] = 0;
+  const kept = keptCandidates(logits, p, masked);
+  if (!kept) return undefined;
+  const w = new Float32Array(logits.length);
+  kept.ids.forEach((id, j) => (w[id] = kept.weights[j]));
   return w;
 }
 
 /** Samples one row of logits (see {@link Ops.sample}); returns the token id. */
 export function sampleRow(logits: Float32Array, p: RowSampling, masked?: readonly [number, number]): number {
-  const w = keptWeights(logits, p, masked);
-  if (!w) return argmax(logits, masked).best;
+  const kept = keptCandidates(logits, p, masked);
+  if (!kept || kept.ids.length === 0) return argmax(logits, masked).best;
   let total = 0;
-  for (let i = 0; i < w.length; i++) total += w[i];
+  for (let i = 0; i < kept.weights.length; i++) total += kept.weights[i];
   const target = p.u * total;
-  let running = 0, last = 0;
-  for (let i = 0; i < w.length; i++) {
-    if (w[i] === 0) continue;
-    last = i;
-    running += w[i];
-    if (running > target) return i;
+  let running = 0;
+  for (let i = 0; i < kept.weights.length; i++) {
+    running += kept.weights[i];
+    if (running > target) return kept.ids[i];
   }
-  return last;
+  return kept.ids[kept.ids.length - 1];
 }
 
 /** The op: rows of logits and params to ids. */

@@ -14,11 +14,11 @@ import type {
   HostTensor,
   KvPool,
   KvPoolSpec,
+  ModelFootprint,
   MoeMlpOptions,
   Ops,
 } from "../backend.ts";
 import { DTYPE_BYTES, SAMPLE_PARAMS } from "../backend.ts";
-import type { ModelFootprint } from "../../model/checkpoint.ts";
 
 const KERNELS = new URL("../../../kernels/webgpu/", import.meta.url);
 
@@ -495,6 +495,7 @@ export function createWebGpuBackend(
 
   return {
     name: "webgpu",
+    kvBytesPerElement: 4,
     info,
     upload(tensor: HostTensor): DeviceTensor {
       return new GpuTensor(tensor.dtype, tensor.shape, uploadChunks(tensor));

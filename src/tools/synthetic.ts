@@ -3,9 +3,9 @@
  * indexed like openai/gpt-oss-20b and -120b for those presets), BF16 dense weights and MXFP4 experts with
  * realistically spread codes and scales. Deterministic for a seed; streamed to disk with bounded memory.
  */
-import { expectedTensors, type TensorSpec } from "./checkpoint.ts";
-import { type ModelConfig, parseHfConfig } from "./config.ts";
-import { encodeHeader, tensorBytes, type TensorSource, writeSafetensors } from "./safetensors_writer.ts";
+import { expectedTensors, type TensorSpec } from "../checkpoint/checkpoint.ts";
+import { type ModelConfig, parseHfConfig } from "../model/config.ts";
+import { encodeHeader, tensorBytes, type TensorSource, writeSafetensors } from "../checkpoint/safetensors_writer.ts";
 
 /** Shapes the generator knows. */
 export const PRESETS = ["tiny", "tiny-random", "mini", "20b", "120b"] as const;

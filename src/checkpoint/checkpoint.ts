@@ -3,7 +3,8 @@
  * `original/` layout, both seen through HF tensor names. Validates every tensor's dtype and shape against the config.
  */
 import { CheckpointError } from "../errors.ts";
-import { type ModelConfig, parseHfConfig, parseOriginalConfig } from "./config.ts";
+import type { ModelFootprint } from "../backends/backend.ts";
+import { type ModelConfig, parseHfConfig, parseOriginalConfig } from "../model/config.ts";
 import { type DType, type OpenOptions, SafetensorsSet } from "./safetensors.ts";
 
 /** A tensor the model needs: HF name, dtype and shape derived from the config. */
@@ -79,10 +80,6 @@ const ORIGINAL_NAMES: Array<[RegExp, string]> = [
  * What a model needs from a device: its weight bytes, and its largest row (a slice along the first dimension: one
  * vocabulary row, one expert's packed blocks), the unit a GPU backend splits a tensor into buffers by.
  */
-export interface ModelFootprint {
-  readonly weightBytes: number;
-  readonly largestRow: { readonly tensor: string; readonly bytes: number };
-}
 
 /** The footprint of a config's tensors (as stored: bf16 and packed MXFP4, no conversion). */
 export function modelFootprint(config: ModelConfig): ModelFootprint {

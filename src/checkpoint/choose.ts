@@ -2,7 +2,6 @@
 import { CheckpointError } from "../errors.ts";
 import type { Logger } from "../obs/logger.ts";
 import { type ResolveEnv, resolveModel } from "./resolve.ts";
-import { generateCheckpoint } from "./synthetic.ts";
 
 /** The id of the built-in demo model. */
 export const DEMO_MODEL_ID = "gpt-oss-tiny-random";
@@ -24,6 +23,8 @@ export interface ChooseModelOptions {
   readonly env: ResolveEnv;
   /** Where the demo model is generated. */
   readonly cacheDir: string;
+  /** Writes the demo checkpoint into a directory (the synthetic generator, which the server loads only then). */
+  readonly generateDemo: (dir: string) => Promise<void>;
   readonly logger: Logger;
 }
 
@@ -41,12 +42,16 @@ export async function chooseModel(options: ChooseModelOptions): Promise<ModelCho
     });
   }
   const dir = `${options.cacheDir}/${DEMO_MODEL_ID}`;
-  await ensureDemoModel(dir, options.logger);
+  await ensureDemoModel(dir, options.generateDemo, options.logger);
   return { dir, modelId: DEMO_MODEL_ID, demo: true };
 }
 
 /** Generates the demo checkpoint into `dir` unless it is already complete (config.json is written last). */
-export async function ensureDemoModel(dir: string, logger: Logger): Promise<void> {
+export async function ensureDemoModel(
+  dir: string,
+  generate: (dir: string) => Promise<void>,
+  logger: Logger,
+): Promise<void> {
   try {
     Deno.statSync(`${dir}/config.json`);
     return;
@@ -58,7 +63,7 @@ export async function ensureDemoModel(dir: string, logger: Logger): Promise<void
   const parent = dir.slice(0, dir.lastIndexOf("/"));
   await Deno.mkdir(parent, { recursive: true });
   const temporary = await Deno.makeTempDir({ dir: parent, prefix: ".demo-" });
-  await generateCheckpoint("tiny-random", temporary, { seed: 0 });
+  await generate(temporary);
   try {
     await Deno.rename(temporary, dir);
   } catch {
