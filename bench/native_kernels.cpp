@@ -70,6 +70,10 @@ double best_of(int passes, F run) {
 int main(int argc, char** argv) {
   if (argc < 2) return std::fprintf(stderr, "usage: native_kernels gemv|moe [T]|mxfp4\n"), 2;
   g_file = std::getenv("WEIGHTS_FILE");
+  const char* isa_error = nullptr;
+  if (!gptoss::cpu::request_isa(std::getenv("GPTOSS_CPU_ISA"), &isa_error)) {
+    return std::fprintf(stderr, "GPTOSS_CPU_ISA: %s\n", isa_error), 2;
+  }
 #pragma omp parallel
   _mm_setcsr(_mm_getcsr() | 0x8040);
   _mm_setcsr(_mm_getcsr() | 0x8040);

@@ -5,7 +5,8 @@
 import { createApp } from "./api/app.ts";
 import type { ServingState } from "./api/serving.ts";
 import type { Backend } from "./backends/backend.ts";
-import { probeBackends, type ProbeResult, selectBackend } from "./backends/select.ts";
+import { buildNativeLibrary, nativeLibraryExists } from "./backends/native/library.ts";
+import { type BackendOptions, BackendSelector, type ProbeResult } from "./backends/select.ts";
 import { helpText, parseCommandLine } from "./cli.ts";
 import { loadServerConfig, type ServerConfig } from "./config.ts";
 import { Engine } from "./engine/engine.ts";
@@ -127,26 +128,45 @@ async function loadModel(
   }
 }
 
-async function serve(config: ServerConfig, logger: Logger): Promise<void> {
-  // Probe once, before listening: a backend that cannot run here fails fast.
-  const probes = await probeBackends();
+/** Native context settings from the environment (the library itself reads none). */
+function nativeOptionsFromEnv(): NonNullable<BackendOptions["native"]> {
+  const profile = Deno.env.get("GPTOSS_PROFILE");
+  return {
+    isa: Deno.env.get("GPTOSS_CPU_ISA") || undefined,
+    profile: profile === "steps" ? "steps" : profile ? "ops" : undefined,
+    cudaGraphs: Deno.env.get("GPTOSS_CUDA_GRAPHS") !== "0",
+  };
+}
+
+/** Builds the CPU library when it is missing and a backend may need it (logged; failures leave it unavailable). */
+async function ensureNativeLibrary(config: ServerConfig, logger: Logger): Promise<void> {
+  if (nativeLibraryExists() || !["auto", "native"].includes(config.backend)) return;
+  logger.info("native.build", { message: "build/libgptoss_cpu.so is missing: building it (deno task build:native)" });
+  const started = performance.now();
+  try {
+    await buildNativeLibrary();
+    logger.info("native.build.done", { ms: Math.round(performance.now() - started) });
+  } catch (err) {
+    logger.warn("native.build.failed", { error: (err as Error).message });
+  }
+}
+
+/** Probes once, before listening: a backend named on the command line that cannot run here fails fast. */
+async function probeForServe(config: ServerConfig, selector: BackendSelector): Promise<ProbeResult[]> {
+  const probes = await selector.probe();
   if (config.backend !== "auto" && !probes.some((p) => p.name === config.backend && p.available)) {
     try {
-      await selectBackend(config.backend, probes);
+      await selector.select(config.backend, probes);
     } catch (err) {
       fail((err as Error).message);
     }
   }
-  const port = await acquirePort({
-    host: config.host,
-    port: config.port,
-    autoPort: config.autoPort,
-    forcePort: config.forcePort,
-    logger,
-  });
-  let choice: ModelChoice;
+  return probes;
+}
+
+async function chooseCheckpoint(config: ServerConfig, logger: Logger): Promise<ModelChoice> {
   try {
-    choice = await chooseModel({
+    return await chooseModel({
       model: config.model,
       defaultModel: config.scheduler.defaultModel,
       env: { HF_HUB_CACHE: Deno.env.get("HF_HUB_CACHE"), HF_HOME: Deno.env.get("HF_HOME"), HOME: Deno.env.get("HOME") },
@@ -161,19 +181,58 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
     if (err instanceof CheckpointError) fail(err.message);
     throw err;
   }
-  // Choose the backend the model fits on (headers only: nothing is read yet).
-  let selection: { backend: Backend; probe: ProbeResult };
+}
+
+/** The backend the model fits on (headers only: nothing is read yet). */
+async function selectFitting(
+  config: ServerConfig,
+  choice: ModelChoice,
+  selector: BackendSelector,
+  probes: ProbeResult[],
+): Promise<{ backend: Backend; probe: ProbeResult }> {
   try {
     const header = Checkpoint.open(choice.dir);
     const need = modelFootprint(header.config);
     header.close();
-    selection = await selectBackend(config.backend, probes, { need, kvCacheBytes: config.kvCacheBytes }, {
+    return await selector.select(config.backend, probes, { need, kvCacheBytes: config.kvCacheBytes }, {
       dtype: config.dtype,
+      native: nativeOptionsFromEnv(),
     });
   } catch (err) {
-    if (err instanceof CheckpointError) fail(err.message);
     fail((err as Error).message);
   }
+}
+
+/** SIGTERM / SIGINT: stop accepting, let requests finish up to the drain deadline, flush spans, exit. */
+function onSignals(config: ServerConfig, logger: Logger, server: Deno.HttpServer, flushSpans: () => Promise<void>) {
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info("server.drain", { signal, drainTimeoutMs: config.drainTimeoutMs });
+    const deadline = new Promise<"timeout">((resolve) => setTimeout(() => resolve("timeout"), config.drainTimeoutMs));
+    const outcome = await Promise.race([server.shutdown().then(() => "drained" as const), deadline]);
+    await Promise.race([flushSpans(), new Promise((resolve) => setTimeout(resolve, 5000))]);
+    logger.info("server.stop", { outcome });
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
+  Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
+}
+
+async function serve(config: ServerConfig, logger: Logger): Promise<void> {
+  await ensureNativeLibrary(config, logger);
+  const selector = new BackendSelector();
+  const probes = await probeForServe(config, selector);
+  const port = await acquirePort({
+    host: config.host,
+    port: config.port,
+    autoPort: config.autoPort,
+    forcePort: config.forcePort,
+    logger,
+  });
+  const choice = await chooseCheckpoint(config, logger);
+  const selection = await selectFitting(config, choice, selector, probes);
   const state: ServingState = {
     status: "loading",
     modelId: config.servedModelName ?? choice.modelId,
@@ -217,21 +276,7 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
     port,
     onListen: (addr) => logger.info("server.listen", { host: addr.hostname, port: addr.port, pid: Deno.pid }),
   }, app.fetch);
-
-  let stopping = false;
-  const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info("server.drain", { signal, drainTimeoutMs: config.drainTimeoutMs });
-    const deadline = new Promise<"timeout">((resolve) => setTimeout(() => resolve("timeout"), config.drainTimeoutMs));
-    const outcome = await Promise.race([server.shutdown().then(() => "drained" as const), deadline]);
-    await Promise.race([tracing.shutdown(), new Promise((resolve) => setTimeout(resolve, 5000))]); // flush spans
-    logger.info("server.stop", { outcome });
-    Deno.exit(0);
-  };
-  Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
-  Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
-
+  onSignals(config, logger, server, () => tracing.shutdown());
   loadModel(choice, config, state, logger, metrics, selection).catch((err) => {
     state.status = "failed";
     state.error = (err as Error).message;
@@ -273,7 +318,7 @@ async function main(): Promise<void> {
   }
   if (commandLine.command === "make-model") return await makeModel(commandLine.flags);
   if (commandLine.command === "probe") {
-    const candidates = await probeBackends();
+    const candidates = await new BackendSelector().probe();
     console.log(JSON.stringify({ decision: candidates.find((c) => c.available)?.name, candidates }, null, 2));
     return;
   }

@@ -26,10 +26,8 @@ const nativeAvailable = (() => {
 function ffiType(cType: string): string[] {
   const t = cType.replace(/\bconst\b/g, "").replace(/\s+/g, " ").trim();
   if (t.endsWith("*")) {
-    // Handles and strings are pointers; caller-provided arrays and structs are buffers.
-    return /^(gptoss_context|gptoss_tensor|gptoss_kv_pool|char|void) ?\*$/.test(t) && !/^void ?\*$/.test(t)
-      ? ["pointer"]
-      : ["buffer", "pointer"];
+    // Handles and returned strings are pointers; caller-provided arrays, strings and structs are buffers.
+    return /^(gptoss_context|gptoss_tensor|gptoss_kv_pool) ?\*$/.test(t) ? ["pointer"] : ["buffer", "pointer"];
   }
   return [
     {
@@ -84,7 +82,8 @@ function assertEnqueueChecks(backend: Backend, x: DeviceTensor): void {
   assertThrows(
     () => backend.ops.matmul(backend.alloc([2, 3], "f32"), x, weight),
     (err: Error) =>
-      err instanceof BackendError && err.op === "matmul_f32_bf16w" && /does not match weight/.test(err.message),
+      err instanceof BackendError && err.op === "matmul" &&
+      /matmul_f32_bf16w: .*does not match weight/.test(err.message),
   );
   assertThrows(
     () => backend.ops.rmsnorm(x, x, backend.alloc([8], "f32"), 1e-5),
@@ -115,7 +114,7 @@ Deno.test({
     const status = library.symbols.gptoss_add(null, null, null, null);
     assertEquals(status, 1); // GPTOSS_INVALID_ARGUMENT, no crash
     const out = new BigUint64Array(1);
-    library.symbols.gptoss_context_create(1, out);
+    library.symbols.gptoss_context_create(1, 0, null, out);
     const ctx = Deno.UnsafePointer.create(out[0]);
     assertEquals(library.symbols.gptoss_add(ctx, null, null, null), 1);
     assert(/null handle/.test(Deno.UnsafePointerView.getCString(library.symbols.gptoss_last_error(ctx)!)));
@@ -146,11 +145,12 @@ Deno.test({
       assertThrows(
         () => loadNativeLibrary({ path: `${dir}/libstub.so` }),
         (err: Error) =>
-          err instanceof BackendError && /speaks ABI version 999; these bindings need version 1/.test(err.message),
+          err instanceof BackendError && /speaks ABI version 999; these bindings need version 2/.test(err.message),
       );
       assertThrows(
-        () => loadNativeLibrary({ path: `${dir}/missing.so`, build: false }),
-        (err: Error) => err instanceof BackendError && /Cannot load the native library/.test(err.message),
+        () => loadNativeLibrary({ path: `${dir}/missing.so` }),
+        (err: Error) =>
+          err instanceof BackendError && /is not built \(build it with: deno task build:native\)/.test(err.message),
       );
     } finally {
       await Deno.remove(dir, { recursive: true });
@@ -177,12 +177,12 @@ Deno.test({
   name: "the CUDA library exports the same symbol table and ABI version, and reports a missing device cleanly",
   ignore: cudaDevice !== false,
   fn: async () => {
-    const library = loadNativeLibrary({ path: CUDA_LIBRARY_PATH, build: false }); // every symbol of SYMBOLS resolves
+    const library = loadNativeLibrary({ path: CUDA_LIBRARY_PATH }); // every symbol of SYMBOLS resolves
     try {
       assertEquals(library.symbols.gptoss_abi_version(), GPTOSS_ABI_VERSION);
       assertEquals(Deno.UnsafePointerView.getCString(library.symbols.gptoss_backend_kind()!), "cuda");
       const out = new BigUint64Array(1);
-      assertEquals(library.symbols.gptoss_context_create(1, out), 5); // GPTOSS_NO_DEVICE
+      assertEquals(library.symbols.gptoss_context_create(1, 0, null, out), 5); // GPTOSS_NO_DEVICE
       const message = Deno.UnsafePointerView.getCString(library.symbols.gptoss_last_error(null)!);
       assert(/^no CUDA device: /.test(message), message);
       const probe = (await probeBackends()).find((p) => p.name === "cuda")!;
@@ -202,7 +202,7 @@ Deno.test({
     assertEquals(probes[0].name, "cuda");
     assert(probes[0].available, probes[0].reason);
     const backend = createNativeBackend({
-      library: loadNativeLibrary({ path: CUDA_LIBRARY_PATH, build: false }),
+      library: loadNativeLibrary({ path: CUDA_LIBRARY_PATH }),
       name: "cuda",
     });
     try {
@@ -256,7 +256,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "the CPU library takes the widest vector path this CPU has, and GPTOSS_CPU_ISA narrows it",
+  name: "the CPU library takes the widest vector path this CPU has; the context's isa caps it, once per process",
   ignore: !nativeAvailable,
   fn: async () => {
     // The conformance suite runs the default path and each forced narrower one; this pins down that the default
@@ -283,19 +283,30 @@ Deno.test({
       : flags.has("avx2") && flags.has("fma")
       ? "cpu/avx2"
       : "cpu/scalar";
-    const kindWith = async (isa?: string) => {
-      const script = `import { loadNativeLibrary } from ${
+    // Each in a fresh process (the path is fixed per process): the kind of a backend created with `isa`, then what
+    // a second context asking for another path gets.
+    const kindWith = async (isa?: string, second?: string) => {
+      const script = `import { createNativeBackend } from ${
         JSON.stringify(new URL("../src/backends/native/native_backend.ts", import.meta.url).href)
       };
-        const lib = loadNativeLibrary(); console.log(Deno.UnsafePointerView.getCString(lib.symbols.gptoss_backend_kind()));`;
-      const env: Record<string, string> = { NO_COLOR: "1" };
-      if (isa) env.GPTOSS_CPU_ISA = isa;
-      const out = await new Deno.Command(Deno.execPath(), { args: ["eval", script], env, stdout: "piped" }).output();
+        const isa = ${JSON.stringify(isa ?? null)} ?? undefined, second = ${JSON.stringify(second ?? null)};
+        console.log(createNativeBackend({ numThreads: 1, isa }).kind);
+        if (second) try { createNativeBackend({ numThreads: 1, isa: second }); console.log("created"); }
+        catch (err) { console.log(err.message); }`;
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["eval", script],
+        env: { NO_COLOR: "1" },
+        stdout: "piped",
+      }).output();
       return new TextDecoder().decode(out.stdout).trim();
     };
     assertEquals(await kindWith(), widest);
     assertEquals(await kindWith("scalar"), "cpu/scalar");
     if (widest === "cpu/avx512-amx") assertEquals(await kindWith("avx512-vnni"), "cpu/avx512-vnni");
     if (widest.startsWith("cpu/avx512-")) assertEquals(await kindWith("avx512"), "cpu/avx512");
+    const [kind, refusal] = (await kindWith("scalar", "avx2")).split("\n");
+    assertEquals(kind, "cpu/scalar");
+    assert(/the CPU path is fixed for this process .*asked for "avx2", fixed at scalar/.test(refusal), refusal);
+    assert(/unknown CPU path/.test((await kindWith(undefined, "avx9")).split("\n")[1]));
   },
 });

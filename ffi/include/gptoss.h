@@ -23,7 +23,7 @@ extern "C" {
 #endif
 
 /** Bumped on every incompatible change; the TypeScript bindings refuse a library of another version. */
-#define GPTOSS_ABI_VERSION 1
+#define GPTOSS_ABI_VERSION 2
 
 typedef enum gptoss_status {
   GPTOSS_OK = 0,
@@ -87,8 +87,18 @@ uint32_t gptoss_abi_version(void);
 /** "cpu" or "cuda". */
 const char* gptoss_backend_kind(void);
 
-/** Creates a context; num_threads <= 0 means all cores. */
-gptoss_status gptoss_context_create(int32_t num_threads, gptoss_context** out);
+/** Flags of gptoss_context_create(). */
+#define GPTOSS_FLAG_PROFILE 1u       /* time each op; printed to stderr by gptoss_context_destroy() */
+#define GPTOSS_FLAG_PROFILE_STEPS 2u /* CUDA: host time per step and graph counts only (no per-op events) */
+#define GPTOSS_FLAG_NO_GRAPHS 4u     /* CUDA: never capture CUDA graphs */
+
+/**
+ * Creates a context. num_threads <= 0 means all cores. isa (CPU; NULL or "" = the widest path the CPU has) caps
+ * the vector code: "scalar", "avx2", "avx512", "avx512-vnni" or "avx512-amx" (a path the CPU lacks falls back to
+ * the widest it has). The path is fixed for the process by the first context: a later context that asks for
+ * another one fails with GPTOSS_UNSUPPORTED. The CUDA library ignores isa.
+ */
+gptoss_status gptoss_context_create(int32_t num_threads, uint32_t flags, const char* isa, gptoss_context** out);
 
 /** Destroys a context and every tensor and pool it owns. */
 void gptoss_context_destroy(gptoss_context* ctx);

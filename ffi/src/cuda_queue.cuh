@@ -7,9 +7,10 @@
 // was seen in one of the last few steps (a decode step: same tensors, same shapes), the step is captured once as a
 // CUDA graph (a few are kept) and later steps with that key replay it: one launch instead of ~15 per layer. What varies between such steps
 // (token ids, positions, block tables) lives in device tensors or in the pinned descriptor area, whose copy nodes
-// read it again at every replay. GPTOSS_CUDA_GRAPHS=0 launches every command directly; GPTOSS_PROFILE=1 times
-// each op with events (and launches directly) and prints the totals when the context is destroyed;
-// GPTOSS_PROFILE=steps prints only the host time per flush and the graph counts (graphs stay on).
+// read it again at every replay. The context-create flags choose the rest (main.ts maps the environment onto them):
+// GPTOSS_FLAG_NO_GRAPHS (GPTOSS_CUDA_GRAPHS=0) launches every command directly; GPTOSS_FLAG_PROFILE
+// (GPTOSS_PROFILE=1) times each op with events (and launches directly) and prints the totals when the context is
+// destroyed; GPTOSS_FLAG_PROFILE_STEPS (GPTOSS_PROFILE=steps) prints only the host time per flush and graph counts.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -143,11 +144,10 @@ uint64_t bits_of(T v) {
 /** The queue of one context: commands of the current step, its key, and the graph of the last repeated key. */
 class CommandQueue {
  public:
-  CommandQueue() {
-    const char* graphs = std::getenv("GPTOSS_CUDA_GRAPHS");
-    graphs_ = !(graphs && std::strcmp(graphs, "0") == 0);
-    const char* profile = std::getenv("GPTOSS_PROFILE");
-    profile_ = profile && std::strcmp(profile, "steps") != 0;  // "steps": host times and graph counts only
+  /** Graphs on unless GPTOSS_FLAG_NO_GRAPHS; per-op events with GPTOSS_FLAG_PROFILE (PROFILE_STEPS: host times). */
+  void configure(uint32_t flags) {
+    graphs_ = (flags & GPTOSS_FLAG_NO_GRAPHS) == 0;
+    profile_ = (flags & GPTOSS_FLAG_PROFILE) != 0;
   }
 
   /** Records kernel<<<grid, block, shared>>>(args...) for op `op`. */

@@ -92,8 +92,8 @@ class StepThread {
 
 struct gptoss_context {
   std::unique_ptr<StepThread> step_thread;
-  /** GPTOSS_PROFILE=1: time spent per op, printed to stderr when the context is destroyed. */
-  bool profile = std::getenv("GPTOSS_PROFILE") != nullptr;
+  /** GPTOSS_FLAG_PROFILE: time spent per op, printed to stderr when the context is destroyed. */
+  bool profile = false;
   std::vector<std::pair<std::string, double>> profile_ms;
   std::string last_error;
   std::vector<std::pair<std::string, std::function<void()>>> queue;
@@ -213,14 +213,29 @@ extern "C" {
 uint32_t gptoss_abi_version(void) { return GPTOSS_ABI_VERSION; }
 
 const char* gptoss_backend_kind(void) {
-  static const std::string kind = std::string("cpu/") + isa_name(detect_isa());
+  // Not cached and not fixing the path: a probe must not decide what a later context asks for.
+  thread_local std::string kind;
+  kind = std::string("cpu/") + isa_name(preview_isa());
   return kind.c_str();
 }
 
-gptoss_status gptoss_context_create(int32_t num_threads, gptoss_context** out) {
+namespace {
+/** Why the last gptoss_context_create() on this thread failed. */
+thread_local std::string g_create_error = "no context (gptoss_context_create failed or was not called)";
+}  // namespace
+
+gptoss_status gptoss_context_create(int32_t num_threads, uint32_t flags, const char* isa, gptoss_context** out) {
   if (!out) return GPTOSS_INVALID_ARGUMENT;
+  const char* isa_error = nullptr;
+  if (!gptoss::cpu::request_isa(isa, &isa_error)) {
+    g_create_error = std::string(isa_error) + " (asked for \"" + (isa ? isa : "") + "\", fixed at " +
+                     gptoss::cpu::isa_name(gptoss::cpu::detect_isa()) + ")";
+    return std::string(isa_error).rfind("unknown", 0) == 0 ? GPTOSS_INVALID_ARGUMENT : GPTOSS_UNSUPPORTED;
+  }
+  gptoss::cpu::detect_isa();  // fixes the path now, not at the first op
   try {
     *out = new gptoss_context();
+    (*out)->profile = (flags & (GPTOSS_FLAG_PROFILE | GPTOSS_FLAG_PROFILE_STEPS)) != 0;
     (*out)->step_thread = std::make_unique<StepThread>(num_threads);
   } catch (const std::bad_alloc&) {
     delete *out;
@@ -243,7 +258,7 @@ void gptoss_context_destroy(gptoss_context* ctx) {
 }
 
 const char* gptoss_last_error(gptoss_context* ctx) {
-  return ctx ? ctx->last_error.c_str() : "no context (gptoss_context_create failed or was not called)";
+  return ctx ? ctx->last_error.c_str() : g_create_error.c_str();
 }
 
 gptoss_status gptoss_tensor_wrap(gptoss_context* ctx, int32_t dtype, int32_t ndim, const int64_t* shape, void* data,

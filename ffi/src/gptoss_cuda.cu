@@ -38,6 +38,7 @@ struct gptoss_context {
   std::vector<std::unique_ptr<gptoss_tensor>> tensors;
   std::vector<std::unique_ptr<gptoss_kv_pool>> pools;
   CommandQueue queue;
+  uint32_t flags = 0;
   StepArena arena;
   DescriptorStage descriptors;
   std::vector<int32_t> descriptor;  // the attention call being validated (kept to reuse its memory)
@@ -222,8 +223,9 @@ uint32_t gptoss_abi_version(void) { return GPTOSS_ABI_VERSION; }
 
 const char* gptoss_backend_kind(void) { return "cuda"; }
 
-gptoss_status gptoss_context_create(int32_t num_threads, gptoss_context** out) {
+gptoss_status gptoss_context_create(int32_t num_threads, uint32_t flags, const char* isa, gptoss_context** out) {
   (void)num_threads;
+  (void)isa;
   if (!out) return GPTOSS_INVALID_ARGUMENT;
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
@@ -246,6 +248,8 @@ gptoss_status gptoss_context_create(int32_t num_threads, gptoss_context** out) {
     return GPTOSS_UNSUPPORTED;
   }
   auto ctx = new gptoss_context();
+  ctx->flags = flags;
+  ctx->queue.configure(flags);
   if (cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking) != cudaSuccess ||
       cudaMalloc(&ctx->device_error, sizeof(int32_t)) != cudaSuccess ||
       cudaMallocHost(&ctx->host_error, sizeof(int32_t)) != cudaSuccess ||
@@ -262,7 +266,7 @@ gptoss_status gptoss_context_create(int32_t num_threads, gptoss_context** out) {
 void gptoss_context_destroy(gptoss_context* ctx) {
   if (!ctx) return;
   if (ctx->stream) cudaStreamSynchronize(ctx->stream);
-  if (std::getenv("GPTOSS_PROFILE")) ctx->queue.print_profile();
+  if (ctx->flags & (GPTOSS_FLAG_PROFILE | GPTOSS_FLAG_PROFILE_STEPS)) ctx->queue.print_profile();
   for (auto& t : ctx->tensors) cudaFree(t->device);
   ctx->pools.clear();
   if (ctx->device_error) cudaFree(ctx->device_error);

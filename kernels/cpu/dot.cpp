@@ -6,10 +6,15 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <type_traits>
 
 #include "kernels.h"
+
+#include <algorithm>
+#include <mutex>
+#include <string>
 
 namespace gptoss::cpu {
 namespace {
@@ -512,21 +517,59 @@ void dequantize_mxfp4_row(const uint8_t* blocks, const uint8_t* scales, int64_t 
   }
 }
 
-Isa detect_isa() {
+namespace {
+
+/** The widest path this CPU has. */
+Isa widest_isa() {
   __builtin_cpu_init();
-  // GPTOSS_CPU_ISA=scalar|avx2 forces a narrower path (tests run every path the CPU has).
-  const char* forced = std::getenv("GPTOSS_CPU_ISA");
-  if (forced && std::string(forced) == "scalar") return Isa::scalar;
-  if (forced && std::string(forced) == "avx2" && __builtin_cpu_supports("avx2")) return Isa::avx2;
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  if (forced && std::string(forced) == "avx512" && avx512) return Isa::avx512;
   const bool vnni = avx512 && __builtin_cpu_supports("avx512vnni");
-  if (forced && std::string(forced) == "avx512-vnni" && vnni) return Isa::avx512vnni;
   if (vnni && amx_available()) return Isa::avx512amx;
   if (vnni) return Isa::avx512vnni;
   if (avx512) return Isa::avx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
   return Isa::scalar;
+}
+
+std::mutex g_isa_mutex;
+/** The cap asked for (avx512amx = none) and whether the path has been chosen. */
+Isa g_isa_cap = Isa::avx512amx;
+bool g_isa_fixed = false;
+
+}  // namespace
+
+bool request_isa(const char* name, const char** error) {
+  Isa cap = Isa::avx512amx;
+  const std::string n = name ? name : "";
+  if (n == "scalar") cap = Isa::scalar;
+  else if (n == "avx2") cap = Isa::avx2;
+  else if (n == "avx512") cap = Isa::avx512;
+  else if (n == "avx512-vnni") cap = Isa::avx512vnni;
+  else if (n != "" && n != "avx512-amx" && n != "auto") {
+    *error = "unknown CPU path (expected scalar, avx2, avx512, avx512-vnni, avx512-amx or auto)";
+    return false;
+  }
+  std::lock_guard<std::mutex> lock(g_isa_mutex);
+  if (g_isa_fixed && cap != g_isa_cap) {
+    *error = "the CPU path is fixed for this process by its first context; start another process for another one";
+    return false;
+  }
+  g_isa_cap = cap;
+  return true;
+}
+
+Isa preview_isa() {
+  std::lock_guard<std::mutex> lock(g_isa_mutex);
+  return std::min(widest_isa(), g_isa_cap);
+}
+
+Isa detect_isa() {
+  static const Isa isa = [] {
+    std::lock_guard<std::mutex> lock(g_isa_mutex);
+    g_isa_fixed = true;
+    return std::min(widest_isa(), g_isa_cap);
+  }();
+  return isa;
 }
 
 const char* isa_name(Isa isa) {

@@ -8,9 +8,16 @@
 
 namespace gptoss::cpu {
 
-/** Which vector code paths this CPU takes (chosen once at load). */
+/** Which vector code paths this CPU takes (chosen once per process, at the first kernel or context). */
 enum class Isa { scalar, avx2, avx512, avx512vnni, avx512amx };
 Isa detect_isa();
+/**
+ * Caps the path before it is chosen ("" = no cap); returns false with a message for an unknown name or when the
+ * path is already fixed at another cap.
+ */
+bool request_isa(const char* name, const char** error);
+/** The path detect_isa() would choose now, without fixing it. */
+Isa preview_isa();
 /** Whether the AMX tile kernels are in use (detect_isa() == Isa::avx512amx; cached). */
 bool use_amx();
 const char* isa_name(Isa isa);
@@ -78,7 +85,7 @@ const DotKernels& dot_kernels();
 /**
  * AMX tile kernels (kernels/cpu/amx.cpp) for prefill: 32 weight rows against up to 16 tokens per tile pass. Only
  * where the CPU has AMX-BF16 (plus AVX512-BF16/VBMI for the MXFP4 decode) and Linux granted the tile state;
- * GPTOSS_CPU_ISA=avx512-vnni or narrower turns them off. k must be a multiple of 32.
+ * A cap of avx512-vnni or narrower (gptoss_context_create's isa) turns them off. k must be a multiple of 32.
  */
 bool amx_available();
 /** Elements (u16) of the prepared activations for `tokens` rows of length k. */

@@ -69,16 +69,52 @@ function todayUtc(now: () => number): string {
   return new Date(now()).toISOString().slice(0, 10);
 }
 
+/** Per-app state the middleware and the server routes share. */
+interface AppState {
+  inFlight: number;
+  readonly recentErrors: Record<string, unknown>[];
+  readonly now: () => number;
+  readonly tracer: Tracer;
+}
+
 /** Builds the app. */
 export function createApp(deps: AppDeps): Hono<Env> {
   const app = new Hono<Env>();
-  const now = deps.now ?? Date.now;
-  const { config, state } = deps;
-  const today = () => todayUtc(now);
-  const tracer = deps.tracer ?? trace.getTracer("gpt-oss-deno");
-  const recentErrors: Record<string, unknown>[] = [];
-  let inFlight = 0;
+  const shared: AppState = {
+    inFlight: 0,
+    recentErrors: [],
+    now: deps.now ?? Date.now,
+    tracer: deps.tracer ?? trace.getTracer("gpt-oss-deno"),
+  };
+  useMiddleware(app, deps, shared);
+  openAiRoutes(app, deps, shared);
+  serverRoutes(app, deps, shared);
+  app.notFound(() => {
+    throw new HttpError(404, "Not found", "invalid_request_error", "not_found");
+  });
+  app.onError((err, c) => {
+    const requestId = c.get("requestId") ?? "unknown";
+    const response = toOpenAiError(err, requestId);
+    const logger = c.get("logger") ?? deps.logger;
+    if (response.status >= 500) logger.error("request.error", { error: err, status: response.status });
+    else logger.info("request.rejected", { status: response.status, message: response.body.error.message });
+    shared.recentErrors.push({
+      at: new Date(shared.now()).toISOString(),
+      request_id: requestId,
+      status: response.status,
+      message: response.status >= 500 ? (err as Error).message : response.body.error.message,
+    });
+    if (shared.recentErrors.length > 50) shared.recentErrors.shift();
+    for (const [name, value] of Object.entries(response.headers)) c.header(name, value);
+    c.header("x-request-id", requestId);
+    return c.json(response.body, response.status as 400);
+  });
+  return app;
+}
 
+/** Request id, telemetry and logging per request; CORS; the API key; the body limit. */
+function useMiddleware(app: Hono<Env>, deps: AppDeps, shared: AppState): void {
+  const { config } = deps;
   app.use("*", async (c, next) => {
     const requestId = c.req.header("x-request-id") || newId("req-");
     c.set("requestId", requestId);
@@ -88,31 +124,24 @@ export function createApp(deps: AppDeps): Hono<Env> {
       c.header("x-request-id", requestId);
       return;
     }
-    const telemetry = new RequestTelemetry(
-      tracer,
-      deps.metrics,
-      deps.logger,
-      requestId,
-      `${c.req.method} ${c.req.path}`,
-    );
+    const span = `${c.req.method} ${c.req.path}`;
+    const telemetry = new RequestTelemetry(shared.tracer, deps.metrics, deps.logger, requestId, span);
     telemetry.setAttributes({ "http.request.method": c.req.method, "url.path": c.req.path });
     c.set("telemetry", telemetry);
     c.set("logger", telemetry.logger);
     telemetry.logger.info("request.start", { method: c.req.method, path: c.req.path });
-    inFlight++;
+    shared.inFlight++;
     try {
       await next();
     } finally {
-      inFlight--;
+      shared.inFlight--;
       c.header("x-request-id", requestId);
       telemetry.end(c.res.status, c.error);
     }
   });
-
   if (config.corsOrigins.length > 0) {
     app.use("*", cors({ origin: [...config.corsOrigins], exposeHeaders: ["x-request-id", "retry-after"] }));
   }
-
   app.use("*", async (c, next) => {
     if (config.apiKey === undefined || c.req.path === "/health") return await next();
     if (!keyMatches(bearer(c.req.header("authorization")), config.apiKey)) {
@@ -120,7 +149,6 @@ export function createApp(deps: AppDeps): Hono<Env> {
     }
     await next();
   });
-
   app.use(
     "*",
     bodyLimit({
@@ -135,23 +163,14 @@ export function createApp(deps: AppDeps): Hono<Env> {
       },
     }),
   );
+}
 
-  app.get("/health", (c) => {
-    const body = {
-      status: state.status,
-      server: SERVER_NAME,
-      version: VERSION,
-      model: state.modelId ?? null,
-      backend: state.backend ?? null,
-      uptime_s: Math.round((now() - deps.startedAtMs) / 100) / 10,
-      ...(state.error ? { error: state.error } : {}),
-    };
-    return c.json(body, state.status === "ready" ? 200 : 503);
-  });
-
+/** The OpenAI-compatible endpoints (and vLLM's tokenize / detokenize). */
+function openAiRoutes(app: Hono<Env>, deps: AppDeps, shared: AppState): void {
+  const { config, state } = deps;
+  const today = () => todayUtc(shared.now);
   app.get("/v1/models", (c) => c.json(listModels(state)));
   app.get("/v1/models/:id{.+}", (c) => c.json(getModel(state, c.req.param("id"))));
-
   app.post("/v1/chat/completions", async (c) => {
     const json = await readJson(c.req.raw);
     return await chatCompletions(json, c.req.raw.signal, {
@@ -163,7 +182,6 @@ export function createApp(deps: AppDeps): Hono<Env> {
       logContent: config.logContent,
     });
   });
-
   app.post("/v1/completions", async (c) => {
     const json = await readJson(c.req.raw);
     return await completions(json, c.req.raw.signal, {
@@ -174,27 +192,39 @@ export function createApp(deps: AppDeps): Hono<Env> {
       logContent: config.logContent,
     });
   });
-
   app.post("/tokenize", async (c) => c.json(tokenize(await readJson(c.req.raw), state, config, today)));
   app.post("/detokenize", async (c) => c.json(detokenize(await readJson(c.req.raw), state)));
+}
 
+/** Health, stats, metrics and the admin debug bundle. */
+function serverRoutes(app: Hono<Env>, deps: AppDeps, shared: AppState): void {
+  const { config, state } = deps;
+  app.get("/health", (c) => {
+    const body = {
+      status: state.status,
+      server: SERVER_NAME,
+      version: VERSION,
+      model: state.modelId ?? null,
+      backend: state.backend ?? null,
+      uptime_s: Math.round((shared.now() - deps.startedAtMs) / 100) / 10,
+      ...(state.error ? { error: state.error } : {}),
+    };
+    return c.json(body, state.status === "ready" ? 200 : 503);
+  });
   app.get("/stats", (c) => {
-    const server = { status: state.status, model: state.modelId ?? null, inFlight };
+    const server = { status: state.status, model: state.modelId ?? null, inFlight: shared.inFlight };
     return c.json(statsBody(server, state.model?.engine.snapshot()));
   });
-
   app.get("/memory_stats", (c) => {
     const process = deps.memoryUsage?.() ?? null;
     return c.json(memoryStatsBody(state.backend ?? null, process, state.model?.engine.snapshot()));
   });
-
   app.get("/metrics", async (c) => {
     if (!deps.metrics) throw new HttpError(404, "Metrics are off", "invalid_request_error", "not_found");
     const openMetrics = (c.req.header("accept") ?? "").includes("application/openmetrics-text");
     const { contentType, body } = await deps.metrics.render(openMetrics);
     return c.body(body, 200, { "content-type": contentType });
   });
-
   app.get("/admin/debug/bundle", async (c) => {
     // The admin key travels in its own header, so it works beside an API key in Authorization.
     const given = c.req.header("x-admin-key");
@@ -209,38 +239,14 @@ export function createApp(deps: AppDeps): Hono<Env> {
     return c.json({
       version: VERSION,
       server: SERVER_NAME,
-      generated_at: new Date(now()).toISOString(),
+      generated_at: new Date(shared.now()).toISOString(),
       config: redactConfig(config),
       state: { status: state.status, model: state.modelId ?? null, backend: state.backend ?? null, error: state.error },
       ...(deps.debugInfo?.() ?? {}),
       memory: { process: deps.memoryUsage?.() ?? null, kv_cache: snapshot ? memoryJson(snapshot.memory) : null },
       scheduler: snapshot ? statsJson(snapshot.stats) : null,
-      recent_errors: recentErrors,
+      recent_errors: shared.recentErrors,
       metrics: deps.metrics ? (await deps.metrics.render(false)).body : null,
     });
   });
-
-  app.notFound(() => {
-    throw new HttpError(404, "Not found", "invalid_request_error", "not_found");
-  });
-
-  app.onError((err, c) => {
-    const requestId = c.get("requestId") ?? "unknown";
-    const response = toOpenAiError(err, requestId);
-    const logger = c.get("logger") ?? deps.logger;
-    if (response.status >= 500) logger.error("request.error", { error: err, status: response.status });
-    else logger.info("request.rejected", { status: response.status, message: response.body.error.message });
-    recentErrors.push({
-      at: new Date(now()).toISOString(),
-      request_id: requestId,
-      status: response.status,
-      message: response.status >= 500 ? (err as Error).message : response.body.error.message,
-    });
-    if (recentErrors.length > 50) recentErrors.shift();
-    for (const [name, value] of Object.entries(response.headers)) c.header(name, value);
-    c.header("x-request-id", requestId);
-    return c.json(response.body, response.status as 400);
-  });
-
-  return app;
 }

@@ -251,6 +251,18 @@ function usageOf(choices: Choice[], results: ChatResult[]) {
   };
 }
 
+/** One request in flight: what the response builders need. */
+interface ChatRun {
+  readonly id: string;
+  readonly created: number;
+  readonly prepared: Prepared;
+  readonly choices: Choice[];
+  readonly streams: AsyncIterable<TokenEvent>[];
+  readonly wantLogprobs: boolean;
+  readonly startedMs: number;
+  readonly deps: ChatDeps;
+}
+
 /** Handles one request; `signal` aborts when the client goes away. */
 export async function chatCompletions(json: unknown, signal: AbortSignal, deps: ChatDeps): Promise<Response> {
   const startedMs = nowMs();
@@ -260,147 +272,160 @@ export async function chatCompletions(json: unknown, signal: AbortSignal, deps: 
     "gen_ai.request.model": p.model.modelId,
     "gen_ai.request.max_tokens": p.engineRequests[0].maxTokens,
   });
-  const { model, request } = p;
-  const id = newId("chatcmpl-");
-  const created = Math.floor(Date.now() / 1000);
   const requestController = new AbortController();
   signal.addEventListener("abort", () => requestController.abort(), { once: true });
   const choices = p.engineRequests.map((_, i) =>
-    new Choice(i, model.tokenizer, p.functionNames, p.stops, request.ignore_eos)
+    new Choice(i, p.model.tokenizer, p.functionNames, p.stops, p.request.ignore_eos)
   );
   for (const choice of choices) {
     requestController.signal.addEventListener("abort", () => choice.controller.abort(), { once: true });
   }
   // Each choice has its own controller (a stop string ends one choice); the request's aborts them all.
-  const streams = submitChoices(model.engine, p.engineRequests, choices.map((c) => c.controller));
-  const wantLogprobs = request.logprobs === true;
-  const report = () => {
-    for (const choice of choices) {
-      const result = choice.result();
-      telemetry.generation({
-        startedMs,
-        queueMs: choice.queueMs,
-        firstTokenMs: choice.tokenTimesMs[0],
-        lastTokenMs: choice.tokenTimesMs[choice.tokenTimesMs.length - 1],
-        tokenTimesMs: choice.tokenTimesMs,
-        promptTokens: choice.usage.promptTokens,
-        outputTokens: choice.usage.completionTokens,
-        cachedTokens: choice.usage.cachedTokens,
-        finishReason: finishReason(choice, result, p.namedTool),
-        tokensByChannel: choice.parser.tokensByChannel,
-        recoveries: choice.parser.recoveries,
-      });
-      if (deps.logContent) {
-        telemetry.logger.info("request.content", {
-          choice: choice.index,
-          prompt: request.messages,
-          reasoning: result.reasoning,
-          content: result.content,
-          tool_calls: result.toolCalls,
-        });
-      }
-    }
+  const streams = submitChoices(p.model.engine, p.engineRequests, choices.map((c) => c.controller));
+  const run: ChatRun = {
+    id: newId("chatcmpl-"),
+    created: Math.floor(Date.now() / 1000),
+    prepared: p,
+    choices,
+    streams,
+    wantLogprobs: p.request.logprobs === true,
+    startedMs,
+    deps,
   };
-
-  if (!request.stream) {
-    for await (const [i, event] of mergeStreams(streams)) choices[i].onEvent(event, model.tokenizer, wantLogprobs);
-    const results = choices.map((c) => c.result());
-    report();
-    return Response.json({
-      id,
-      object: "chat.completion",
-      created,
-      model: model.modelId,
-      choices: choices.map((choice, i) => {
-        const r = results[i];
-        const toolCalls = r.toolCalls.map((call) => ({
-          id: call.id,
-          type: "function",
-          function: { name: call.name, arguments: call.arguments },
-        }));
-        const reasoning = p.includeReasoning ? r.reasoning : null;
-        return {
-          index: i,
-          message: {
-            role: "assistant",
-            content: r.content,
-            reasoning,
-            reasoning_content: reasoning,
-            ...(toolCalls.length > 0 ? { tool_calls: toolCalls } : {}),
-          },
-          logprobs: wantLogprobs ? { content: choice.logprobs } : null,
-          finish_reason: finishReason(choice, r, p.namedTool),
-          ...(request.return_token_ids ? { token_ids: choice.tokenIds } : {}),
-        };
-      }),
-      usage: usageOf(choices, results),
-      ...(request.return_token_ids ? { prompt_token_ids: p.promptIds } : {}),
-      system_fingerprint: null,
-    });
-  }
-
-  const chunk = (index: number, delta: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
-    id,
-    object: "chat.completion.chunk",
-    created,
-    model: model.modelId,
-    choices: [{ index, delta, logprobs: null, finish_reason: null, ...extra }],
-  });
+  if (!p.request.stream) return Response.json(await completeChat(run));
   const { promise: streamDone, resolve: endStream } = Promise.withResolvers<void>();
   telemetry.deferUntil(streamDone);
   return sseResponse(async (send) => {
     const streamStartMs = nowMs();
     try {
-      await streamChat(send);
+      await streamChat(run, send);
     } finally {
-      report();
+      report(run);
       telemetry.interval("stream", streamStartMs, nowMs());
       endStream();
     }
-  }, { requestId: id, logger: telemetry.logger, controller: requestController });
+  }, { requestId: run.id, logger: telemetry.logger, controller: requestController });
+}
 
-  async function streamChat(send: (data: unknown) => void): Promise<void> {
-    for (const choice of choices) {
-      send(chunk(choice.index, { role: "assistant", content: "" }, request.return_token_ids ? { token_ids: [] } : {}));
-    }
-    const ended = new Set<number>();
-    for await (const [i, event] of mergeStreams(streams)) {
-      const choice = choices[i];
-      const logprobsBefore = choice.logprobs.length;
-      const tokensBefore = choice.tokenIds.length;
-      const events = choice.onEvent(event, model.tokenizer, wantLogprobs);
-      const extra: Record<string, unknown> = {};
-      if (wantLogprobs && choice.logprobs.length > logprobsBefore) {
-        extra.logprobs = { content: choice.logprobs.slice(logprobsBefore) };
-      }
-      if (request.return_token_ids && choice.tokenIds.length > tokensBefore) {
-        extra.token_ids = choice.tokenIds.slice(tokensBefore);
-      }
-      let sentExtra = false;
-      for (const e of events) {
-        const delta = chatEventDelta(e, p.includeReasoning);
-        if (delta) {
-          send(chunk(i, delta, sentExtra ? {} : extra));
-          sentExtra = true;
-        }
-      }
-      if (!sentExtra && Object.keys(extra).length > 0) send(chunk(i, {}, extra));
-      if (event.type === "done" && !ended.has(i)) {
-        ended.add(i);
-        const result = choice.result();
-        send(chunk(i, {}, { finish_reason: finishReason(choice, result, p.namedTool) }));
-      }
-    }
-    if (request.stream_options?.include_usage) {
-      send({
-        id,
-        object: "chat.completion.chunk",
-        created,
-        model: model.modelId,
-        choices: [],
-        usage: usageOf(choices, choices.map((c) => c.result())),
+/** Records each choice's generation (metrics, span, optional content log). */
+function report(run: ChatRun): void {
+  const { telemetry, logContent } = run.deps;
+  for (const choice of run.choices) {
+    const result = choice.result();
+    telemetry.generation({
+      startedMs: run.startedMs,
+      queueMs: choice.queueMs,
+      firstTokenMs: choice.tokenTimesMs[0],
+      lastTokenMs: choice.tokenTimesMs[choice.tokenTimesMs.length - 1],
+      tokenTimesMs: choice.tokenTimesMs,
+      promptTokens: choice.usage.promptTokens,
+      outputTokens: choice.usage.completionTokens,
+      cachedTokens: choice.usage.cachedTokens,
+      finishReason: finishReason(choice, result, run.prepared.namedTool),
+      tokensByChannel: choice.parser.tokensByChannel,
+      recoveries: choice.parser.recoveries,
+    });
+    if (logContent) {
+      telemetry.logger.info("request.content", {
+        choice: choice.index,
+        prompt: run.prepared.request.messages,
+        reasoning: result.reasoning,
+        content: result.content,
+        tool_calls: result.toolCalls,
       });
     }
+  }
+}
+
+/** The whole (non-streaming) chat.completion object. */
+async function completeChat(run: ChatRun) {
+  const { prepared: p, choices } = run;
+  const tokenizer = p.model.tokenizer;
+  for await (const [i, event] of mergeStreams(run.streams)) choices[i].onEvent(event, tokenizer, run.wantLogprobs);
+  const results = choices.map((c) => c.result());
+  report(run);
+  return {
+    id: run.id,
+    object: "chat.completion",
+    created: run.created,
+    model: p.model.modelId,
+    choices: choices.map((choice, i) => {
+      const r = results[i];
+      const toolCalls = r.toolCalls.map((call) => ({
+        id: call.id,
+        type: "function",
+        function: { name: call.name, arguments: call.arguments },
+      }));
+      const reasoning = p.includeReasoning ? r.reasoning : null;
+      return {
+        index: i,
+        message: {
+          role: "assistant",
+          content: r.content,
+          reasoning,
+          reasoning_content: reasoning,
+          ...(toolCalls.length > 0 ? { tool_calls: toolCalls } : {}),
+        },
+        logprobs: run.wantLogprobs ? { content: choice.logprobs } : null,
+        finish_reason: finishReason(choice, r, p.namedTool),
+        ...(p.request.return_token_ids ? { token_ids: choice.tokenIds } : {}),
+      };
+    }),
+    usage: usageOf(choices, results),
+    ...(p.request.return_token_ids ? { prompt_token_ids: p.promptIds } : {}),
+    system_fingerprint: null,
+  };
+}
+
+/** Streams chat.completion.chunk events: a role chunk per choice, deltas, finish reasons, then usage if asked. */
+async function streamChat(run: ChatRun, send: (data: unknown) => void): Promise<void> {
+  const { prepared: p, choices } = run;
+  const chunk = (index: number, delta: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
+    id: run.id,
+    object: "chat.completion.chunk",
+    created: run.created,
+    model: p.model.modelId,
+    choices: [{ index, delta, logprobs: null, finish_reason: null, ...extra }],
+  });
+  for (const choice of choices) {
+    send(chunk(choice.index, { role: "assistant", content: "" }, p.request.return_token_ids ? { token_ids: [] } : {}));
+  }
+  const ended = new Set<number>();
+  for await (const [i, event] of mergeStreams(run.streams)) {
+    const choice = choices[i];
+    const logprobsBefore = choice.logprobs.length;
+    const tokensBefore = choice.tokenIds.length;
+    const events = choice.onEvent(event, p.model.tokenizer, run.wantLogprobs);
+    const extra: Record<string, unknown> = {};
+    if (run.wantLogprobs && choice.logprobs.length > logprobsBefore) {
+      extra.logprobs = { content: choice.logprobs.slice(logprobsBefore) };
+    }
+    if (p.request.return_token_ids && choice.tokenIds.length > tokensBefore) {
+      extra.token_ids = choice.tokenIds.slice(tokensBefore);
+    }
+    let sentExtra = false;
+    for (const e of events) {
+      const delta = chatEventDelta(e, p.includeReasoning);
+      if (delta) {
+        send(chunk(i, delta, sentExtra ? {} : extra));
+        sentExtra = true;
+      }
+    }
+    if (!sentExtra && Object.keys(extra).length > 0) send(chunk(i, {}, extra));
+    if (event.type === "done" && !ended.has(i)) {
+      ended.add(i);
+      send(chunk(i, {}, { finish_reason: finishReason(choice, choice.result(), p.namedTool) }));
+    }
+  }
+  if (p.request.stream_options?.include_usage) {
+    send({
+      id: run.id,
+      object: "chat.completion.chunk",
+      created: run.created,
+      model: p.model.modelId,
+      choices: [],
+      usage: usageOf(choices, choices.map((c) => c.result())),
+    });
   }
 }
 

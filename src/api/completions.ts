@@ -5,7 +5,15 @@ import { InvalidRequestError } from "../errors.ts";
 import type { Tokenizer } from "../harmony/tokenizer.ts";
 import type { Logger } from "../obs/logger.ts";
 import { type CompletionRequest, CompletionRequestSchema, parseRequest } from "./protocol.ts";
-import { defaultMaxTokens, newId, requireModel, samplingParams, type ServingState, submitChoices } from "./serving.ts";
+import {
+  defaultMaxTokens,
+  newId,
+  requireModel,
+  samplingParams,
+  type ServingModel,
+  type ServingState,
+  submitChoices,
+} from "./serving.ts";
 import { mergeStreams, sseResponse } from "./sse.ts";
 import { StopStringMatcher } from "./stop_strings.ts";
 import { nowMs, type RequestTelemetry } from "./telemetry.ts";
@@ -109,30 +117,39 @@ class CompletionChoice {
   }
 }
 
-/** Handles one request. */
-export async function completions(json: unknown, signal: AbortSignal, deps: CompletionDeps): Promise<Response> {
-  const startedMs = nowMs();
-  const telemetry = deps.telemetry;
-  const request = parseRequest(CompletionRequestSchema, json, "completions");
-  const model = requireModel(deps.state, request.model);
+/** One request in flight: what the response builders need. */
+interface CompletionRun {
+  readonly id: string;
+  readonly created: number;
+  readonly request: CompletionRequest;
+  readonly model: ServingModel;
+  readonly promptList: number[][];
+  readonly choices: CompletionChoice[];
+  readonly streams: AsyncIterable<TokenEvent>[];
+  readonly wantLogprobs: boolean;
+  readonly startedMs: number;
+  readonly deps: CompletionDeps;
+}
+
+/** One engine request per prompt × n, each with its choice. */
+function submitAll(
+  request: CompletionRequest,
+  model: ServingModel,
+  promptList: number[][],
+  deps: CompletionDeps,
+  requestSignal: AbortSignal,
+): { choices: CompletionChoice[]; streams: AsyncIterable<TokenEvent>[] } {
   const n = request.n ?? 1;
-  const promptList = telemetry.child("prompt.build", () => prompts(request, model.tokenizer));
-  if (request.echo && request.stream) {
-    throw new InvalidRequestError('"echo" is not supported with "stream"', "echo");
-  }
+  const wantLogprobs = request.logprobs !== null && request.logprobs !== undefined;
   const stops = request.stop === null || request.stop === undefined
     ? []
     : (typeof request.stop === "string" ? [request.stop] : request.stop).filter((s) => s.length > 0);
-  const wantLogprobs = request.logprobs !== null && request.logprobs !== undefined;
-  const requestController = new AbortController();
-  signal.addEventListener("abort", () => requestController.abort(), { once: true });
-
   const choices: CompletionChoice[] = [];
   const engineRequests = promptList.flatMap((promptIds, p) =>
     Array.from({ length: n }, (_, k) => {
       const choice = new CompletionChoice(p * n + k, promptIds, model.tokenizer, stops, request.echo === true);
       choices.push(choice);
-      requestController.signal.addEventListener("abort", () => choice.controller.abort(), { once: true });
+      requestSignal.addEventListener("abort", () => choice.controller.abort(), { once: true });
       return {
         id: newId("req-"),
         promptIds,
@@ -150,98 +167,121 @@ export async function completions(json: unknown, signal: AbortSignal, deps: Comp
     })
   );
   const streams = submitChoices(model.engine, engineRequests, choices.map((c) => c.controller));
-  const id = newId("cmpl-");
-  const created = Math.floor(Date.now() / 1000);
-  const usage = () => {
-    const promptTokens = promptList.reduce((s, p) => s + p.length, 0);
-    const completionTokens = choices.reduce((s, c) => s + c.usage.completion, 0);
-    return {
-      prompt_tokens: promptTokens,
-      completion_tokens: completionTokens,
-      total_tokens: promptTokens + completionTokens,
-    };
-  };
+  return { choices, streams };
+}
 
-  const report = () => {
-    for (const c of choices) {
-      telemetry.generation({
-        startedMs,
-        queueMs: c.queueMs,
-        firstTokenMs: c.tokenTimesMs[0],
-        lastTokenMs: c.tokenTimesMs[c.tokenTimesMs.length - 1],
-        tokenTimesMs: c.tokenTimesMs,
-        promptTokens: c.usage.prompt,
-        outputTokens: c.usage.completion,
-        cachedTokens: c.usage.cached,
-        finishReason: c.finish ?? "stop",
-        tokensByChannel: { raw: c.usage.completion },
-        recoveries: [],
-      });
-      if (deps.logContent) {
-        telemetry.logger.info("request.content", { choice: c.index, prompt: request.prompt, text: c.text });
-      }
-    }
-  };
-
-  if (!request.stream) {
-    for await (const [i, event] of mergeStreams(streams)) choices[i].onEvent(event, wantLogprobs);
-    report();
-    return Response.json({
-      id,
-      object: "text_completion",
-      created,
-      model: model.modelId,
-      choices: choices.map((c) => ({
-        index: c.index,
-        text: (c.echo ? model.tokenizer.decode(c.promptIds) : "") + c.text,
-        logprobs: wantLogprobs ? c.logprobs : null,
-        finish_reason: c.finish ?? "stop",
-        ...(request.return_token_ids ? { token_ids: c.tokenIds, prompt_token_ids: c.promptIds } : {}),
-      })),
-      usage: usage(),
-    });
+/** Handles one request. */
+export async function completions(json: unknown, signal: AbortSignal, deps: CompletionDeps): Promise<Response> {
+  const startedMs = nowMs();
+  const telemetry = deps.telemetry;
+  const request = parseRequest(CompletionRequestSchema, json, "completions");
+  const model = requireModel(deps.state, request.model);
+  const promptList = telemetry.child("prompt.build", () => prompts(request, model.tokenizer));
+  if (request.echo && request.stream) {
+    throw new InvalidRequestError('"echo" is not supported with "stream"', "echo");
   }
+  const requestController = new AbortController();
+  signal.addEventListener("abort", () => requestController.abort(), { once: true });
+  const { choices, streams } = submitAll(request, model, promptList, deps, requestController.signal);
+  const run: CompletionRun = {
+    id: newId("cmpl-"),
+    created: Math.floor(Date.now() / 1000),
+    request,
+    model,
+    promptList,
+    choices,
+    streams,
+    wantLogprobs: request.logprobs !== null && request.logprobs !== undefined,
+    startedMs,
+    deps,
+  };
+  if (!request.stream) return Response.json(await completeAll(run));
   const { promise: streamDone, resolve: endStream } = Promise.withResolvers<void>();
   telemetry.deferUntil(streamDone);
   return sseResponse(async (send) => {
     const streamStartMs = nowMs();
     try {
-      await streamCompletion(send);
+      await streamCompletion(run, send);
     } finally {
-      report();
+      report(run);
       telemetry.interval("stream", streamStartMs, nowMs());
       endStream();
     }
-  }, { requestId: id, logger: telemetry.logger, controller: requestController });
+  }, { requestId: run.id, logger: telemetry.logger, controller: requestController });
+}
 
-  async function streamCompletion(send: (data: unknown) => void): Promise<void> {
-    for await (const [i, event] of mergeStreams(streams)) {
-      const choice = choices[i];
-      const text = choice.onEvent(event, wantLogprobs);
-      const extra: Record<string, unknown> = request.return_token_ids && event.type === "token"
-        ? { token_ids: [event.tokenId] }
-        : {};
-      if (text || Object.keys(extra).length > 0) {
-        send({
-          id,
-          object: "text_completion",
-          created,
-          model: model.modelId,
-          choices: [{ index: choice.index, text, logprobs: null, finish_reason: null, ...extra }],
-        });
-      }
-      if (event.type === "done") {
-        send({
-          id,
-          object: "text_completion",
-          created,
-          model: model.modelId,
-          choices: [{ index: choice.index, text: "", logprobs: null, finish_reason: choice.finish ?? "stop" }],
-        });
-      }
-    }
-    if (request.stream_options?.include_usage) {
-      send({ id, object: "text_completion", created, model: model.modelId, choices: [], usage: usage() });
+function usageOf(run: CompletionRun) {
+  const promptTokens = run.promptList.reduce((s, p) => s + p.length, 0);
+  const completionTokens = run.choices.reduce((s, c) => s + c.usage.completion, 0);
+  return {
+    prompt_tokens: promptTokens,
+    completion_tokens: completionTokens,
+    total_tokens: promptTokens + completionTokens,
+  };
+}
+
+/** Records each choice's generation (metrics, span, optional content log). */
+function report(run: CompletionRun): void {
+  const { telemetry, logContent } = run.deps;
+  for (const c of run.choices) {
+    telemetry.generation({
+      startedMs: run.startedMs,
+      queueMs: c.queueMs,
+      firstTokenMs: c.tokenTimesMs[0],
+      lastTokenMs: c.tokenTimesMs[c.tokenTimesMs.length - 1],
+      tokenTimesMs: c.tokenTimesMs,
+      promptTokens: c.usage.prompt,
+      outputTokens: c.usage.completion,
+      cachedTokens: c.usage.cached,
+      finishReason: c.finish ?? "stop",
+      tokensByChannel: { raw: c.usage.completion },
+      recoveries: [],
+    });
+    if (logContent) {
+      telemetry.logger.info("request.content", { choice: c.index, prompt: run.request.prompt, text: c.text });
     }
   }
+}
+
+/** The whole (non-streaming) text_completion object. */
+async function completeAll(run: CompletionRun) {
+  const { choices, model, request } = run;
+  for await (const [i, event] of mergeStreams(run.streams)) choices[i].onEvent(event, run.wantLogprobs);
+  report(run);
+  return {
+    id: run.id,
+    object: "text_completion",
+    created: run.created,
+    model: model.modelId,
+    choices: choices.map((c) => ({
+      index: c.index,
+      text: (c.echo ? model.tokenizer.decode(c.promptIds) : "") + c.text,
+      logprobs: run.wantLogprobs ? c.logprobs : null,
+      finish_reason: c.finish ?? "stop",
+      ...(request.return_token_ids ? { token_ids: c.tokenIds, prompt_token_ids: c.promptIds } : {}),
+    })),
+    usage: usageOf(run),
+  };
+}
+
+/** Streams text_completion chunks, a finish chunk per choice, then usage if asked. */
+async function streamCompletion(run: CompletionRun, send: (data: unknown) => void): Promise<void> {
+  const head = { id: run.id, object: "text_completion", created: run.created, model: run.model.modelId };
+  for await (const [i, event] of mergeStreams(run.streams)) {
+    const choice = run.choices[i];
+    const text = choice.onEvent(event, run.wantLogprobs);
+    const extra: Record<string, unknown> = run.request.return_token_ids && event.type === "token"
+      ? { token_ids: [event.tokenId] }
+      : {};
+    if (text || Object.keys(extra).length > 0) {
+      send({ ...head, choices: [{ index: choice.index, text, logprobs: null, finish_reason: null, ...extra }] });
+    }
+    if (event.type === "done") {
+      send({
+        ...head,
+        choices: [{ index: choice.index, text: "", logprobs: null, finish_reason: choice.finish ?? "stop" }],
+      });
+    }
+  }
+  if (run.request.stream_options?.include_usage) send({ ...head, choices: [], usage: usageOf(run) });
 }

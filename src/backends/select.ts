@@ -3,7 +3,12 @@
  * Order of preference: cuda → webgpu on a real adapter → native CPU → webgpu on a fallback adapter → reference.
  */
 import type { Backend, BackendName, ModelFootprint } from "./backend.ts";
-import { createNativeBackend, CUDA_LIBRARY_PATH, loadNativeLibrary } from "./native/native_backend.ts";
+import {
+  createNativeBackend,
+  CUDA_LIBRARY_PATH,
+  loadNativeLibrary,
+  type NativeBackendOptions,
+} from "./native/native_backend.ts";
 import { createReferenceBackend } from "./reference/reference_backend.ts";
 import { createWebGpuBackend, requestWebGpu, webGpuFitRefusal, type WebGpuInfo } from "./webgpu/webgpu_backend.ts";
 
@@ -55,13 +60,13 @@ function probeCuda(): ProbeResult {
   });
   let library;
   try {
-    library = loadNativeLibrary({ path: CUDA_LIBRARY_PATH, build: false });
+    library = loadNativeLibrary({ path: CUDA_LIBRARY_PATH });
   } catch (err) {
     return result(false, `${(err as Error).message} (build it with: deno task build:cuda)`);
   }
   try {
     const out = new BigUint64Array(1);
-    const status = library.symbols.gptoss_context_create(1, out);
+    const status = library.symbols.gptoss_context_create(1, 0, null, out);
     if (status !== 0) return result(false, Deno.UnsafePointerView.getCString(library.symbols.gptoss_last_error(null)!));
     library.symbols.gptoss_context_destroy(Deno.UnsafePointer.create(out[0]));
     return result(true, "build/libgptoss_cuda.so loaded and a CUDA device it has code for answered");
@@ -70,54 +75,72 @@ function probeCuda(): ProbeResult {
   }
 }
 
-/** The WebGPU adapter and device, requested once per process. */
-let webGpu: Promise<{ device: GPUDevice; info: WebGpuInfo } | undefined> | undefined;
-function webGpuDevice() {
-  return webGpu ??= requestWebGpu().catch(() => undefined);
-}
-
-/** The candidates in order of preference (a real GPU before the CPU, a software adapter after it), with evidence. */
-export async function probeBackends(): Promise<ProbeResult[]> {
-  const gpu = await webGpuDevice();
-  const webgpu: ProbeResult = gpu
-    ? {
-      name: "webgpu",
-      available: true,
-      reason: `${gpu.info.isFallbackAdapter ? "fallback (software) adapter" : "adapter"} ${gpu.info.description}; ` +
-        `storage bindings up to ${gpu.info.maxStorageBufferBindingSize} bytes`,
-      dtype: gpu.info.shaderF16 ? "f16" : "f32",
-      adapter: gpu.info,
-    }
-    : {
-      name: "webgpu",
-      available: false,
-      reason: "no WebGPU adapter (navigator.gpu.requestAdapter() gave none)",
-      dtype: "f32",
-    };
-  const native = probeNative();
-  const realGpu = gpu !== undefined && !gpu.info.isFallbackAdapter;
-  return [
-    probeCuda(),
-    ...(realGpu ? [webgpu, native] : [native, webgpu]),
-    { name: "reference", available: true, reason: "Plain TypeScript: runs everywhere (slow)", dtype: "f32" },
-  ];
-}
-
 /** Backend construction settings. */
 export interface BackendOptions {
   /** GPU matmul arithmetic: "auto" = f16 where the device has it. */
   readonly dtype?: "auto" | "f32" | "f16";
+  /** Native and CUDA context settings (vector path cap, profiling, CUDA graphs). */
+  readonly native?: Pick<NativeBackendOptions, "isa" | "profile" | "cudaGraphs" | "numThreads">;
 }
 
-const FACTORIES: Record<BackendName, (options: BackendOptions) => Promise<Backend>> = {
-  reference: () => Promise.resolve(createReferenceBackend()),
-  native: () => Promise.resolve(createNativeBackend()),
-  cuda: () =>
-    Promise.resolve(
-      createNativeBackend({ library: loadNativeLibrary({ path: CUDA_LIBRARY_PATH, build: false }), name: "cuda" }),
-    ),
-  webgpu: async (options) => {
-    const gpu = await webGpuDevice();
+/**
+ * Probing and construction with one WebGPU device per instance (requested on first use: a process that selects
+ * once asks for one device). No side effects beyond that: nothing is built or written.
+ */
+export class BackendSelector {
+  #webGpu: Promise<{ device: GPUDevice; info: WebGpuInfo } | undefined> | undefined;
+
+  #webGpuDevice() {
+    return this.#webGpu ??= requestWebGpu().catch(() => undefined);
+  }
+
+  /** The candidates in order of preference (a real GPU before the CPU, a software adapter after it), with evidence. */
+  async probe(): Promise<ProbeResult[]> {
+    const gpu = await this.#webGpuDevice();
+    const webgpu: ProbeResult = gpu
+      ? {
+        name: "webgpu",
+        available: true,
+        reason: `${gpu.info.isFallbackAdapter ? "fallback (software) adapter" : "adapter"} ${gpu.info.description}; ` +
+          `storage bindings up to ${gpu.info.maxStorageBufferBindingSize} bytes`,
+        dtype: gpu.info.shaderF16 ? "f16" : "f32",
+        adapter: gpu.info,
+      }
+      : {
+        name: "webgpu",
+        available: false,
+        reason: "no WebGPU adapter (navigator.gpu.requestAdapter() gave none)",
+        dtype: "f32",
+      };
+    const native = probeNative();
+    const realGpu = gpu !== undefined && !gpu.info.isFallbackAdapter;
+    return [
+      probeCuda(),
+      ...(realGpu ? [webgpu, native] : [native, webgpu]),
+      { name: "reference", available: true, reason: "Plain TypeScript: runs everywhere (slow)", dtype: "f32" },
+    ];
+  }
+
+  /** Constructs the named backend. */
+  async create(name: BackendName, options: BackendOptions = {}): Promise<Backend> {
+    switch (name) {
+      case "reference":
+        return createReferenceBackend();
+      case "native":
+        return createNativeBackend({ ...options.native });
+      case "cuda":
+        return createNativeBackend({
+          ...options.native,
+          library: loadNativeLibrary({ path: CUDA_LIBRARY_PATH }),
+          name: "cuda",
+        });
+      case "webgpu":
+        return await this.#createWebGpu(options);
+    }
+  }
+
+  async #createWebGpu(options: BackendOptions): Promise<Backend> {
+    const gpu = await this.#webGpuDevice();
     if (!gpu) throw new Error("no WebGPU adapter");
     if (options.dtype === "f16" && !gpu.info.shaderF16) {
       throw new Error(
@@ -127,33 +150,48 @@ const FACTORIES: Record<BackendName, (options: BackendOptions) => Promise<Backen
     return createWebGpuBackend(gpu.device, gpu.info, {
       precision: options.dtype === "auto" || options.dtype === undefined ? undefined : options.dtype,
     });
-  },
-};
+  }
 
-/**
- * The chosen backend, or an Error whose message lists the valid names and why the others are out. With `fit`, a
- * candidate the model cannot fit on is refused: "auto" moves on to the next one, an explicit choice fails with why.
- */
-export async function selectBackend(
+  /**
+   * The chosen backend, or an Error whose message lists the valid names and why the others are out. With `fit`, a
+   * candidate the model cannot fit on is refused: "auto" moves on to the next one, an explicit choice fails with why.
+   */
+  async select(
+    choice: "auto" | BackendName,
+    probes?: ProbeResult[],
+    fit?: FitRequest,
+    options: BackendOptions = {},
+  ): Promise<{ backend: Backend; probe: ProbeResult }> {
+    const found = (probes ?? await this.probe()).map((p) => {
+      const refusal = p.available && fit ? fitRefusal(p, fit) : undefined;
+      return refusal ? { ...p, available: false, reason: refusal } : p;
+    });
+    const candidates = choice === "auto" ? found.filter((p) => p.available) : found.filter((p) => p.name === choice);
+    const probe = candidates.find((p) => p.available);
+    if (!probe) {
+      const chosen = found.find((p) => p.name === choice);
+      if (chosen && fit && fitRefusal(chosen, fit)) throw new Error(chosen.reason);
+      const why = found.map((p) => `${p.name}: ${p.available ? "available" : p.reason}`).join("; ");
+      throw new Error(`Backend "${choice}" is not available here (${why})`);
+    }
+    const backend = await this.create(probe.name, options);
+    // The dtype actually used (e.g. f32 on WebGPU when --dtype f32 overrides the adapter's f16).
+    const precision = (backend as { precision?: "f16" | "f32" }).precision;
+    return { backend, probe: precision ? { ...probe, dtype: precision } : probe };
+  }
+}
+
+/** {@link BackendSelector.probe} on a fresh selector. */
+export function probeBackends(): Promise<ProbeResult[]> {
+  return new BackendSelector().probe();
+}
+
+/** {@link BackendSelector.select} on a fresh selector. */
+export function selectBackend(
   choice: "auto" | BackendName,
   probes?: ProbeResult[],
   fit?: FitRequest,
   options: BackendOptions = {},
 ): Promise<{ backend: Backend; probe: ProbeResult }> {
-  const found = (probes ?? await probeBackends()).map((p) => {
-    const refusal = p.available && fit ? fitRefusal(p, fit) : undefined;
-    return refusal ? { ...p, available: false, reason: refusal } : p;
-  });
-  const candidates = choice === "auto" ? found.filter((p) => p.available) : found.filter((p) => p.name === choice);
-  const probe = candidates.find((p) => p.available);
-  if (!probe) {
-    const chosen = found.find((p) => p.name === choice);
-    if (chosen && fit && fitRefusal(chosen, fit)) throw new Error(chosen.reason);
-    const why = found.map((p) => `${p.name}: ${p.available ? "available" : p.reason}`).join("; ");
-    throw new Error(`Backend "${choice}" is not available here (${why})`);
-  }
-  const backend = await FACTORIES[probe.name](options);
-  // The dtype actually used (e.g. f32 on WebGPU when --dtype f32 overrides the adapter's f16).
-  const precision = (backend as { precision?: "f16" | "f32" }).precision;
-  return { backend, probe: precision ? { ...probe, dtype: precision } : probe };
+  return new BackendSelector().select(choice, probes, fit, options);
 }

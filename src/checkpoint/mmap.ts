@@ -18,26 +18,25 @@ type Libc = Deno.DynamicLibrary<{
   munmap: { parameters: ["pointer", "usize"]; result: "i32" };
 }>;
 
-let libc: Libc | null | undefined;
-
+/** libc's file and mapping calls (dlopen is reference-counted: each open is cheap and closed by its user). */
 function openLibc(): Libc | null {
-  if (libc !== undefined) return libc;
   try {
-    libc = Deno.dlopen("libc.so.6", {
+    return Deno.dlopen("libc.so.6", {
       open: { parameters: ["buffer", "i32"], result: "i32" },
       close: { parameters: ["i32"], result: "i32" },
       mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer", nonblocking: false },
       munmap: { parameters: ["pointer", "usize"], result: "i32" },
     }) as Libc;
   } catch {
-    libc = null; // not Linux/glibc, or no --allow-ffi: reads are used instead
+    return null; // not Linux/glibc, or no --allow-ffi: reads are used instead
   }
-  return libc;
 }
 
 /** True when files can be mapped here. */
 export function mmapAvailable(): boolean {
-  return openLibc() !== null;
+  const lib = openLibc();
+  lib?.close();
+  return lib !== null;
 }
 
 /** A mapped file. Views stay valid until {@link MappedFile.unmap}; the file must not be truncated meanwhile. */
@@ -48,12 +47,16 @@ export interface MappedFile {
 
 /** Maps a whole file read-only; `populate` prefaults it (the cost a read would pay, without the copy). */
 export function mapFile(path: string, options: { populate?: boolean } = {}): MappedFile {
-  const lib = openLibc();
-  if (!lib) throw new Error("mmap is not available on this platform");
   const size = Deno.statSync(path).size;
   if (size === 0) return { bytes: new Uint8Array(0), unmap() {} };
+  const lib = openLibc();
+  if (!lib) throw new Error("mmap is not available on this platform");
   const fd = lib.symbols.open(new TextEncoder().encode(path + "\0"), O_RDONLY);
-  if (fd < 0) throw new Error(`Cannot open "${path}" for mapping`);
+  if (fd < 0) {
+    lib.close();
+    throw new Error(`Cannot open "${path}" for mapping`);
+  }
+  let handedOut = false;
   try {
     const flags = MAP_PRIVATE | (options.populate ? MAP_POPULATE : 0);
     const pointer = lib.symbols.mmap(null, BigInt(size), PROT_READ, flags, fd, 0n);
@@ -62,14 +65,18 @@ export function mapFile(path: string, options: { populate?: boolean } = {}): Map
     }
     const bytes = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(pointer, size));
     let mapped = true;
+    handedOut = true;
     return {
       bytes,
       unmap() {
-        if (mapped) lib.symbols.munmap(pointer, BigInt(size));
+        if (!mapped) return;
+        lib.symbols.munmap(pointer, BigInt(size));
+        lib.close();
         mapped = false;
       },
     };
   } finally {
     lib.symbols.close(fd); // the mapping keeps the file alive
+    if (!handedOut) lib.close();
   }
 }

@@ -104,59 +104,61 @@ export function chatToHarmony(messages: readonly ChatMessage[], options: ChatPro
   for (const m of messages) {
     if (m.role === "assistant") { for (const call of m.tool_calls ?? []) callNames.set(call.id, call.function.name); }
   }
+  rest.forEach((m, i) => out.push(...messageToHarmony(m, i + (rest === messages ? 0 : 1), callNames)));
+  return out;
+}
 
-  rest.forEach((m, i) => {
-    const index = i + (rest === messages ? 0 : 1);
-    switch (m.role) {
-      case "system":
-      case "developer":
-        // Later system/developer messages: one more developer message in place (as vLLM does).
-        out.push({ role: "developer", content: { developer: { instructions: m.content, toolNamespaces: [] } } });
-        return;
-      case "user":
-        out.push({ role: "user", content: m.content });
-        return;
-      case "assistant": {
-        // Analysis first: the model writes its reasoning before preambles and calls (§15 item 4).
-        if (m.reasoning) out.push({ role: "assistant", channel: "analysis", content: m.reasoning });
-        const calls = m.tool_calls ?? [];
-        if (calls.length > 0) {
-          if (m.content) out.push({ role: "assistant", channel: "commentary", content: m.content });
-          calls.forEach((call, j) => {
-            checkToolName(call.function.name, `messages[${index}].tool_calls[${j}].function.name`);
-            // The reference renderer's canonical form (vector test_does_not_drop_if_ongoing_analysis): recipient
-            // first, then channel, then ` <|constrain|>json`; arguments exactly as the client sent them.
-            out.push({
-              role: "assistant",
-              recipient: `functions.${call.function.name}`,
-              channel: "commentary",
-              contentType: "<|constrain|>json",
-              content: call.function.arguments,
-            });
-          });
-        } else if (m.content) {
-          out.push({ role: "assistant", channel: "final", content: m.content });
-        }
-        return;
+/** One chat message after the first as harmony messages; `index` is its place in the request (for errors). */
+function messageToHarmony(m: ChatMessage, index: number, callNames: ReadonlyMap<string, string>): HarmonyMessage[] {
+  switch (m.role) {
+    case "system":
+    case "developer":
+      // Later system/developer messages: one more developer message in place (as vLLM does).
+      return [{ role: "developer", content: { developer: { instructions: m.content, toolNamespaces: [] } } }];
+    case "user":
+      return [{ role: "user", content: m.content }];
+    case "assistant":
+      return assistantToHarmony(m, index);
+    case "tool": {
+      const name = callNames.get(m.tool_call_id);
+      if (name === undefined) {
+        throw new InvalidRequestError(
+          `Unknown tool_call_id "${m.tool_call_id}": no assistant message in the request made that call`,
+          `messages[${index}].tool_call_id`,
+        );
       }
-      case "tool": {
-        const name = callNames.get(m.tool_call_id);
-        if (name === undefined) {
-          throw new InvalidRequestError(
-            `Unknown tool_call_id "${m.tool_call_id}": no assistant message in the request made that call`,
-            `messages[${index}].tool_call_id`,
-          );
-        }
-        out.push({
-          role: "tool",
-          name: `functions.${name}`,
-          recipient: "assistant",
-          channel: "commentary",
-          content: m.content,
-        });
-        return;
-      }
+      return [{
+        role: "tool",
+        name: `functions.${name}`,
+        recipient: "assistant",
+        channel: "commentary",
+        content: m.content,
+      }];
     }
+  }
+}
+
+function assistantToHarmony(m: Extract<ChatMessage, { role: "assistant" }>, index: number): HarmonyMessage[] {
+  const out: HarmonyMessage[] = [];
+  // Analysis first: the model writes its reasoning before preambles and calls (§15 item 4).
+  if (m.reasoning) out.push({ role: "assistant", channel: "analysis", content: m.reasoning });
+  const calls = m.tool_calls ?? [];
+  if (calls.length === 0) {
+    if (m.content) out.push({ role: "assistant", channel: "final", content: m.content });
+    return out;
+  }
+  if (m.content) out.push({ role: "assistant", channel: "commentary", content: m.content });
+  calls.forEach((call, j) => {
+    checkToolName(call.function.name, `messages[${index}].tool_calls[${j}].function.name`);
+    // The reference renderer's canonical form (vector test_does_not_drop_if_ongoing_analysis): recipient first,
+    // then channel, then ` <|constrain|>json`; arguments exactly as the client sent them.
+    out.push({
+      role: "assistant",
+      recipient: `functions.${call.function.name}`,
+      channel: "commentary",
+      contentType: "<|constrain|>json",
+      content: call.function.arguments,
+    });
   });
   return out;
 }

@@ -83,31 +83,15 @@ export async function forward(
   return (await forwardStep(model, pool, sequences)).logits;
 }
 
-/**
- * {@link forward} with device sampling: sequences with `sample` get a token id instead of logits. `masked` is the id
- * range never sampled. When every wanted row is sampled, only the ids are read back.
- */
-export async function forwardStep(
-  model: Model,
-  pool: KvPool,
-  sequences: readonly StepSequence[],
-  options: { masked?: readonly [number, number] } = {},
-): Promise<StepResult> {
-  const { config, weights, backend } = model;
-  const ops = backend.ops;
-  const numTokens = sequences.reduce((sum, s) => sum + s.tokenIds.length, 0);
-  const sampled = new Int32Array(sequences.length).fill(-1);
-  if (numTokens === 0) return { logits: sequences.map(() => new Float32Array(0)), sampled };
-  for (const seq of sequences) {
-    if (seq.sample && (seq.logits !== "last" || !ops.sample)) {
-      throw new RangeError(`Device sampling needs logits "last" and a backend with ops.sample (${backend.name})`);
-    }
-  }
-  const hidden = config.hiddenSize;
-  const qWidth = config.numAttentionHeads * config.headDim;
-  const kvWidth = config.numKeyValueHeads * config.headDim;
-  const topK = config.numExpertsPerTok;
+/** The step's token rows: ids, positions, attention segments and which rows' logits are wanted. */
+interface StepLayout {
+  readonly ids: Int32Array;
+  readonly positions: Int32Array;
+  readonly batch: AttentionBatch;
+  readonly logitRows: number[];
+}
 
+function layoutStep(pool: KvPool, sequences: readonly StepSequence[], numTokens: number): StepLayout {
   const ids = new Int32Array(numTokens);
   const positions = new Int32Array(numTokens);
   const segments: BatchSegment[] = [];
@@ -135,23 +119,46 @@ export async function forwardStep(
     else if (seq.logits === "last" && seq.tokenIds.length > 0) logitRows.push(row + seq.tokenIds.length - 1);
     row += seq.tokenIds.length;
   }
-  const batch: AttentionBatch = { segments, numTokens };
+  return { ids, positions, batch: { segments, numTokens }, logitRows };
+}
 
-  // Activations for this step.
-  const tokenIds = backend.alloc([numTokens], "i32"); // [T]
-  const positionIds = backend.alloc([numTokens], "i32"); // [T]
-  const x = backend.alloc([numTokens, hidden], "f32"); // [T, H] residual stream
-  const normed = backend.alloc([numTokens, hidden], "f32"); // [T, H]
-  const q = backend.alloc([numTokens, qWidth], "f32"); // [T, nh·d]
-  const k = backend.alloc([numTokens, kvWidth], "f32"); // [T, nkv·d]
-  const v = backend.alloc([numTokens, kvWidth], "f32"); // [T, nkv·d]
-  const attn = backend.alloc([numTokens, qWidth], "f32"); // [T, nh·d]
-  const delta = backend.alloc([numTokens, hidden], "f32"); // [T, H] block output before the residual add
-  const routerLogits = backend.alloc([numTokens, config.numLocalExperts], "f32"); // [T, E]
-  const expertIds = backend.alloc([numTokens, topK], "i32"); // [T, k]
-  const expertWeights = backend.alloc([numTokens, topK], "f32"); // [T, k]
-  backend.write(tokenIds, ids);
-  backend.write(positionIds, positions);
+/** A step's device tensors, freed together at its end. */
+class StepTensors {
+  readonly #backend: Backend;
+  readonly #all: DeviceTensor[] = [];
+  constructor(backend: Backend) {
+    this.#backend = backend;
+  }
+  alloc(shape: readonly number[], dtype: "f32" | "i32", data?: Int32Array | Float32Array): DeviceTensor {
+    const tensor = this.#backend.alloc(shape, dtype);
+    if (data) this.#backend.write(tensor, data);
+    this.#all.push(tensor);
+    return tensor;
+  }
+  freeAll(): void {
+    for (const t of this.#all) this.#backend.free(t);
+  }
+}
+
+/** The transformer stack: embeds the step's tokens and runs every layer; returns the residual stream [T, H]. */
+function runLayers(model: Model, pool: KvPool, layout: StepLayout, tensors: StepTensors): DeviceTensor {
+  const { config, weights, backend } = model;
+  const ops = backend.ops;
+  const t = layout.batch.numTokens, hidden = config.hiddenSize;
+  const qWidth = config.numAttentionHeads * config.headDim, kvWidth = config.numKeyValueHeads * config.headDim;
+  const topK = config.numExpertsPerTok;
+  const tokenIds = tensors.alloc([t], "i32", layout.ids); // [T]
+  const positionIds = tensors.alloc([t], "i32", layout.positions); // [T]
+  const x = tensors.alloc([t, hidden], "f32"); // [T, H] residual stream
+  const normed = tensors.alloc([t, hidden], "f32"); // [T, H]
+  const q = tensors.alloc([t, qWidth], "f32"); // [T, nh·d]
+  const k = tensors.alloc([t, kvWidth], "f32"); // [T, nkv·d]
+  const v = tensors.alloc([t, kvWidth], "f32"); // [T, nkv·d]
+  const attn = tensors.alloc([t, qWidth], "f32"); // [T, nh·d]
+  const delta = tensors.alloc([t, hidden], "f32"); // [T, H] block output before the residual add
+  const routerLogits = tensors.alloc([t, config.numLocalExperts], "f32"); // [T, E]
+  const expertIds = tensors.alloc([t, topK], "i32"); // [T, k]
+  const expertWeights = tensors.alloc([t, topK], "f32"); // [T, k]
 
   ops.embed(x, weights.embedding, tokenIds);
   for (let layer = 0; layer < config.numHiddenLayers; layer++) {
@@ -162,7 +169,7 @@ export async function forwardStep(
     ops.matmul(v, normed, w.vWeight, w.vBias);
     ops.rope(q, k, positionIds, model.ropeInvFreq, model.ropeConcentration);
     ops.attention(attn, q, k, v, {
-      batch,
+      batch: layout.batch,
       pool,
       layer,
       sinks: w.sinks,
@@ -183,71 +190,121 @@ export async function forwardStep(
     });
     ops.add(x, x, delta);
   }
+  return x;
+}
 
-  let result: Float32Array | undefined;
-  const temporaries = [tokenIds, positionIds, x, normed, q, k, v, attn, delta, routerLogits, expertIds, expertWeights];
-  if (logitRows.length > 0) {
-    const rows = backend.alloc([logitRows.length], "i32"); // [R]
-    const gathered = backend.alloc([logitRows.length, hidden], "f32"); // [R, H]
-    const gatheredNormed = backend.alloc([logitRows.length, hidden], "f32"); // [R, H]
-    const logits = backend.alloc([logitRows.length, config.vocabSize], "f32"); // [R, V]
-    backend.write(rows, Int32Array.from(logitRows));
-    ops.gatherRows(gathered, x, rows);
-    ops.rmsnorm(gatheredNormed, gathered, weights.norm, config.rmsNormEps);
-    ops.matmul(logits, gatheredNormed, weights.lmHead);
-    temporaries.push(rows, gathered, gatheredNormed, logits);
-    // Rows sampled on the device: their index among the logits rows, per sampling sequence.
-    const sampleRows: number[] = [], params: number[] = [], samplers: number[] = [];
-    let offset = 0;
-    sequences.forEach((seq, i) => {
-      const count = rowCount(seq);
-      if (seq.sample && count > 0) {
-        sampleRows.push(offset);
-        params.push(seq.sample.temperature, seq.sample.topK, seq.sample.topP, Math.min(seq.sample.u, 0.99999994));
-        samplers.push(i);
-      }
-      offset += count;
-    });
-    let ids: DeviceTensor | undefined;
-    if (sampleRows.length > 0) {
-      let picked = logits;
-      if (sampleRows.length < logitRows.length) {
-        const which = backend.alloc([sampleRows.length], "i32");
-        backend.write(which, Int32Array.from(sampleRows));
-        picked = backend.alloc([sampleRows.length, config.vocabSize], "f32");
-        ops.gatherRows(picked, logits, which);
-        temporaries.push(which, picked);
-      }
-      const paramTensor = backend.alloc([sampleRows.length, SAMPLE_PARAMS], "f32");
-      backend.write(paramTensor, Float32Array.from(params));
-      ids = backend.alloc([sampleRows.length], "i32");
-      ops.sample!(ids, picked, paramTensor, options.masked);
-      temporaries.push(paramTensor, ids);
+/** Logits of the wanted rows: gather, final norm, lm_head; [R, V]. */
+function lmHead(model: Model, x: DeviceTensor, rows: number[], tensors: StepTensors): DeviceTensor {
+  const { config, weights, backend } = model;
+  const rowIds = tensors.alloc([rows.length], "i32", Int32Array.from(rows)); // [R]
+  const gathered = tensors.alloc([rows.length, config.hiddenSize], "f32"); // [R, H]
+  const normed = tensors.alloc([rows.length, config.hiddenSize], "f32"); // [R, H]
+  const logits = tensors.alloc([rows.length, config.vocabSize], "f32"); // [R, V]
+  backend.ops.gatherRows(gathered, x, rowIds);
+  backend.ops.rmsnorm(normed, gathered, weights.norm, config.rmsNormEps);
+  backend.ops.matmul(logits, normed, weights.lmHead);
+  return logits;
+}
+
+/**
+ * Enqueues the device draws of the sequences with `sample` over their logits rows; returns the ids tensor and which
+ * sequence each of its entries belongs to (undefined when no sequence samples on the device).
+ */
+function enqueueSampling(
+  model: Model,
+  sequences: readonly StepSequence[],
+  logits: DeviceTensor,
+  numRows: number,
+  masked: readonly [number, number] | undefined,
+  tensors: StepTensors,
+): { ids: DeviceTensor; owners: number[] } | undefined {
+  const sampleRows: number[] = [], params: number[] = [], owners: number[] = [];
+  let offset = 0;
+  sequences.forEach((seq, i) => {
+    const count = rowCount(seq);
+    if (seq.sample && count > 0) {
+      sampleRows.push(offset);
+      params.push(seq.sample.temperature, seq.sample.topK, seq.sample.topP, Math.min(seq.sample.u, 0.99999994));
+      owners.push(i);
     }
-    await backend.flush();
-    if (ids) {
-      const picked = (await backend.read(ids)) as Int32Array;
-      samplers.forEach((seq, j) => sampled[seq] = picked[j]);
-    }
-    const logitsWanted = sequences.some((seq) => rowCount(seq) > 0 && (!seq.sample || seq.keepLogits));
-    if (logitsWanted) result = (await backend.read(logits)) as Float32Array;
-  } else {
-    await backend.flush();
+    offset += count;
+  });
+  if (sampleRows.length === 0) return undefined;
+  const vocab = model.config.vocabSize;
+  let picked = logits;
+  if (sampleRows.length < numRows) {
+    const which = tensors.alloc([sampleRows.length], "i32", Int32Array.from(sampleRows));
+    picked = tensors.alloc([sampleRows.length, vocab], "f32");
+    model.backend.ops.gatherRows(picked, logits, which);
   }
-  for (const t of temporaries) backend.free(t);
+  const paramTensor = tensors.alloc([sampleRows.length, SAMPLE_PARAMS], "f32", Float32Array.from(params));
+  const ids = tensors.alloc([sampleRows.length], "i32");
+  model.backend.ops.sample!(ids, picked, paramTensor, masked);
+  return { ids, owners };
+}
 
+/**
+ * {@link forward} with device sampling: sequences with `sample` get a token id (and their logits only with
+ * `keepLogits`). `masked` is the id range never sampled. When every wanted row is sampled, only the ids are read.
+ */
+export async function forwardStep(
+  model: Model,
+  pool: KvPool,
+  sequences: readonly StepSequence[],
+  options: { masked?: readonly [number, number] } = {},
+): Promise<StepResult> {
+  const { config, backend } = model;
+  const numTokens = sequences.reduce((sum, s) => sum + s.tokenIds.length, 0);
+  const sampled = new Int32Array(sequences.length).fill(-1);
+  if (numTokens === 0) return { logits: sequences.map(() => new Float32Array(0)), sampled };
+  for (const seq of sequences) {
+    if (seq.sample && (seq.logits !== "last" || !backend.ops.sample)) {
+      throw new RangeError(`Device sampling needs logits "last" and a backend with ops.sample (${backend.name})`);
+    }
+  }
+  const layout = layoutStep(pool, sequences, numTokens);
+  const tensors = new StepTensors(backend);
+  try {
+    const x = runLayers(model, pool, layout, tensors);
+    let result: Float32Array | undefined;
+    if (layout.logitRows.length > 0) {
+      const logits = lmHead(model, x, layout.logitRows, tensors);
+      const draws = enqueueSampling(model, sequences, logits, layout.logitRows.length, options.masked, tensors);
+      await backend.flush();
+      if (draws) {
+        const ids = (await backend.read(draws.ids)) as Int32Array;
+        draws.owners.forEach((seq, j) => sampled[seq] = ids[j]);
+      }
+      if (sequences.some((seq) => rowCount(seq) > 0 && (!seq.sample || seq.keepLogits))) {
+        result = (await backend.read(logits)) as Float32Array;
+      }
+    } else {
+      await backend.flush();
+    }
+    return { logits: splitRows(sequences, result, config.vocabSize), sampled };
+  } finally {
+    tensors.freeAll();
+  }
+}
+
+/** Each sequence's rows of the read logits (empty where none were wanted or read). */
+function splitRows(
+  sequences: readonly StepSequence[],
+  result: Float32Array | undefined,
+  vocab: number,
+): Float32Array[] {
   const out: Float32Array[] = [];
   let offset = 0;
   for (const seq of sequences) {
     const count = rowCount(seq);
     out.push(
       result && (!seq.sample || seq.keepLogits)
-        ? result.subarray(offset * config.vocabSize, (offset + count) * config.vocabSize)
+        ? result.subarray(offset * vocab, (offset + count) * vocab)
         : new Float32Array(0),
     );
     offset += count;
   }
-  return { logits: out, sampled };
+  return out;
 }
 
 /** Logits rows a sequence asks for. */

@@ -4,7 +4,7 @@
  */
 
 /** ABI version these bindings speak (GPTOSS_ABI_VERSION). */
-export const GPTOSS_ABI_VERSION = 1;
+export const GPTOSS_ABI_VERSION = 2;
 
 /** gptoss_status. */
 export const GPTOSS_STATUS = [
@@ -17,6 +17,9 @@ export const GPTOSS_STATUS = [
   "GPTOSS_INTERNAL",
 ] as const;
 
+/** Flags of gptoss_context_create. */
+export const GPTOSS_FLAG = { profile: 1, profileSteps: 2, noGraphs: 4 } as const;
+
 /** gptoss_dtype. */
 export const GPTOSS_DTYPE = { f32: 0, bf16: 1, u8: 2, i32: 3 } as const;
 
@@ -27,7 +30,7 @@ const B = "buffer" as const;
 export const SYMBOLS = {
   gptoss_abi_version: { parameters: [], result: "u32" },
   gptoss_backend_kind: { parameters: [], result: P },
-  gptoss_context_create: { parameters: ["i32", B], result: "i32" },
+  gptoss_context_create: { parameters: ["i32", "u32", B, B], result: "i32" },
   gptoss_context_destroy: { parameters: [P], result: "void" },
   gptoss_last_error: { parameters: [P], result: P },
   gptoss_tensor_wrap: { parameters: [P, "i32", "i32", B, B, B], result: "i32" },

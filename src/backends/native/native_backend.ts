@@ -1,12 +1,14 @@
 /**
- * The native backend: the C ABI of ffi/include/gptoss.h through Deno.dlopen. Ops enqueue commands (cheap sync
- * calls that validate and record); flush() runs the step on the library's threads without blocking the event loop.
- * Every status is checked and turned into a BackendError naming the op. Weights are used in place (zero copy).
+ * The native backend: the C ABI of ffi/include/gptoss.h through Deno.dlopen (the CPU library, or the CUDA one).
+ * Ops enqueue commands (cheap sync calls that validate and record); flush() runs the step on the library's threads
+ * without blocking the event loop. Every status is checked and turned into a BackendError naming the op. Weights are
+ * used in place (zero copy). Loading never builds anything: `deno task build:native` does (see library.ts).
  */
 import { BackendError } from "../../errors.ts";
 import type {
   AttentionOptions,
   Backend,
+  BackendName,
   DeviceTensor,
   DType,
   HostTensor,
@@ -16,13 +18,10 @@ import type {
   Ops,
 } from "../backend.ts";
 import { DTYPE_BYTES } from "../backend.ts";
-import { GPTOSS_ABI_VERSION, GPTOSS_DTYPE, GPTOSS_STATUS, type GptossLibrary, SYMBOLS } from "./ffi.ts";
+import { GPTOSS_DTYPE, GPTOSS_FLAG, GPTOSS_STATUS, type GptossLibrary } from "./ffi.ts";
+import { loadNativeLibrary } from "./library.ts";
 
-/** Where the library is built (deno task build:native). */
-export const NATIVE_LIBRARY_PATH = new URL("../../../build/libgptoss_cpu.so", import.meta.url).pathname;
-/** The same ABI on NVIDIA GPUs (deno task build:cuda). */
-export const CUDA_LIBRARY_PATH = new URL("../../../build/libgptoss_cuda.so", import.meta.url).pathname;
-const BUILD_SCRIPT = new URL("../../../ffi/build.sh", import.meta.url).pathname;
+export { CUDA_LIBRARY_PATH, loadNativeLibrary, NATIVE_LIBRARY_PATH } from "./library.ts";
 
 /** A tensor of the native backend: a handle plus, for borrowed memory, the host bytes it must keep alive. */
 class NativeTensor implements DeviceTensor {
@@ -30,6 +29,7 @@ class NativeTensor implements DeviceTensor {
     readonly dtype: DType,
     readonly shape: readonly number[],
     readonly handle: Deno.PointerObject,
+    /** Host memory the library reads in place (weights): referenced here so it lives as long as the tensor. */
     readonly host: Uint8Array | undefined,
   ) {}
 
@@ -42,51 +42,6 @@ class NativeKvPool implements KvPool {
   constructor(readonly spec: KvPoolSpec, readonly handle: Deno.PointerObject, readonly sizeBytes: number) {}
 }
 
-function handleOf(tensor: DeviceTensor | undefined, op: string): Deno.PointerValue {
-  if (tensor === undefined) return null;
-  if (!(tensor instanceof NativeTensor)) {
-    throw new BackendError(`${op}: a tensor does not belong to the native backend`, op);
-  }
-  return tensor.handle;
-}
-
-/** Loads the library, building it first when it is missing and a compiler is there; checks the ABI version. */
-export function loadNativeLibrary(options: { path?: string; build?: boolean } = {}): GptossLibrary {
-  const path = options.path ?? NATIVE_LIBRARY_PATH;
-  let exists = true;
-  try {
-    Deno.statSync(path);
-  } catch {
-    exists = false;
-  }
-  if (!exists && (options.build ?? true) && path === NATIVE_LIBRARY_PATH) {
-    const result = new Deno.Command("bash", { args: [BUILD_SCRIPT], stdout: "piped", stderr: "piped" }).outputSync();
-    if (!result.success) {
-      throw new BackendError(
-        `Cannot build the native library: ${new TextDecoder().decode(result.stderr).split("\n")[0]}`,
-        "load",
-      );
-    }
-  }
-  let library: GptossLibrary;
-  try {
-    library = Deno.dlopen(path, SYMBOLS);
-  } catch (err) {
-    throw new BackendError(`Cannot load the native library "${path}": ${(err as Error).message}`, "load", {
-      cause: err,
-    });
-  }
-  const version = library.symbols.gptoss_abi_version();
-  if (version !== GPTOSS_ABI_VERSION) {
-    library.close();
-    throw new BackendError(
-      `The native library "${path}" speaks ABI version ${version}; these bindings need version ${GPTOSS_ABI_VERSION}`,
-      "load",
-    );
-  }
-  return library;
-}
-
 /** Options of {@link createNativeBackend}. */
 export interface NativeBackendOptions {
   /** Threads for the library's OpenMP regions (default: all cores). */
@@ -94,262 +49,233 @@ export interface NativeBackendOptions {
   readonly library?: GptossLibrary;
   /** "cuda" when `library` is the CUDA build. */
   readonly name?: "native" | "cuda";
+  /** CPU: cap on the vector path ("scalar", "avx2", "avx512", "avx512-vnni", "avx512-amx"); fixed per process. */
+  readonly isa?: string;
+  /** "ops": time per op printed at dispose; "steps" (CUDA): host time per step and graph counts only. */
+  readonly profile?: "ops" | "steps";
+  /** CUDA: capture repeated steps as CUDA graphs (default true). */
+  readonly cudaGraphs?: boolean;
 }
 
-/** Creates the native backend. */
-export function createNativeBackend(options: NativeBackendOptions = {}): Backend & { readonly kind: string } {
-  const lib = options.library ?? loadNativeLibrary();
-  const s = lib.symbols;
-  const out = new BigUint64Array(1);
-  let ctx: Deno.PointerValue = null;
-  const check = (status: number, op: string) => {
-    if (status === 0) return;
-    const message = Deno.UnsafePointerView.getCString(s.gptoss_last_error(ctx)!);
-    throw new BackendError(`${message} (${GPTOSS_STATUS[status] ?? `status ${status}`})`, op);
-  };
-  check(s.gptoss_context_create(options.numThreads ?? 0, out), "context_create");
-  ctx = Deno.UnsafePointer.create(out[0]);
-  const kind = Deno.UnsafePointerView.getCString(s.gptoss_backend_kind()!);
-  // Freed activation tensors are kept by shape and handed out again: no native allocation per decode step.
-  const spare = new Map<string, NativeTensor[]>();
-  // Host memory the library reads in place (weights): held here until freed, so that the garbage collector can never
-  // release it while an enqueued command still points at it.
-  const borrowed = new Set<NativeTensor>();
-  const keyOf = (shape: readonly number[], dtype: DType) => `${dtype}:${shape.join("x")}`;
+/** The handle of a tensor argument for op `op` (null for an absent optional one). */
+type Handles = (tensor: DeviceTensor | undefined) => Deno.PointerValue;
 
-  const attentionArgs = new Int32Array(5);
-  const moeArgs = new DataView(new ArrayBuffer(8));
-  // Every layer of a step passes the same batch, and each layer the same experts: their encodings are made once (the
-  // batch's until the next flush: a caller may build its next step's batch in the same object).
-  let lastBatch: AttentionOptions["batch"] | undefined;
-  let lastWords = new Int32Array(0);
-  const batchWords = (batch: AttentionOptions["batch"]): Int32Array => {
-    if (batch === lastBatch) return lastWords;
+/** The backend over one library context. */
+export class NativeBackend implements Backend {
+  readonly name: BackendName;
+  readonly kvBytesPerElement = 4;
+  /** "cpu/<path>" or "cuda". */
+  readonly kind: string;
+  readonly ops: Ops;
+  readonly #lib: GptossLibrary;
+  #ctx: Deno.PointerValue = null;
+  readonly #out = new BigUint64Array(1);
+  /** Freed activations by shape, handed out again: no native allocation per decode step. */
+  readonly #spare = new Map<string, NativeTensor[]>();
+  // Every layer of a step passes the same batch, and each layer the same experts: their encodings are made once
+  // (the batch's until the next flush: a caller may build its next step's batch in the same object).
+  #lastBatch: AttentionOptions["batch"] | undefined;
+  #lastWords = new Int32Array(0);
+  readonly #expertHandles = new WeakMap<MoeMlpOptions["weights"], BigUint64Array>();
+
+  constructor(options: NativeBackendOptions = {}) {
+    this.#lib = options.library ?? loadNativeLibrary();
+    this.name = options.name ?? "native";
+    const s = this.#lib.symbols;
+    const flags = (options.profile === "ops" ? GPTOSS_FLAG.profile : 0) |
+      (options.profile === "steps" ? GPTOSS_FLAG.profileSteps : 0) |
+      (options.cudaGraphs === false ? GPTOSS_FLAG.noGraphs : 0);
+    const isa = options.isa ? new TextEncoder().encode(`${options.isa}\0`) : null;
+    this.#check(s.gptoss_context_create(options.numThreads ?? 0, flags, isa, this.#out), "context_create");
+    this.#ctx = Deno.UnsafePointer.create(this.#out[0]);
+    this.kind = Deno.UnsafePointerView.getCString(s.gptoss_backend_kind()!);
+    this.ops = this.#makeOps();
+  }
+
+  #check(status: number, op: string): void {
+    if (status === 0) return;
+    const message = Deno.UnsafePointerView.getCString(this.#lib.symbols.gptoss_last_error(this.#ctx)!);
+    throw new BackendError(`${message} (${GPTOSS_STATUS[status] ?? `status ${status}`})`, op);
+  }
+
+  /** Runs one enqueue call: its tensor arguments become handles (or a clear error), its status is checked. */
+  #op(op: string, call: (ctx: Deno.PointerValue, handle: Handles) => number): void {
+    const handle: Handles = (tensor) => {
+      if (tensor === undefined) return null;
+      if (!(tensor instanceof NativeTensor)) {
+        throw new BackendError(`${op}: a tensor does not belong to the ${this.name} backend`, op);
+      }
+      return tensor.handle;
+    };
+    this.#check(call(this.#ctx, handle), op);
+  }
+
+  /** The step's batch as the ABI's words: count, then per segment its rows, positions and both block tables. */
+  #batchWords(batch: AttentionOptions["batch"]): Int32Array {
+    if (batch === this.#lastBatch) return this.#lastWords;
     const list: number[] = [batch.segments.length];
     for (const seg of batch.segments) {
       const numBlocks = seg.fullBlocks.length;
       list.push(seg.rowOffset, seg.numTokens, seg.startPosition, numBlocks, ...seg.fullBlocks);
       for (let b = 0; b < numBlocks; b++) list.push(b < seg.slidingBlocks.length ? seg.slidingBlocks[b] : -1);
     }
-    lastBatch = batch;
-    lastWords = Int32Array.from(list);
-    return lastWords;
-  };
-  const expertCache = new WeakMap<MoeMlpOptions["weights"], BigUint64Array>();
-  const expertHandles = (w: MoeMlpOptions["weights"]): BigUint64Array => {
-    let handles = expertCache.get(w);
+    this.#lastBatch = batch;
+    this.#lastWords = Int32Array.from(list);
+    return this.#lastWords;
+  }
+
+  #experts(w: MoeMlpOptions["weights"]): BigUint64Array {
+    let handles = this.#expertHandles.get(w);
     if (handles) return handles;
     const tensors = [w.gateUpBlocks, w.gateUpScales, w.gateUpBias, w.downBlocks, w.downScales, w.downBias];
-    handles = BigUint64Array.from(tensors.map((t) => BigInt(Deno.UnsafePointer.value(handleOf(t, "moeMlp")))));
-    expertCache.set(w, handles);
+    handles = BigUint64Array.from(tensors.map((t) => {
+      if (!(t instanceof NativeTensor)) throw new BackendError("moeMlp: an expert tensor is not native", "moeMlp");
+      return BigInt(Deno.UnsafePointer.value(t.handle));
+    }));
+    this.#expertHandles.set(w, handles);
     return handles;
-  };
+  }
 
-  const ops: Ops = {
-    embed(o, table, ids) {
-      check(
-        s.gptoss_embed(ctx, handleOf(o, "embed"), handleOf(table, "embed"), handleOf(ids, "embed")),
-        "embed_f32_bf16w",
-      );
-    },
-    rmsnorm(o, x, weight, eps) {
-      check(
-        s.gptoss_rmsnorm(ctx, handleOf(o, "rmsnorm"), handleOf(x, "rmsnorm"), handleOf(weight, "rmsnorm"), eps),
-        "rmsnorm_f32_bf16w",
-      );
-    },
-    matmul(o, x, weight, bias) {
-      check(
-        s.gptoss_matmul(
-          ctx,
-          handleOf(o, "matmul"),
-          handleOf(x, "matmul"),
-          handleOf(weight, "matmul"),
-          handleOf(bias, "matmul"),
-        ),
-        "matmul_f32_bf16w",
-      );
-    },
-    rope(q, k, positions, invFreq, concentration) {
-      check(
-        s.gptoss_rope(
-          ctx,
-          handleOf(q, "rope"),
-          handleOf(k, "rope"),
-          handleOf(positions, "rope"),
-          handleOf(invFreq, "rope"),
-          concentration,
-        ),
-        "rope_f32",
-      );
-    },
-    attention(o, q, k, v, opt: AttentionOptions) {
-      const pool = opt.pool;
-      if (!(pool instanceof NativeKvPool)) {
-        throw new BackendError("attention: the pool does not belong to the native backend", "attention");
-      }
-      attentionArgs.set([opt.layer, opt.numHeads, opt.numKeyValueHeads, opt.headDim, opt.window]);
-      const batch = batchWords(opt.batch);
-      check(
-        s.gptoss_attention(
-          ctx,
-          handleOf(o, "attention"),
-          handleOf(q, "attention"),
-          handleOf(k, "attention"),
-          handleOf(v, "attention"),
-          handleOf(opt.sinks, "attention"),
-          pool.handle,
-          attentionArgs,
-          batch,
-          BigInt(batch.length),
-        ),
-        "attention_f32",
-      );
-    },
-    moeRoute(ids, weights, logits, topK) {
-      check(
-        s.gptoss_moe_route(
-          ctx,
-          handleOf(ids, "moeRoute"),
-          handleOf(weights, "moeRoute"),
-          handleOf(logits, "moeRoute"),
-          topK,
-        ),
-        "moe_route_f32",
-      );
-    },
-    moeMlp(o, x, ids, weights, opt: MoeMlpOptions) {
-      const moeWeights = expertHandles(opt.weights);
-      moeArgs.setInt32(0, opt.intermediateSize, true);
-      moeArgs.setFloat32(4, opt.swigluLimit, true);
-      check(
-        s.gptoss_moe_mlp(
-          ctx,
-          handleOf(o, "moeMlp"),
-          handleOf(x, "moeMlp"),
-          handleOf(ids, "moeMlp"),
-          handleOf(weights, "moeMlp"),
-          moeWeights,
-          new Uint8Array(moeArgs.buffer),
-        ),
-        "moe_mlp_f32_mxfp4w",
-      );
-    },
-    add(o, a, b) {
-      check(s.gptoss_add(ctx, handleOf(o, "add"), handleOf(a, "add"), handleOf(b, "add")), "add_f32");
-    },
-    gatherRows(o, x, rows) {
-      check(
-        s.gptoss_gather_rows(ctx, handleOf(o, "gatherRows"), handleOf(x, "gatherRows"), handleOf(rows, "gatherRows")),
-        "gather_rows_f32",
-      );
-    },
-  };
+  #makeOps(): Ops {
+    const s = this.#lib.symbols;
+    const attentionArgs = new Int32Array(5);
+    const moeArgs = new DataView(new ArrayBuffer(8));
+    return {
+      embed: (o, table, ids) => this.#op("embed", (c, h) => s.gptoss_embed(c, h(o), h(table), h(ids))),
+      rmsnorm: (o, x, w, eps) => this.#op("rmsnorm", (c, h) => s.gptoss_rmsnorm(c, h(o), h(x), h(w), eps)),
+      matmul: (o, x, w, bias) => this.#op("matmul", (c, h) => s.gptoss_matmul(c, h(o), h(x), h(w), h(bias))),
+      rope: (q, k, pos, inv, conc) => this.#op("rope", (c, h) => s.gptoss_rope(c, h(q), h(k), h(pos), h(inv), conc)),
+      attention: (o, q, k, v, opt) => {
+        if (!(opt.pool instanceof NativeKvPool)) {
+          throw new BackendError(`attention: the pool does not belong to the ${this.name} backend`, "attention");
+        }
+        const pool = opt.pool.handle;
+        attentionArgs.set([opt.layer, opt.numHeads, opt.numKeyValueHeads, opt.headDim, opt.window]);
+        const batch = this.#batchWords(opt.batch);
+        this.#op("attention", (c, h) =>
+          s.gptoss_attention(
+            c,
+            h(o),
+            h(q),
+            h(k),
+            h(v),
+            h(opt.sinks),
+            pool,
+            attentionArgs,
+            batch,
+            BigInt(batch.length),
+          ));
+      },
+      moeRoute: (ids, w, logits, topK) =>
+        this.#op("moeRoute", (c, h) => s.gptoss_moe_route(c, h(ids), h(w), h(logits), topK)),
+      moeMlp: (o, x, ids, w, opt) => {
+        const experts = this.#experts(opt.weights);
+        moeArgs.setInt32(0, opt.intermediateSize, true);
+        moeArgs.setFloat32(4, opt.swigluLimit, true);
+        const args = new Uint8Array(moeArgs.buffer);
+        this.#op("moeMlp", (c, h) => s.gptoss_moe_mlp(c, h(o), h(x), h(ids), h(w), experts, args));
+      },
+      add: (o, a, b) => this.#op("add", (c, h) => s.gptoss_add(c, h(o), h(a), h(b))),
+      gatherRows: (o, x, rows) => this.#op("gatherRows", (c, h) => s.gptoss_gather_rows(c, h(o), h(x), h(rows))),
+    };
+  }
 
-  const tensorCall = (
-    fn: "gptoss_tensor_wrap" | "gptoss_tensor_alloc",
-    dtype: DType,
-    shape: readonly number[],
-    data?: Uint8Array,
-  ): Deno.PointerObject => {
+  #newTensor(dtype: DType, shape: readonly number[], wrap?: Uint8Array): NativeTensor {
+    const s = this.#lib.symbols;
     const dims = BigInt64Array.from(shape.map((d) => BigInt(d)));
-    const status = fn === "gptoss_tensor_wrap"
-      ? s.gptoss_tensor_wrap(ctx, GPTOSS_DTYPE[dtype], shape.length, dims, data!, out)
-      : s.gptoss_tensor_alloc(ctx, GPTOSS_DTYPE[dtype], shape.length, dims, out);
-    check(status, fn.slice("gptoss_".length));
-    return Deno.UnsafePointer.create(out[0])!;
-  };
+    const status = wrap
+      ? s.gptoss_tensor_wrap(this.#ctx, GPTOSS_DTYPE[dtype], shape.length, dims, wrap, this.#out)
+      : s.gptoss_tensor_alloc(this.#ctx, GPTOSS_DTYPE[dtype], shape.length, dims, this.#out);
+    this.#check(status, wrap ? "tensor_wrap" : "tensor_alloc");
+    return new NativeTensor(dtype, [...shape], Deno.UnsafePointer.create(this.#out[0])!, wrap);
+  }
 
-  return {
-    name: options.name ?? "native",
-    kvBytesPerElement: 4,
-    kind,
-    upload(tensor: HostTensor): DeviceTensor {
-      const size = tensor.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[tensor.dtype];
-      if (tensor.data.byteLength !== size) {
-        throw new BackendError(
-          `upload: ${tensor.data.byteLength} bytes for shape [${tensor.shape}] ${tensor.dtype}`,
-          "upload",
-        );
-      }
-      if (!tensor.external) {
-        // A pointer into a JS-heap buffer is valid only during the call that receives it: copy such weights.
-        const copy = new NativeTensor(
-          tensor.dtype,
-          tensor.shape,
-          tensorCall("gptoss_tensor_alloc", tensor.dtype, tensor.shape),
-          undefined,
-        );
-        check(s.gptoss_tensor_write(ctx, copy.handle, tensor.data, BigInt(tensor.data.byteLength)), "tensor_write");
-        return copy;
-      }
-      // Zero copy: the library reads the host bytes in place (a view of the checkpoint's mapping, never moved).
-      const data = tensor.data.byteOffset % DTYPE_BYTES[tensor.dtype] === 0 ? tensor.data : tensor.data.slice();
-      return new NativeTensor(
-        tensor.dtype,
-        tensor.shape,
-        tensorCall("gptoss_tensor_wrap", tensor.dtype, tensor.shape, data),
-        data,
+  upload(tensor: HostTensor): DeviceTensor {
+    const size = tensor.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[tensor.dtype];
+    if (tensor.data.byteLength !== size) {
+      throw new BackendError(
+        `upload: ${tensor.data.byteLength} bytes for shape [${tensor.shape}] ${tensor.dtype}`,
+        "upload",
       );
-    },
-    alloc(shape: readonly number[], dtype: DType): DeviceTensor {
-      const reused = spare.get(keyOf(shape, dtype))?.pop();
-      if (reused) return reused;
-      return new NativeTensor(dtype, [...shape], tensorCall("gptoss_tensor_alloc", dtype, shape), undefined);
-    },
-    write(tensor: DeviceTensor, data: Int32Array | Float32Array): void {
-      const t = tensor as NativeTensor;
-      check(s.gptoss_tensor_write(ctx, handleOf(t, "write"), data, BigInt(data.byteLength)), "tensor_write");
-    },
-    ops,
-    async flush(): Promise<void> {
-      lastBatch = undefined;
-      check(await s.gptoss_flush(ctx), "flush");
-    },
-    async read(tensor: DeviceTensor): Promise<Float32Array | Int32Array> {
-      const t = tensor as NativeTensor;
-      lastBatch = undefined;
-      check(await s.gptoss_flush(ctx), "flush");
-      const result = t.dtype === "i32" ? new Int32Array(t.bytes / 4) : new Float32Array(t.bytes / 4);
-      if (t.dtype !== "f32" && t.dtype !== "i32") {
-        throw new BackendError(`read: dtype ${t.dtype} is not readable`, "read");
-      }
-      check(s.gptoss_tensor_read(ctx, handleOf(t, "read"), result, BigInt(result.byteLength)), "tensor_read");
-      return result;
-    },
-    createKvPool(spec: KvPoolSpec): KvPool {
-      const words = Int32Array.from([
-        spec.numLayers,
-        spec.numKeyValueHeads,
-        spec.headDim,
-        spec.blockSize,
-        spec.numFullBlocks,
-        spec.numSlidingBlocks,
-      ]);
-      check(s.gptoss_kv_pool_create(ctx, words, Int32Array.from(spec.layerWindows), out), "kv_pool_create");
-      const handle = Deno.UnsafePointer.create(out[0])!;
-      return new NativeKvPool(spec, handle, Number(s.gptoss_kv_pool_bytes(handle)));
-    },
-    free(tensor: DeviceTensor): void {
-      const t = tensor as NativeTensor;
-      if (t.host !== undefined) {
-        borrowed.delete(t);
-        s.gptoss_tensor_free(ctx, t.handle);
-        return;
-      }
-      const key = keyOf(t.shape, t.dtype);
-      const list = spare.get(key) ?? [];
-      if (list.length < 8) {
-        list.push(t);
-        spare.set(key, list);
-      } else {
-        s.gptoss_tensor_free(ctx, t.handle);
-      }
-    },
-    dispose(): void {
-      s.gptoss_context_destroy(ctx);
-      ctx = null;
-      borrowed.clear();
-    },
-  };
+    }
+    if (!tensor.external) {
+      // A pointer into a JS-heap buffer is valid only during the call that receives it: copy such weights.
+      const copy = this.#newTensor(tensor.dtype, tensor.shape);
+      this.write(copy, tensor.data);
+      return copy;
+    }
+    // Zero copy: the library reads the host bytes in place (a view of the checkpoint's mapping, never moved).
+    const data = tensor.data.byteOffset % DTYPE_BYTES[tensor.dtype] === 0 ? tensor.data : tensor.data.slice();
+    return this.#newTensor(tensor.dtype, tensor.shape, data);
+  }
+
+  alloc(shape: readonly number[], dtype: DType): DeviceTensor {
+    return this.#spare.get(`${dtype}:${shape.join("x")}`)?.pop() ?? this.#newTensor(dtype, shape);
+  }
+
+  write(tensor: DeviceTensor, data: Int32Array | Float32Array | Uint8Array): void {
+    this.#op(
+      "tensor_write",
+      (c, h) => this.#lib.symbols.gptoss_tensor_write(c, h(tensor), data, BigInt(data.byteLength)),
+    );
+  }
+
+  async flush(): Promise<void> {
+    this.#lastBatch = undefined;
+    this.#check(await this.#lib.symbols.gptoss_flush(this.#ctx), "flush");
+  }
+
+  async read(tensor: DeviceTensor): Promise<Float32Array | Int32Array> {
+    if (tensor.dtype !== "f32" && tensor.dtype !== "i32") {
+      throw new BackendError(`read: dtype ${tensor.dtype} is not readable`, "read");
+    }
+    await this.flush();
+    const count = tensor.shape.reduce((a, b) => a * b, 1);
+    const result = tensor.dtype === "i32" ? new Int32Array(count) : new Float32Array(count);
+    this.#op(
+      "tensor_read",
+      (c, h) => this.#lib.symbols.gptoss_tensor_read(c, h(tensor), result, BigInt(result.byteLength)),
+    );
+    return result;
+  }
+
+  createKvPool(spec: KvPoolSpec): KvPool {
+    const s = this.#lib.symbols;
+    const words = Int32Array.from([
+      spec.numLayers,
+      spec.numKeyValueHeads,
+      spec.headDim,
+      spec.blockSize,
+      spec.numFullBlocks,
+      spec.numSlidingBlocks,
+    ]);
+    this.#check(
+      s.gptoss_kv_pool_create(this.#ctx, words, Int32Array.from(spec.layerWindows), this.#out),
+      "kv_pool_create",
+    );
+    const handle = Deno.UnsafePointer.create(this.#out[0])!;
+    return new NativeKvPool(spec, handle, Number(s.gptoss_kv_pool_bytes(handle)));
+  }
+
+  free(tensor: DeviceTensor): void {
+    if (!(tensor instanceof NativeTensor)) throw new BackendError(`free: not a ${this.name} tensor`, "free");
+    const list = this.#spare.get(`${tensor.dtype}:${tensor.shape.join("x")}`) ?? [];
+    if (tensor.host !== undefined || list.length >= 8) {
+      this.#lib.symbols.gptoss_tensor_free(this.#ctx, tensor.handle);
+      return;
+    }
+    list.push(tensor);
+    this.#spare.set(`${tensor.dtype}:${tensor.shape.join("x")}`, list);
+  }
+
+  dispose(): void {
+    if (this.#ctx === null) return;
+    this.#lib.symbols.gptoss_context_destroy(this.#ctx);
+    this.#ctx = null;
+  }
+}
+
+/** Creates the native backend. */
+export function createNativeBackend(options: NativeBackendOptions = {}): NativeBackend {
+  return new NativeBackend(options);
 }
