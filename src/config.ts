@@ -10,7 +10,6 @@ import { ConfigFileError, UsageError } from "./errors.ts";
 
 export const PROFILE_NAMES = ["latency_first", "quality_first"] as const;
 export const BACKEND_CHOICES = ["auto", "reference", "webgpu", "native", "cuda"] as const;
-export const GPU_MODES = ["auto", "single", "pipeline", "tensor"] as const;
 export const DTYPE_CHOICES = ["auto", "f32", "f16"] as const;
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
 export const LOG_FORMATS = ["json", "pretty"] as const;
@@ -19,7 +18,6 @@ export const PREFILL_PRIORITIES = ["decode_first", "prefill_first"] as const;
 
 export type ProfileName = typeof PROFILE_NAMES[number];
 export type BackendChoice = typeof BACKEND_CHOICES[number];
-export type GpuMode = typeof GPU_MODES[number];
 export type DtypeChoice = typeof DTYPE_CHOICES[number];
 export type LogLevel = typeof LOG_LEVELS[number];
 export type LogFormat = typeof LOG_FORMATS[number];
@@ -59,7 +57,6 @@ const SettingsLayerSchema = z.object({
   profile: z.enum(PROFILE_NAMES),
   backend: z.enum(BACKEND_CHOICES),
   dtype: z.enum(DTYPE_CHOICES),
-  gpuMode: z.enum(GPU_MODES),
   apiKey: z.string().min(1),
   adminKey: z.string().min(1),
   logLevel: z.enum(LOG_LEVELS),
@@ -91,7 +88,6 @@ export interface ServerConfig {
   readonly backend: BackendChoice;
   /** Matmul arithmetic on GPU backends: auto = f16 where the device has it (WebGPU shader-f16), else f32. */
   readonly dtype: DtypeChoice;
-  readonly gpuMode: GpuMode;
   readonly apiKey: string | undefined;
   readonly adminKey: string | undefined;
   readonly logLevel: LogLevel;
@@ -127,7 +123,6 @@ const DEFAULTS = {
   profile: "latency_first",
   backend: "auto",
   dtype: "auto",
-  gpuMode: "auto",
   logLevel: "info",
   logFormat: "json",
   drainTimeoutMs: 30_000,
@@ -185,7 +180,6 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
     { kind: "choice", choices: DTYPE_CHOICES },
     "GPU weight×activation arithmetic (auto = f16 where supported)",
   ),
-  spec("gpu-mode", "gpuMode", { kind: "choice", choices: GPU_MODES }, "How to use several GPUs"),
   spec("config", "config", STRING, "Settings file (default configs/server.json)"),
   spec("api-key", "apiKey", STRING, "Require this bearer key on every endpoint but /health"),
   spec("admin-key", "adminKey", STRING, "Key for /admin endpoints"),
@@ -396,7 +390,6 @@ export function loadServerConfig(sources: ConfigSources): ServerConfig {
     profile: final.profile,
     backend: final.backend,
     dtype: final.dtype,
-    gpuMode: final.gpuMode,
     apiKey: final.apiKey,
     adminKey: final.adminKey,
     logLevel: final.logLevel,

@@ -337,7 +337,7 @@ Deno.test("32 concurrent streams complete well-formed; a client that disconnects
     assertEquals(during.engine.running + during.engine.waiting, 1);
     controller.abort();
     let stats;
-    for (let i = 0; i < 100; i++) {
+    for (let i = 0; i < 600; i++) { // polls every 50 ms; the bound only ends a hang
       stats = await (await fetch(`${server.baseUrl}/stats`)).json();
       if (stats.engine.running + stats.engine.waiting === 0) break;
       await new Promise((resolve) => setTimeout(resolve, 50));
@@ -390,8 +390,15 @@ Deno.test("SIGTERM during a slow in-flight request lets it finish, then the proc
       prompt: "a slow request",
       max_tokens: 150,
       ignore_eos: true,
-    });
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    }, { "x-request-id": "req-in-flight" });
+    // SIGTERM once the server has the request (an event, not a sleep: a busy machine may take any time to get there).
+    for (
+      let i = 0;
+      i < 600 && !server.logLines.some((l) => /"request.start".*req-in-flight|req-in-flight.*"request.start"/.test(l));
+      i++
+    ) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
     const status = server.stop();
     const result = await pending;
     assertEquals(result.status, 200);

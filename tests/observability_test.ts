@@ -59,12 +59,15 @@ function traceIdOfRequest(logLines: string[], requestId: string): string | undef
 }
 
 Deno.test("tail sampling: error and slow traces always arrive whole; with share 0 normal ones never do", async () => {
+  // Two servers, so that no outcome depends on how long a request takes on this machine: on the first nothing is
+  // slow (threshold a day), on the second everything is (threshold 0 ms). Each is stopped (which flushes its spans)
+  // before what it exported is checked, so an absent trace is absent for good.
   const receiver = startReceiver();
-  const server = await startServer([...common, "--trace-sample-rate", "0", "--trace-slow-ms", "400"], {
-    env: { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_SERVICE_NAME: "obs-test" },
-  });
+  const env = { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_SERVICE_NAME: "obs-test" };
+  const never = await startServer([...common, "--trace-sample-rate", "0", "--trace-slow-ms", "86400000"], { env });
+  let failingTrace: string, fastTrace: string;
   try {
-    const url = `${server.baseUrl}/v1/chat/completions`;
+    const url = `${never.baseUrl}/v1/chat/completions`;
     const failing = await post(url, { model: DEMO, messages: [{ role: "tool", tool_call_id: "x", content: "1" }] }, {
       "x-request-id": "req-failing",
     });
@@ -73,33 +76,36 @@ Deno.test("tail sampling: error and slow traces always arrive whole; with share 
       "x-request-id": "req-fast",
     });
     assertEquals(fast.status, 200);
-    const slow = await post(`${server.baseUrl}/v1/completions`, {
+    failingTrace = await waitForTrace(never.logLines, "req-failing");
+    fastTrace = await waitForTrace(never.logLines, "req-fast");
+  } finally {
+    assertEquals((await never.stop()).code, 0);
+  }
+  const always = await startServer([...common, "--trace-sample-rate", "0", "--trace-slow-ms", "0"], { env });
+  let slowTrace: string;
+  try {
+    const slow = await post(`${always.baseUrl}/v1/completions`, {
       model: DEMO,
       prompt: "slow",
-      max_tokens: 120,
+      max_tokens: 12,
       ignore_eos: true,
     }, { "x-request-id": "req-slow" });
     assertEquals(slow.status, 200);
-
-    const failingTrace = await waitForTrace(server.logLines, "req-failing");
-    const slowTrace = await waitForTrace(server.logLines, "req-slow");
-    const fastTrace = await waitForTrace(server.logLines, "req-fast");
-    assert(await waitFor(() => receiver.spans.some((s) => s.traceId === slowTrace && s.name === "decode")));
-    await waitFor(() => receiver.spans.some((s) => s.traceId === failingTrace && s.name === "prompt.build"));
-
-    const failingSpans = receiver.spans.filter((s) => s.traceId === failingTrace);
-    assertEquals(failingSpans.map((s) => s.name).sort(), ["POST /v1/chat/completions", "prompt.build"]);
-    assert(failingSpans.every((s) => s.status?.code === 2), "both spans carry the error status");
-    const root = failingSpans.find((s) => !s.parentSpanId)!;
-    assert(failingSpans.filter((s) => s.parentSpanId).every((s) => s.parentSpanId === root.spanId));
-
-    const slowNames = receiver.spans.filter((s) => s.traceId === slowTrace).map((s) => s.name).sort();
-    assertEquals(slowNames, ["POST /v1/completions", "decode", "prefill", "prompt.build", "queue.wait"]);
-    assertEquals(receiver.spans.filter((s) => s.traceId === fastTrace).length, 0);
+    slowTrace = await waitForTrace(always.logLines, "req-slow");
   } finally {
-    await server.stop();
+    assertEquals((await always.stop()).code, 0);
     await receiver.stop();
   }
+
+  const failingSpans = receiver.spans.filter((s) => s.traceId === failingTrace);
+  assertEquals(failingSpans.map((s) => s.name).sort(), ["POST /v1/chat/completions", "prompt.build"]);
+  assert(failingSpans.every((s) => s.status?.code === 2), "both spans carry the error status");
+  const root = failingSpans.find((s) => !s.parentSpanId)!;
+  assert(failingSpans.filter((s) => s.parentSpanId).every((s) => s.parentSpanId === root.spanId));
+
+  const slowNames = receiver.spans.filter((s) => s.traceId === slowTrace).map((s) => s.name).sort();
+  assertEquals(slowNames, ["POST /v1/completions", "decode", "prefill", "prompt.build", "queue.wait"]);
+  assertEquals(receiver.spans.filter((s) => s.traceId === fastTrace).length, 0);
 
   async function waitForTrace(lines: string[], requestId: string): Promise<string> {
     await waitFor(() => traceIdOfRequest(lines, requestId) !== undefined);

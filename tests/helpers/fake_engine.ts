@@ -1,0 +1,96 @@
+/**
+ * An engine for in-process API tests: implements EngineApi with scripted output, records what it was asked, and
+ * can be told to refuse (validate / submit errors), so the API's mapping of requests, events and errors is tested
+ * without a model or a server process.
+ */
+import type { EngineApi, EngineRequest, EngineSnapshot, TokenEvent } from "../../src/engine/engine_api.ts";
+
+/** What the fake answers per request: the token ids to emit and how it ends. */
+export interface Script {
+  readonly tokens: readonly number[];
+  readonly finishReason?: "stop" | "length";
+  /** Wait for this before each token (lets a test abort mid-stream). */
+  readonly beforeToken?: () => Promise<void>;
+}
+
+export class FakeEngine implements EngineApi {
+  readonly maxModelLen = 4096;
+  readonly vocabSize = 201_088;
+  readonly submitted: { request: EngineRequest; signal: AbortSignal | undefined }[] = [];
+  /** Set to make validate() throw it. */
+  validateError: Error | undefined;
+  /** Set to make submit() throw it. */
+  submitError: Error | undefined;
+  snapshotValue: EngineSnapshot = emptySnapshot();
+
+  constructor(private readonly script: (request: EngineRequest) => Script) {}
+
+  validate(_request: EngineRequest): void {
+    if (this.validateError) throw this.validateError;
+  }
+
+  submit(request: EngineRequest, signal?: AbortSignal): AsyncIterable<TokenEvent> {
+    this.validate(request);
+    if (this.submitError) throw this.submitError;
+    this.submitted.push({ request, signal });
+    const script = this.script(request);
+    return (async function* () {
+      let count = 0;
+      for (const tokenId of script.tokens) {
+        await script.beforeToken?.();
+        if (signal?.aborted) break;
+        count++;
+        yield { type: "token", tokenId } as const;
+      }
+      yield {
+        type: "done",
+        finishReason: signal?.aborted ? "abort" : script.finishReason ?? "stop",
+        promptTokens: request.promptIds.length,
+        completionTokens: count,
+        cachedTokens: 0,
+        queueMs: 1,
+      } as const;
+    })();
+  }
+
+  snapshot(): EngineSnapshot {
+    return this.snapshotValue;
+  }
+}
+
+export function emptySnapshot(): EngineSnapshot {
+  return {
+    stats: {
+      running: 0,
+      waiting: 0,
+      steps: 0,
+      promptTokens: 0,
+      generatedTokens: 0,
+      finished: { stop: 0, length: 0, abort: 0 },
+      admission: {},
+      preemptions: 0,
+      lastBatchSize: 0,
+      maxBatchSize: 0,
+      kvCachesHeld: 0,
+      tokensPerSecond: 0,
+      pressure: "none",
+      pressureActions: {},
+    },
+    memory: {
+      blockSize: 16,
+      blocks: { total: 0, used: 0, cached: 0, free: 0 },
+      slidingBlocks: { total: 0, used: 0, cached: 0 },
+      bytesTotal: 0,
+      bytesUsed: 0,
+      pressure: "none",
+      pressureActions: {},
+      prefixCache: {
+        queriedTokens: 0,
+        hitTokens: 0,
+        missBlocks: { cold: 0, evicted: 0, partial_block: 0 },
+        evictions: 0,
+        hitRate: 0,
+      },
+    },
+  };
+}
