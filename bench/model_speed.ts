@@ -8,7 +8,7 @@
  * copy rate (bytes read + written; its read-only rate is reported beside it) for --backend cuda.
  */
 import { parseArgs } from "node:util";
-import { selectBackend } from "../src/backends/select.ts";
+import { nativeOptionsFromEnv, selectBackend } from "../src/backends/select.ts";
 import { Checkpoint } from "../src/checkpoint/checkpoint.ts";
 import { bytesPerDecodeToken } from "../src/model/cost.ts";
 import { KvSession } from "../src/engine/kv_session.ts";
@@ -94,7 +94,9 @@ async function main(): Promise<void> {
     },
   });
   if (!values.dir) throw new Error("Give --dir DIR (generate one with: deno task make-model --preset mini --out DIR)");
-  const { backend } = await selectBackend(values.backend as "reference");
+  const { backend } = await selectBackend(values.backend as "reference", undefined, undefined, {
+    native: nativeOptionsFromEnv(Deno.env.toObject()),
+  });
   const loadStart = performance.now();
   const checkpoint = Checkpoint.open(values.dir, { mmap: true, populate: true });
   const model = createModel(checkpoint.config, await loadWeights(checkpoint, backend), backend);

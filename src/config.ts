@@ -115,7 +115,7 @@ export interface ServerConfig {
   readonly scheduler: SchedulerSettings;
 }
 
-const DEFAULTS = {
+export const DEFAULTS = {
   host: "127.0.0.1",
   port: 8000,
   autoPort: false,

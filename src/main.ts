@@ -6,7 +6,7 @@ import { createApp } from "./api/app.ts";
 import type { ServingState } from "./api/serving.ts";
 import type { Backend } from "./backends/backend.ts";
 import { buildNativeLibrary, nativeLibraryExists } from "./backends/native/library.ts";
-import { type BackendOptions, BackendSelector, type ProbeResult } from "./backends/select.ts";
+import { BackendSelector, nativeOptionsFromEnv, type ProbeResult } from "./backends/select.ts";
 import { helpText, parseCommandLine } from "./cli.ts";
 import { loadServerConfig, type ServerConfig } from "./config.ts";
 import { Engine } from "./engine/engine.ts";
@@ -128,16 +128,6 @@ async function loadModel(
   }
 }
 
-/** Native context settings from the environment (the library itself reads none). */
-function nativeOptionsFromEnv(): NonNullable<BackendOptions["native"]> {
-  const profile = Deno.env.get("GPTOSS_PROFILE");
-  return {
-    isa: Deno.env.get("GPTOSS_CPU_ISA") || undefined,
-    profile: profile === "steps" ? "steps" : profile ? "ops" : undefined,
-    cudaGraphs: Deno.env.get("GPTOSS_CUDA_GRAPHS") !== "0",
-  };
-}
-
 /** Builds the CPU library when it is missing and a backend may need it (logged; failures leave it unavailable). */
 async function ensureNativeLibrary(config: ServerConfig, logger: Logger): Promise<void> {
   if (nativeLibraryExists() || !["auto", "native"].includes(config.backend)) return;
@@ -196,7 +186,7 @@ async function selectFitting(
     header.close();
     return await selector.select(config.backend, probes, { need, kvCacheBytes: config.kvCacheBytes }, {
       dtype: config.dtype,
-      native: nativeOptionsFromEnv(),
+      native: nativeOptionsFromEnv(Deno.env.toObject()),
     });
   } catch (err) {
     fail((err as Error).message);

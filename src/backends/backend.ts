@@ -173,8 +173,9 @@ export interface Backend {
   /** Reads a tensor back as f32 (f32 tensors) or i32 (i32 tensors). */
   read(tensor: DeviceTensor): Promise<Float32Array | Int32Array>;
   /**
-   * True when the engine should sample eligible rows with `ops.sample` (a GPU: only token ids cross the bus). Host
-   * backends keep the host sampler, which also does penalties, logit bias, min-p and logprobs.
+   * True when the engine should draw rows with `ops.sample` on the device (a GPU: only token ids cross the bus).
+   * Host backends draw on the host with the same op's reference implementation; rows that need the pre-pass
+   * (penalties, logit bias, min-p, a guide) are drawn on the host everywhere. Same rule, same tokens.
    */
   readonly samplesOnDevice?: boolean;
   /** Bytes of one stored K or V element in the pools this backend creates. */

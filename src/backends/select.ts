@@ -84,6 +84,22 @@ export interface BackendOptions {
 }
 
 /**
+ * Native context settings from environment variables (the libraries read none; main.ts and the bench scripts pass
+ * theirs): GPTOSS_CPU_ISA caps the CPU path, GPTOSS_PROFILE=1 times each op (=steps: CUDA host time per step),
+ * GPTOSS_CUDA_GRAPHS=0 turns CUDA graphs off.
+ */
+export function nativeOptionsFromEnv(env: Readonly<Record<string, string | undefined>>): NonNullable<
+  BackendOptions["native"]
+> {
+  const profile = env.GPTOSS_PROFILE;
+  return {
+    isa: env.GPTOSS_CPU_ISA || undefined,
+    profile: profile === "steps" ? "steps" : profile ? "ops" : undefined,
+    cudaGraphs: env.GPTOSS_CUDA_GRAPHS !== "0",
+  };
+}
+
+/**
  * Probing and construction with one WebGPU device per instance (requested on first use: a process that selects
  * once asks for one device). No side effects beyond that: nothing is built or written.
  */
