@@ -4,7 +4,12 @@
  * alone or batched, with or without logprobs. Logprobs are the model's raw log-softmax (f32 logits, before any
  * filter or mask), as vLLM reports by default.
  */
-import { GREEDY_TEMPERATURE, type RowSampling as SampleOpRow, sampleRow } from "../backends/reference/sample.ts";
+import {
+  GREEDY_TEMPERATURE,
+  type RowSampling as SampleOpRow,
+  sampleRow,
+  SampleScratch,
+} from "../backends/reference/sample.ts";
 
 /** Sampling settings of one request (OpenAI/vLLM semantics). */
 export interface SamplingParams {
@@ -146,6 +151,7 @@ export class Sampler {
   readonly #seen = new Set<number>();
   readonly #masked: [number, number] | undefined;
   #scratch = new Float32Array(0);
+  readonly #sampleScratch = new SampleScratch();
 
   constructor(params: SamplingParams, options: { vocabSize: number; promptIds?: readonly number[] }) {
     this.#params = params;
@@ -226,7 +232,7 @@ export class Sampler {
   /** Picks the next token from one row of logits (not modified); only among `allowed` when given (guided decoding). */
   sample(logits: Float32Array, allowed?: ReadonlySet<number>): SampledToken {
     const z = this.prepare(logits, allowed);
-    const tokenId = sampleRow(z, this.nextDraw(), this.#masked);
+    const tokenId = sampleRow(z, this.nextDraw(), this.#masked, this.#sampleScratch);
     this.observe(tokenId);
     return this.#withLogprobs(tokenId, logits);
   }

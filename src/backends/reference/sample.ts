@@ -44,6 +44,18 @@ function argmax(logits: Float32Array, masked?: readonly [number, number]): { bes
   return { best, max };
 }
 
+/** Reusable buffers for {@link keptCandidates} (a vocabulary-sized pair per call would be fresh memory each token). */
+export class SampleScratch {
+  ids = new Int32Array(0);
+  weights = new Float32Array(0);
+
+  reserve(n: number): void {
+    if (this.ids.length >= n) return;
+    this.ids = new Int32Array(n);
+    this.weights = new Float32Array(n);
+  }
+}
+
 /** Candidate ids (ascending) and their f32 weights; shrinks as the threshold rises. */
 class Candidates {
   ids: Int32Array;
@@ -102,11 +114,13 @@ export function keptCandidates(
   logits: Float32Array,
   p: RowSampling,
   masked?: readonly [number, number],
+  scratch: SampleScratch = new SampleScratch(),
 ): { ids: Int32Array; weights: Float32Array } | undefined {
   const n = logits.length;
   const { max } = argmax(logits, masked);
   if (p.temperature <= GREEDY_TEMPERATURE || max === -Infinity) return undefined;
-  const ids = new Int32Array(n), weights = new Float32Array(n);
+  scratch.reserve(n);
+  const { ids, weights } = scratch;
   let length = 0;
   for (let i = 0; i < n; i++) {
     if (isMasked(i, masked)) continue;
@@ -144,8 +158,13 @@ export function keptWeights(
 }
 
 /** Samples one row of logits (see {@link Ops.sample}); returns the token id. */
-export function sampleRow(logits: Float32Array, p: RowSampling, masked?: readonly [number, number]): number {
-  const kept = keptCandidates(logits, p, masked);
+export function sampleRow(
+  logits: Float32Array,
+  p: RowSampling,
+  masked?: readonly [number, number],
+  scratch?: SampleScratch,
+): number {
+  const kept = keptCandidates(logits, p, masked, scratch);
   if (!kept || kept.ids.length === 0) return argmax(logits, masked).best;
   let total = 0;
   for (let i = 0; i < kept.weights.length; i++) total += kept.weights[i];
