@@ -6,7 +6,7 @@ import { createApp } from "./api/app.ts";
 import type { ServingState } from "./api/serving.ts";
 import type { Backend } from "./backends/backend.ts";
 import { buildNativeLibrary, nativeLibraryExists } from "./backends/native/library.ts";
-import { BackendSelector, nativeOptionsFromEnv, type ProbeResult } from "./backends/select.ts";
+import { BackendSelector, nativeOptionsFromEnv, probeBackends, type ProbeResult } from "./backends/select.ts";
 import { helpText, parseCommandLine } from "./cli.ts";
 import { loadServerConfig, type ServerConfig } from "./config.ts";
 import { Engine } from "./engine/engine.ts";
@@ -223,6 +223,7 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
   });
   const choice = await chooseCheckpoint(config, logger);
   const selection = await selectFitting(config, choice, selector, probes);
+  await selector.dispose(); // the probe's WebGPU device, unless the chosen backend runs on it
   const state: ServingState = {
     status: "loading",
     modelId: config.servedModelName ?? choice.modelId,
@@ -308,7 +309,7 @@ async function main(): Promise<void> {
   }
   if (commandLine.command === "make-model") return await makeModel(commandLine.flags);
   if (commandLine.command === "probe") {
-    const candidates = await new BackendSelector().probe();
+    const candidates = await probeBackends();
     console.log(JSON.stringify({ decision: candidates.find((c) => c.available)?.name, candidates }, null, 2));
     return;
   }

@@ -105,9 +105,17 @@ export function nativeOptionsFromEnv(env: Readonly<Record<string, string | undef
  */
 export class BackendSelector {
   #webGpu: Promise<{ device: GPUDevice; info: WebGpuInfo } | undefined> | undefined;
+  #webGpuUsed = false;
 
   #webGpuDevice() {
     return this.#webGpu ??= requestWebGpu().catch(() => undefined);
+  }
+
+  /** Releases the WebGPU device unless a backend created here uses it. */
+  async dispose(): Promise<void> {
+    if (this.#webGpuUsed) return;
+    (await this.#webGpu)?.device.destroy();
+    this.#webGpu = undefined;
   }
 
   /** The candidates in order of preference (a real GPU before the CPU, a software adapter after it), with evidence. */
@@ -163,6 +171,7 @@ export class BackendSelector {
         `--dtype f16 needs the shader-f16 feature, which the WebGPU adapter "${gpu.info.description}" lacks`,
       );
     }
+    this.#webGpuUsed = true;
     return createWebGpuBackend(gpu.device, gpu.info, {
       precision: options.dtype === "auto" || options.dtype === undefined ? undefined : options.dtype,
     });
@@ -197,17 +206,27 @@ export class BackendSelector {
   }
 }
 
-/** {@link BackendSelector.probe} on a fresh selector. */
-export function probeBackends(): Promise<ProbeResult[]> {
-  return new BackendSelector().probe();
+/** {@link BackendSelector.probe} on a fresh selector, whose WebGPU device is released once probed. */
+export async function probeBackends(): Promise<ProbeResult[]> {
+  const selector = new BackendSelector();
+  try {
+    return await selector.probe();
+  } finally {
+    await selector.dispose();
+  }
 }
 
-/** {@link BackendSelector.select} on a fresh selector. */
-export function selectBackend(
+/** {@link BackendSelector.select} on a fresh selector (its WebGPU device released unless the choice uses it). */
+export async function selectBackend(
   choice: "auto" | BackendName,
   probes?: ProbeResult[],
   fit?: FitRequest,
   options: BackendOptions = {},
 ): Promise<{ backend: Backend; probe: ProbeResult }> {
-  return new BackendSelector().select(choice, probes, fit, options);
+  const selector = new BackendSelector();
+  try {
+    return await selector.select(choice, probes, fit, options);
+  } finally {
+    await selector.dispose();
+  }
 }

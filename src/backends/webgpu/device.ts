@@ -10,7 +10,11 @@ export interface WebGpuInfo {
   readonly shaderF16: boolean;
 }
 
-/** Requests an adapter and a device with the adapter's full buffer limits; undefined when WebGPU is not there. */
+/**
+ * Requests an adapter and a device with the adapter's full buffer limits; undefined when WebGPU is not there. The
+ * device is destroyed when the process unloads, so no driver thread is still working on it while the process
+ * tears down (a software adapter's threads racing exit corrupted the heap about once in 150 test processes).
+ */
 export async function requestWebGpu(): Promise<{ device: GPUDevice; info: WebGpuInfo } | undefined> {
   const gpu = (globalThis.navigator as Navigator & { gpu?: GPU }).gpu;
   const adapter = await gpu?.requestAdapter({ powerPreference: "high-performance" });
@@ -25,6 +29,7 @@ export async function requestWebGpu(): Promise<{ device: GPUDevice; info: WebGpu
       maxStorageBuffersPerShaderStage: limits.maxStorageBuffersPerShaderStage,
     },
   });
+  globalThis.addEventListener("unload", () => device.destroy());
   return {
     device,
     info: {
