@@ -1,4 +1,5 @@
 /** POST /v1/chat/completions: parse → harmony prompt → engine → parsed reasoning, content and tool calls. */
+import { pushAll } from "../formats/json_depth.ts";
 import type { ServerConfig } from "../config.ts";
 import type { EngineRequest, TokenEvent } from "../engine/engine_api.ts";
 import { InvalidRequestError } from "../errors.ts";
@@ -126,7 +127,7 @@ class Choice {
       // A stop token, or output that left the format: stop sampling for this choice now.
       this.finishedBy = "own_stop";
       this.controller.abort();
-      events.push(...this.#filter(this.parser.end(), true));
+      pushAll(events, this.#filter(this.parser.end(), true));
     }
     return events;
   }
@@ -281,7 +282,7 @@ export async function chatCompletions(json: unknown, signal: AbortSignal, deps: 
     requestController.signal.addEventListener("abort", () => choice.controller.abort(), { once: true });
   }
   // Each choice has its own controller (a stop string ends one choice); the request's aborts them all.
-  const streams = submitChoices(p.model.engine, p.engineRequests, choices.map((c) => c.controller));
+  const streams = submitChoices(p.model.engine, p.engineRequests, choices.map((c) => c.controller), "messages");
   const run: ChatRun = {
     id: newId("chatcmpl-"),
     created: Math.floor(Date.now() / 1000),

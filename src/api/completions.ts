@@ -166,7 +166,7 @@ function submitAll(
       };
     })
   );
-  const streams = submitChoices(model.engine, engineRequests, choices.map((c) => c.controller));
+  const streams = submitChoices(model.engine, engineRequests, choices.map((c) => c.controller), "prompt");
   return { choices, streams };
 }
 

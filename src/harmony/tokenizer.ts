@@ -3,6 +3,7 @@
  * (a user who types `<|end|>` gets ordinary tokens), decoding through our own id → bytes table, and one
  * incremental UTF-8 decoder per stream (gpt-tokenizer's own decode shares one decoder between calls).
  */
+import { pushAll } from "../formats/json_depth.ts";
 import ranks from "gpt-tokenizer/bpeRanks/o200k_base";
 import harmony from "gpt-tokenizer/encoding/o200k_harmony";
 import { FIRST_SPECIAL_ID, specialTokenId, specialTokenText, VOCAB_SIZE } from "./tokens.ts";
@@ -63,10 +64,10 @@ export class Tokenizer {
     for (const match of text.matchAll(pattern)) {
       const id = specialTokenId(match[0]);
       if (id === undefined) continue;
-      ids.push(...this.encode(text.slice(last, match.index)), id);
+      pushAll(ids, this.encode(text.slice(last, match.index))).push(id);
       last = match.index! + match[0].length;
     }
-    ids.push(...this.encode(text.slice(last)));
+    pushAll(ids, this.encode(text.slice(last)));
     return ids;
   }
 
