@@ -107,7 +107,8 @@ Deno.test("chat streaming: role chunk, reasoning and content deltas, finish reas
     stream_options: { include_usage: true },
   });
   assertEquals(response.headers.get("content-type")?.split(";")[0], "text/event-stream");
-  const events = (await response.text()).split("\n\n").filter((e) => e).map((e) => e.replace(/^data: /, ""));
+  const events = (await response.text()).split("\n\n").filter((e) => e && !e.startsWith(":"))
+    .map((e) => e.replace(/^data: /, ""));
   assertEquals(events.pop(), "[DONE]");
   const chunks = events.map((e) => JSON.parse(e));
   assertEquals(chunks[0].choices[0].delta.role, "assistant");
@@ -240,4 +241,16 @@ Deno.test("a wrong method on a known path is 405 with Allow; an unknown path is 
   const deleteModel = await app.request("/v1/models/some/model", { method: "DELETE" });
   assertEquals([deleteModel.status, deleteModel.headers.get("allow")], [405, "GET, HEAD"]);
   assertEquals((await app.request("/v2/nothing")).status, 404);
+});
+
+Deno.test("a client gone before its prompt was built (signal already aborted) still cancels its engine requests", async () => {
+  const engine = new FakeEngine(answer);
+  const controller = new AbortController();
+  controller.abort();
+  const app = appWith(engine);
+  const chat = { model: MODEL, messages: [{ role: "user", content: "hi" }], n: 2 };
+  await Promise.resolve(post(app, "/v1/chat/completions", chat, controller.signal)).catch(() => undefined);
+  await Promise.resolve(post(app, "/v1/completions", { model: MODEL, prompt: "x" }, controller.signal)).catch(() => {});
+  assertEquals(engine.submitted.length, 3);
+  assert(engine.submitted.every((s) => s.signal?.aborted), "every engine request was cancelled");
 });

@@ -110,6 +110,12 @@ export function submitChoices(
   }
 }
 
+/** Aborts `to` when `from` aborts, including when it already has (an abort event never comes again). */
+export function linkAbort(from: AbortSignal, to: AbortController): void {
+  if (from.aborted) to.abort();
+  else from.addEventListener("abort", () => to.abort(), { once: true });
+}
+
 /** A unique id with a prefix (chatcmpl-, cmpl-, req-). */
 export function newId(prefix: string): string {
   return prefix + crypto.randomUUID().replaceAll("-", "");

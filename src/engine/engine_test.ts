@@ -252,3 +252,36 @@ Deno.test("Retry-After comes from the measured drain rate of the queue ahead (fa
   await Promise.all(streams.slice(2).map(tokens));
   assertEquals(e.stats.finished.length, 6); // max_tokens 3: each ends by length
 });
+
+Deno.test("a running stream keeps decoding while another request prefills a long prompt (one token per step)", async () => {
+  const e = await engine(4);
+  const streamer = e.submit({ ...request("stream", [1, 2, 3], 5), maxTokens: 400 });
+  const streamTokens: number[] = [];
+  let prefillDone = false, tokensDuringPrefill = 0;
+  const reading = (async () => {
+    for await (const event of streamer) {
+      if (event.type !== "token") continue;
+      streamTokens.push(event.tokenId);
+      if (streamTokens.length === 3) startLong(); // the stream is decoding: now a long prompt arrives
+      if (streamTokens.length > 3 && !prefillDone) tokensDuringPrefill++;
+    }
+  })();
+  let long: Promise<number[]> | undefined;
+  function startLong() {
+    const prompt = Array.from({ length: 200 }, (_, i) => (i * 37) % 1000); // 40 chunks of 5
+    long = (async () => {
+      const out: number[] = [];
+      for await (const event of e.submit({ ...request("long", prompt, 6), maxTokens: 2 })) {
+        if (event.type === "token") {
+          prefillDone = true;
+          out.push(event.tokenId);
+        }
+      }
+      return out;
+    })();
+  }
+  await reading;
+  assertEquals((await long!).length, 2);
+  // 40 prefill chunks of 5 tokens: the stream got a token in (nearly) every one of those steps.
+  assert(tokensDuringPrefill >= 38, `the stream got ${tokensDuringPrefill} tokens during a 40-step prefill`);
+});
