@@ -291,6 +291,23 @@ async function makeModel(flags: Readonly<Record<string, string | boolean>>): Pro
   logger.info("make_model.done", { preset, out, seed, ms: Math.round(performance.now() - started) });
 }
 
+/**
+ * Mesa's Vulkan loader (WebGPU on lavapipe) writes two lines to stderr when XDG_RUNTIME_DIR is unset, which breaks
+ * the one-line errors and the JSON-only log: give this process a private runtime directory before any probe.
+ */
+function ensureRuntimeDir(): void {
+  if (Deno.env.get("XDG_RUNTIME_DIR")) return;
+  const dir = Deno.makeTempDirSync({ prefix: "gpt-oss-deno-runtime-" }); // mode 0700
+  Deno.env.set("XDG_RUNTIME_DIR", dir);
+  globalThis.addEventListener("unload", () => {
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch {
+      // already gone
+    }
+  });
+}
+
 async function main(): Promise<void> {
   let commandLine;
   try {
@@ -308,6 +325,7 @@ async function main(): Promise<void> {
     return;
   }
   if (commandLine.command === "make-model") return await makeModel(commandLine.flags);
+  ensureRuntimeDir();
   if (commandLine.command === "probe") {
     const candidates = await probeBackends();
     console.log(JSON.stringify({ decision: candidates.find((c) => c.available)?.name, candidates }, null, 2));

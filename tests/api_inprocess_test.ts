@@ -107,7 +107,8 @@ Deno.test("chat streaming: role chunk, reasoning and content deltas, finish reas
     stream_options: { include_usage: true },
   });
   assertEquals(response.headers.get("content-type")?.split(";")[0], "text/event-stream");
-  const events = (await response.text()).split("\n\n").filter((e) => e).map((e) => e.replace(/^data: /, ""));
+  const events = (await response.text()).split("\n\n").filter((e) => e && !e.startsWith(":"))
+    .map((e) => e.replace(/^data: /, ""));
   assertEquals(events.pop(), "[DONE]");
   const chunks = events.map((e) => JSON.parse(e));
   assertEquals(chunks[0].choices[0].delta.role, "assistant");
@@ -201,4 +202,55 @@ Deno.test("/stats and /memory_stats: snake_case wire shapes built from the engin
   assertEquals([memory.kv_cache.bytes_total, memory.kv_cache.bytes_used], [1000, 400]);
   assertEquals(memory.kv_cache.prefix_cache.queried_tokens, 32);
   assertEquals(memory.kv_cache.prefix_cache.hit_rate, 0.5);
+});
+
+Deno.test("hostile sizes: a 4 MB message and schemas nested 2,000 and 100,000 deep get 400, never 500", async () => {
+  const app = appWith(new FakeEngine(answer));
+  const huge = await post(app, "/v1/chat/completions", {
+    model: MODEL,
+    messages: [{ role: "user", content: "word ".repeat(800_000) }],
+  });
+  assertEquals(huge.status, 400);
+  assertEquals((await huge.json()).error.code, "context_length_exceeded");
+  const completion = await post(app, "/v1/completions", { model: MODEL, prompt: "x ".repeat(2_000_000) });
+  assertEquals(completion.status, 400);
+  assertEquals((await completion.json()).error.param, "prompt");
+  for (const depth of [2_000, 100_000]) {
+    let schema: unknown = { type: "string" };
+    for (let i = 0; i < depth; i++) schema = { type: "object", properties: { x: schema } };
+    const deep = await post(app, "/v1/chat/completions", {
+      model: MODEL,
+      messages: [{ role: "user", content: "hi" }],
+      tools: [{ type: "function", function: { name: "f", parameters: schema } }],
+    });
+    assertEquals(deep.status, 400, `depth ${depth}`);
+    const error = (await deep.json()).error;
+    assert(/nested deeper than 64|not valid JSON/.test(error.message), error.message);
+  }
+});
+
+Deno.test("a wrong method on a known path is 405 with Allow; an unknown path is 404", async () => {
+  const app = appWith(new FakeEngine(answer));
+  const get = await app.request("/v1/chat/completions");
+  assertEquals(get.status, 405);
+  assertEquals(get.headers.get("allow"), "POST");
+  assertEquals((await get.json()).error.code, "method_not_allowed");
+  const postHealth = await app.request("/health", { method: "POST" });
+  assertEquals(postHealth.status, 405);
+  assertEquals(postHealth.headers.get("allow"), "GET, HEAD");
+  const deleteModel = await app.request("/v1/models/some/model", { method: "DELETE" });
+  assertEquals([deleteModel.status, deleteModel.headers.get("allow")], [405, "GET, HEAD"]);
+  assertEquals((await app.request("/v2/nothing")).status, 404);
+});
+
+Deno.test("a client gone before its prompt was built (signal already aborted) still cancels its engine requests", async () => {
+  const engine = new FakeEngine(answer);
+  const controller = new AbortController();
+  controller.abort();
+  const app = appWith(engine);
+  const chat = { model: MODEL, messages: [{ role: "user", content: "hi" }], n: 2 };
+  await Promise.resolve(post(app, "/v1/chat/completions", chat, controller.signal)).catch(() => undefined);
+  await Promise.resolve(post(app, "/v1/completions", { model: MODEL, prompt: "x" }, controller.signal)).catch(() => {});
+  assertEquals(engine.submitted.length, 3);
+  assert(engine.submitted.every((s) => s.signal?.aborted), "every engine request was cancelled");
 });

@@ -22,7 +22,7 @@ async function postJson(url: string, body: unknown, headers: Record<string, stri
 
 /** Parses an SSE body into its data payloads; asserts the framing. */
 function parseSse(text: string): unknown[] {
-  const events = text.split("\n\n").filter((e) => e.length > 0);
+  const events = text.split("\n\n").filter((e) => e.length > 0 && !e.startsWith(": ")); // ": keep-alive" heartbeats
   const payloads = events.map((e) => {
     assert(e.startsWith("data: "), `bad event ${JSON.stringify(e)}`);
     return e.slice(6);
@@ -379,6 +379,34 @@ Deno.test("a flood beyond the queue gets fast 429s with Retry-After while admitt
   } finally {
     await server.stop();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a non-streaming client that leaves mid-prefill is cancelled: running back to 0, KV blocks freed", async () => {
+  const server = await startServer([...common, "--prefill-chunk-size", "64"]);
+  try {
+    const controller = new AbortController();
+    const prompt = Array.from({ length: 3000 }, (_, i) => 1000 + (i % 5000)); // ~47 prefill steps
+    const pending = fetch(`${server.baseUrl}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: DEMO, prompt, max_tokens: 500, ignore_eos: true }),
+      signal: controller.signal,
+    }).catch((err) => err);
+    const stats = async () => (await (await fetch(`${server.baseUrl}/stats`)).json()).engine;
+    let engine = await stats();
+    for (let i = 0; i < 6000 && engine.running === 0; i++) engine = await stats(); // bound: a hang, not a threshold
+    assertEquals(engine.running, 1);
+    controller.abort(); // the headers may be out already (the body waits for the answer): this ends the body read
+    const outcome = await pending;
+    if (outcome instanceof Response) await outcome.body?.cancel().catch(() => {});
+    for (let i = 0; i < 6000 && engine.running + engine.waiting > 0; i++) engine = await stats();
+    assertEquals([engine.running, engine.waiting, engine.finished.abort, engine.kv_caches_held], [0, 0, 1, 0]);
+    const memory = (await (await fetch(`${server.baseUrl}/memory_stats`)).json()).kv_cache;
+    assertEquals(memory.blocks.used, 0);
+    assert(engine.generated_tokens < 500, `${engine.generated_tokens} tokens generated for a client that left`);
+  } finally {
+    await server.stop();
   }
 });
 

@@ -2,6 +2,8 @@
 import { deepStrictEqual as assertEquals, match as assertMatch, ok as assert } from "node:assert/strict";
 import { freePort, runCli, startServer } from "./helpers/server.ts";
 
+const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
+
 function assertOneLineError(result: { code: number; stderr: string }, pattern: RegExp) {
   assertEquals(result.code, 2, result.stderr);
   const lines = result.stderr.trim().split("\n");
@@ -111,4 +113,50 @@ Deno.test("--force-port replaces an older gpt-oss-deno server on the same port",
   } finally {
     await replacement.stop();
   }
+});
+
+Deno.test("with XDG_RUNTIME_DIR unset, serve writes nothing to stderr but its own JSON log lines", async () => {
+  const cache = await Deno.makeTempDir({ prefix: "gptoss-quiet-" });
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-all",
+      "--unstable-no-legacy-abort",
+      MAIN,
+      "serve",
+      "--port",
+      "0",
+      "--model-cache-dir",
+      cache,
+    ],
+    clearEnv: true,
+    env: { PATH: Deno.env.get("PATH") ?? "", HOME: Deno.env.get("HOME") ?? "/tmp", NO_COLOR: "1" },
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const lines: string[] = [];
+  const decoder = new TextDecoder();
+  let buffer = "";
+  try {
+    for await (const chunk of child.stderr) {
+      buffer += decoder.decode(chunk, { stream: true });
+      const parts = buffer.split("\n");
+      buffer = parts.pop()!;
+      lines.push(...parts.filter((line) => line.length > 0));
+      if (lines.some((line) => line.includes('"event":"model.load"'))) break;
+    }
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await Deno.remove(cache, { recursive: true });
+  }
+  const foreign = lines.filter((line) => {
+    try {
+      return typeof JSON.parse(line).event !== "string";
+    } catch {
+      return true;
+    }
+  });
+  assertEquals(foreign, [], "lines on stderr that are not our log");
+  assert(lines.some((line) => line.includes('"event":"server.listen"')));
 });

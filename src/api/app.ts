@@ -69,6 +69,18 @@ function todayUtc(now: () => number): string {
   return new Date(now()).toISOString().slice(0, 10);
 }
 
+/** The methods the app's routes answer on `path` (middleware, registered for every method, excluded). */
+function allowedMethods(app: Hono<Env>, path: string): string[] {
+  const methods = new Set<string>();
+  for (const route of app.routes) {
+    if (route.method === "ALL") continue;
+    const pattern = route.path.replace(/:\w+\{([^}]+)\}/g, "($1)").replace(/:\w+/g, "[^/]+");
+    if (new RegExp(`^${pattern}$`).test(path)) methods.add(route.method);
+  }
+  if (methods.has("GET")) methods.add("HEAD");
+  return [...methods].sort();
+}
+
 /** Per-app state the middleware and the server routes share. */
 interface AppState {
   inFlight: number;
@@ -89,7 +101,17 @@ export function createApp(deps: AppDeps): Hono<Env> {
   useMiddleware(app, deps, shared);
   openAiRoutes(app, deps, shared);
   serverRoutes(app, deps, shared);
-  app.notFound(() => {
+  app.notFound((c) => {
+    const allowed = allowedMethods(app, c.req.path);
+    if (allowed.length > 0) {
+      c.header("allow", allowed.join(", "));
+      throw new HttpError(
+        405,
+        `Method ${c.req.method} is not allowed here (allowed: ${allowed.join(", ")})`,
+        "invalid_request_error",
+        "method_not_allowed",
+      );
+    }
     throw new HttpError(404, "Not found", "invalid_request_error", "not_found");
   });
   app.onError((err, c) => {

@@ -1,4 +1,5 @@
 /** POST /v1/chat/completions: parse → harmony prompt → engine → parsed reasoning, content and tool calls. */
+import { pushAll } from "../formats/json_depth.ts";
 import type { ServerConfig } from "../config.ts";
 import type { EngineRequest, TokenEvent } from "../engine/engine_api.ts";
 import { InvalidRequestError } from "../errors.ts";
@@ -12,6 +13,7 @@ import type { Logger } from "../obs/logger.ts";
 import { type ChatCompletionRequest, ChatCompletionRequestSchema, contentText, parseRequest } from "./protocol.ts";
 import {
   defaultMaxTokens,
+  linkAbort,
   newId,
   requireModel,
   samplingParams,
@@ -19,7 +21,7 @@ import {
   type ServingState,
   submitChoices,
 } from "./serving.ts";
-import { mergeStreams, sseResponse } from "./sse.ts";
+import { jsonResponse, mergeStreams, sseResponse } from "./sse.ts";
 import { StopStringMatcher } from "./stop_strings.ts";
 import { nowMs, type RequestTelemetry } from "./telemetry.ts";
 
@@ -126,7 +128,7 @@ class Choice {
       // A stop token, or output that left the format: stop sampling for this choice now.
       this.finishedBy = "own_stop";
       this.controller.abort();
-      events.push(...this.#filter(this.parser.end(), true));
+      pushAll(events, this.#filter(this.parser.end(), true));
     }
     return events;
   }
@@ -273,15 +275,16 @@ export async function chatCompletions(json: unknown, signal: AbortSignal, deps: 
     "gen_ai.request.max_tokens": p.engineRequests[0].maxTokens,
   });
   const requestController = new AbortController();
-  signal.addEventListener("abort", () => requestController.abort(), { once: true });
+  // A client that left while the prompt was being built has already aborted: linkAbort handles that too.
+  linkAbort(signal, requestController);
   const choices = p.engineRequests.map((_, i) =>
     new Choice(i, p.model.tokenizer, p.functionNames, p.stops, p.request.ignore_eos)
   );
   for (const choice of choices) {
-    requestController.signal.addEventListener("abort", () => choice.controller.abort(), { once: true });
+    linkAbort(requestController.signal, choice.controller);
   }
   // Each choice has its own controller (a stop string ends one choice); the request's aborts them all.
-  const streams = submitChoices(p.model.engine, p.engineRequests, choices.map((c) => c.controller));
+  const streams = submitChoices(p.model.engine, p.engineRequests, choices.map((c) => c.controller), "messages");
   const run: ChatRun = {
     id: newId("chatcmpl-"),
     created: Math.floor(Date.now() / 1000),
@@ -292,7 +295,13 @@ export async function chatCompletions(json: unknown, signal: AbortSignal, deps: 
     startedMs,
     deps,
   };
-  if (!p.request.stream) return Response.json(await completeChat(run));
+  if (!p.request.stream) {
+    // Settles when the answer is complete: the request's span and metrics end then, not when the headers go out.
+    const answer = completeChat(run);
+    telemetry.deferUntil(answer.then(() => {}, () => {}));
+    return jsonResponse(answer, { requestId: run.id, logger: telemetry.logger, controller: requestController });
+  }
+
   const { promise: streamDone, resolve: endStream } = Promise.withResolvers<void>();
   telemetry.deferUntil(streamDone);
   return sseResponse(async (send) => {

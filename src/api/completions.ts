@@ -7,6 +7,7 @@ import type { Logger } from "../obs/logger.ts";
 import { type CompletionRequest, CompletionRequestSchema, parseRequest } from "./protocol.ts";
 import {
   defaultMaxTokens,
+  linkAbort,
   newId,
   requireModel,
   samplingParams,
@@ -14,7 +15,7 @@ import {
   type ServingState,
   submitChoices,
 } from "./serving.ts";
-import { mergeStreams, sseResponse } from "./sse.ts";
+import { jsonResponse, mergeStreams, sseResponse } from "./sse.ts";
 import { StopStringMatcher } from "./stop_strings.ts";
 import { nowMs, type RequestTelemetry } from "./telemetry.ts";
 
@@ -149,7 +150,7 @@ function submitAll(
     Array.from({ length: n }, (_, k) => {
       const choice = new CompletionChoice(p * n + k, promptIds, model.tokenizer, stops, request.echo === true);
       choices.push(choice);
-      requestSignal.addEventListener("abort", () => choice.controller.abort(), { once: true });
+      linkAbort(requestSignal, choice.controller);
       return {
         id: newId("req-"),
         promptIds,
@@ -166,7 +167,7 @@ function submitAll(
       };
     })
   );
-  const streams = submitChoices(model.engine, engineRequests, choices.map((c) => c.controller));
+  const streams = submitChoices(model.engine, engineRequests, choices.map((c) => c.controller), "prompt");
   return { choices, streams };
 }
 
@@ -181,7 +182,8 @@ export async function completions(json: unknown, signal: AbortSignal, deps: Comp
     throw new InvalidRequestError('"echo" is not supported with "stream"', "echo");
   }
   const requestController = new AbortController();
-  signal.addEventListener("abort", () => requestController.abort(), { once: true });
+  // A client that left while the prompt was being built has already aborted: linkAbort handles that too.
+  linkAbort(signal, requestController);
   const { choices, streams } = submitAll(request, model, promptList, deps, requestController.signal);
   const run: CompletionRun = {
     id: newId("cmpl-"),
@@ -195,7 +197,13 @@ export async function completions(json: unknown, signal: AbortSignal, deps: Comp
     startedMs,
     deps,
   };
-  if (!request.stream) return Response.json(await completeAll(run));
+  if (!request.stream) {
+    // Settles when the answer is complete: the request's span and metrics end then, not when the headers go out.
+    const answer = completeAll(run);
+    telemetry.deferUntil(answer.then(() => {}, () => {}));
+    return jsonResponse(answer, { requestId: run.id, logger: telemetry.logger, controller: requestController });
+  }
+
   const { promise: streamDone, resolve: endStream } = Promise.withResolvers<void>();
   telemetry.deferUntil(streamDone);
   return sseResponse(async (send) => {

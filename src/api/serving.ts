@@ -2,7 +2,7 @@
 import type { SchedulerSettings } from "../config.ts";
 import type { EngineApi, EngineRequest, TokenEvent } from "../engine/engine_api.ts";
 import type { SamplingParams } from "../engine/sampling.ts";
-import { InvalidRequestError, ModelNotFoundError, NotReadyError } from "../errors.ts";
+import { ContextOverflowError, InvalidRequestError, ModelNotFoundError, NotReadyError } from "../errors.ts";
 import type { Tokenizer } from "../harmony/tokenizer.ts";
 
 /** A model ready to serve. */
@@ -90,14 +90,30 @@ export function submitChoices(
   engine: EngineApi,
   requests: readonly EngineRequest[],
   controllers: readonly AbortController[],
+  promptParam: "messages" | "prompt" | "input",
 ): AsyncIterable<TokenEvent>[] {
-  for (const r of requests) engine.validate(r);
+  try {
+    for (const r of requests) engine.validate(r);
+  } catch (err) {
+    // The engine knows token ids, not endpoints: name the field this endpoint's prompt came from.
+    if (err instanceof ContextOverflowError) throw new ContextOverflowError(err.message, promptParam);
+    if (err instanceof InvalidRequestError && err.param === "prompt") {
+      throw new InvalidRequestError(err.message, promptParam);
+    }
+    throw err;
+  }
   try {
     return requests.map((r, i) => engine.submit(r, controllers[i].signal));
   } catch (err) {
     for (const c of controllers) c.abort();
     throw err;
   }
+}
+
+/** Aborts `to` when `from` aborts, including when it already has (an abort event never comes again). */
+export function linkAbort(from: AbortSignal, to: AbortController): void {
+  if (from.aborted) to.abort();
+  else from.addEventListener("abort", () => to.abort(), { once: true });
 }
 
 /** A unique id with a prefix (chatcmpl-, cmpl-, req-). */

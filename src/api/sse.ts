@@ -1,4 +1,10 @@
-/** Server-sent events: an async producer → a `text/event-stream` Response; mid-stream errors become one chunk. */
+/**
+ * Response bodies that notice a client who left: server-sent events (an async producer → `text/event-stream`;
+ * mid-stream errors become one chunk) and JSON that may take long. Deno.serve does not reliably abort a request's
+ * signal when an HTTP/1.1 client disconnects while the handler waits (it notices when a write fails), so both send
+ * a harmless heartbeat when they have been silent for {@link HEARTBEAT_MS}: an SSE comment line, or a space before
+ * the JSON value (JSON allows leading whitespace). A failed write cancels the body, which aborts the request.
+ */
 import type { Logger } from "../obs/logger.ts";
 import { toOpenAiError } from "./openai_errors.ts";
 
@@ -14,16 +20,34 @@ export interface SseOptions {
   readonly headers?: Record<string, string>;
 }
 
+/** How long a body may stay silent before a heartbeat probes the connection. */
+export const HEARTBEAT_MS = 500;
+
+/** Calls `beat` whenever nothing was written for HEARTBEAT_MS; `wrote` resets the timer; `stop` ends it. */
+function heartbeat(beat: () => void): { wrote(): void; stop(): void } {
+  let last = Date.now();
+  const timer = setInterval(() => {
+    if (Date.now() - last >= HEARTBEAT_MS) {
+      last = Date.now();
+      beat();
+    }
+  }, HEARTBEAT_MS / 2);
+  return { wrote: () => (last = Date.now()), stop: () => clearInterval(timer) };
+}
+
 /** Streams what `produce` sends; ends with `data: [DONE]`. */
 export function sseResponse(produce: (send: SendEvent) => Promise<void>, options: SseOptions): Response {
   const encoder = new TextEncoder();
   let closed = false;
+  let pulse: { wrote(): void; stop(): void } | undefined;
   const stream = new ReadableStream<Uint8Array>({
     async start(controller) {
+      pulse = heartbeat(() => !closed && controller.enqueue(encoder.encode(": keep-alive\n\n")));
       const send: SendEvent = (data) => {
         if (closed) return;
         const text = typeof data === "string" ? data : JSON.stringify(data);
         controller.enqueue(encoder.encode(`data: ${text}\n\n`));
+        pulse?.wrote();
       };
       try {
         await produce(send);
@@ -33,6 +57,7 @@ export function sseResponse(produce: (send: SendEvent) => Promise<void>, options
         options.logger.error("request.stream_error", { error: err });
         send(toOpenAiError(err, options.requestId).body);
       } finally {
+        pulse?.stop();
         if (!closed) {
           closed = true;
           controller.close();
@@ -41,6 +66,7 @@ export function sseResponse(produce: (send: SendEvent) => Promise<void>, options
     },
     cancel() {
       closed = true;
+      pulse?.stop();
       options.controller.abort();
     },
   });
@@ -52,6 +78,40 @@ export function sseResponse(produce: (send: SendEvent) => Promise<void>, options
       ...options.headers,
     },
   });
+}
+
+/**
+ * A JSON response whose value is still being computed: status 200 and headers now, spaces while waiting, then the
+ * value. Only for work that has been accepted (validation errors are thrown before, with their own status); if the
+ * work fails anyway, the body is the OpenAI error object (the status line is gone already).
+ */
+export function jsonResponse(value: Promise<unknown>, options: SseOptions): Response {
+  const encoder = new TextEncoder();
+  let closed = false;
+  let pulse: { wrote(): void; stop(): void } | undefined;
+  const stream = new ReadableStream<Uint8Array>({
+    async start(controller) {
+      pulse = heartbeat(() => !closed && controller.enqueue(encoder.encode(" ")));
+      let body: unknown;
+      try {
+        body = await value;
+      } catch (err) {
+        options.logger.error("request.error", { error: err });
+        body = toOpenAiError(err, options.requestId).body;
+      }
+      pulse.stop();
+      if (closed) return;
+      closed = true;
+      controller.enqueue(encoder.encode(JSON.stringify(body)));
+      controller.close();
+    },
+    cancel() {
+      closed = true;
+      pulse?.stop();
+      options.controller.abort();
+    },
+  });
+  return new Response(stream, { headers: { "content-type": "application/json", ...options.headers } });
 }
 
 /** Merges several async iterables, tagging each item with its source index. */

@@ -4,6 +4,7 @@
  * blocks are allocated (preempting the newest request by recompute when they run out), the model runs one step,
  * and finished or cancelled requests leave at once and free their blocks. No HTTP here.
  */
+import { pushAll } from "../formats/json_depth.ts";
 import type { KvPool } from "../backends/backend.ts";
 import { ContextOverflowError, InvalidRequestError, OverloadedError } from "../errors.ts";
 import {
@@ -53,6 +54,8 @@ export interface EngineOptions {
   /** Positions per KV block (default 16). */
   readonly blockSize?: number;
   readonly logger: Logger;
+  /** Milliseconds (default performance.now); tests pass a fake clock. */
+  readonly clock?: () => number;
 }
 
 /** An unbounded single-consumer queue of events. */
@@ -118,6 +121,12 @@ const PRESSURE_THRESHOLDS: ReadonlyArray<[PressureLevel, number]> = [["critical"
   0.75,
 ]];
 
+/** Retry-After: measured over this window of finished requests, clamped to [1, RETRY_AFTER_MAX_S] seconds. */
+const DRAIN_WINDOW_MS = 30_000;
+const RETRY_AFTER_MAX_S = 60;
+/** When fewer than two requests finished in the window: a short wait rather than a guess from nothing. */
+const RETRY_AFTER_UNMEASURED_S = 5;
+
 /** The engine. One per model. */
 export class Engine implements EngineApi {
   readonly #model: Model;
@@ -128,6 +137,9 @@ export class Engine implements EngineApi {
   readonly #running: Sequence[] = [];
   #loop: Promise<void> | undefined;
   readonly #recentTokens: { at: number; count: number }[] = [];
+  /** When requests finished over the last {@link DRAIN_WINDOW_MS} (the measured drain rate for Retry-After). */
+  readonly #finishTimes: number[] = [];
+  readonly #now: () => number;
   readonly stats: EngineStats = {
     running: 0,
     waiting: 0,
@@ -148,6 +160,7 @@ export class Engine implements EngineApi {
   constructor(model: Model, options: EngineOptions) {
     this.#model = model;
     this.#options = options;
+    this.#now = options.clock ?? (() => performance.now());
     const sizing = sizeKvCache(model.config, {
       kvCacheBytes: options.kvCacheBytes,
       blockSize: options.blockSize ?? 16,
@@ -272,7 +285,7 @@ export class Engine implements EngineApi {
       sampler: new Sampler(request.sampling, { vocabSize: this.vocabSize, promptIds: request.promptIds }),
       events: new EventQueue(),
       signal,
-      submittedAt: performance.now(),
+      submittedAt: this.#now(),
       queueMs: undefined,
       promptLogprobs: request.promptLogprobs !== undefined ? { logprobs: [null], top: [null] } : undefined,
       finished: false,
@@ -285,11 +298,21 @@ export class Engine implements EngineApi {
     return sequence.events.drain();
   }
 
-  /** Estimated seconds until queued work drains, from the recent output rate (at least 1). */
+  /**
+   * Retry-After for a refused request: the requests ahead of it (waiting, plus one running to make room) divided by
+   * the rate at which requests finished over the last 30 s; 5 s before two have finished; clamped to 1..60 s.
+   */
   #retryAfterSeconds(): number {
-    const rate = Math.max(this.stats.tokensPerSecond, 1);
-    const queued = this.#waiting.reduce((s, q) => s + q.maxTokens, 0);
-    return Math.max(1, Math.ceil(queued / rate));
+    const now = this.#now();
+    while (this.#finishTimes.length > 0 && this.#finishTimes[0] < now - DRAIN_WINDOW_MS) this.#finishTimes.shift();
+    // This request is admitted once every waiting one ahead of it and one more running one have finished.
+    const ahead = this.#waiting.length + 1;
+    let seconds = RETRY_AFTER_UNMEASURED_S;
+    if (this.#finishTimes.length >= 2) {
+      const spanS = Math.max(now - this.#finishTimes[0], 1) / 1000;
+      seconds = ahead / (this.#finishTimes.length / spanS);
+    }
+    return Math.min(RETRY_AFTER_MAX_S, Math.max(1, Math.ceil(seconds)));
   }
 
   #wake(): void {
@@ -361,14 +384,14 @@ export class Engine implements EngineApi {
         return;
       }
       this.#waiting.shift();
-      seq.blocks.full.push(...blocks.full);
-      seq.blocks.sliding.push(...blocks.sliding);
-      seq.blocks.keys.push(...blocks.keys);
+      pushAll(seq.blocks.full, blocks.full);
+      pushAll(seq.blocks.sliding, blocks.sliding);
+      pushAll(seq.blocks.keys, blocks.keys);
       // A preempted sequence keeps what it reported: its cached tokens count only the first time.
       if (seq.queueMs === undefined) seq.cachedTokens = cachedTokens;
       seq.numComputed = cachedTokens;
       if (seq.queueMs === undefined) {
-        seq.queueMs = performance.now() - seq.submittedAt;
+        seq.queueMs = this.#now() - seq.submittedAt;
         if (pressure === "high") {
           // Cap generation so the request cannot outgrow the free cache (finish_reason "length" if it hits the cap).
           const freeTokens = (usage.free + usage.cached) * this.#blocks.blockSize;
@@ -504,7 +527,7 @@ export class Engine implements EngineApi {
       }
     });
     this.stats.generatedTokens += generated;
-    this.#recentTokens.push({ at: performance.now(), count: generated });
+    this.#recentTokens.push({ at: this.#now(), count: generated });
     this.#updateGauges();
   }
 
@@ -531,13 +554,16 @@ export class Engine implements EngineApi {
     }
     this.#blocks.free(seq.blocks);
     this.stats.finished[reason]++;
+    const now = this.#now();
+    this.#finishTimes.push(now);
+    while (this.#finishTimes[0] < now - DRAIN_WINDOW_MS) this.#finishTimes.shift();
     seq.events.push({
       type: "done",
       finishReason: reason,
       promptTokens: seq.promptLength,
       completionTokens: seq.tokens.length - seq.promptLength,
       cachedTokens: seq.cachedTokens,
-      queueMs: seq.queueMs ?? performance.now() - seq.submittedAt,
+      queueMs: seq.queueMs ?? this.#now() - seq.submittedAt,
     });
     seq.events.close();
     this.#updateGauges();
@@ -547,10 +573,10 @@ export class Engine implements EngineApi {
     this.stats.running = this.#running.length;
     this.stats.waiting = this.#waiting.length;
     this.stats.kvCachesHeld = this.#running.filter((s) => s.blocks.full.length > 0).length;
-    const horizon = performance.now() - 10_000;
+    const horizon = this.#now() - 10_000;
     while (this.#recentTokens.length > 0 && this.#recentTokens[0].at < horizon) this.#recentTokens.shift();
     const count = this.#recentTokens.reduce((s, r) => s + r.count, 0);
-    const span = this.#recentTokens.length > 0 ? Math.max(1, performance.now() - this.#recentTokens[0].at) : 1;
+    const span = this.#recentTokens.length > 0 ? Math.max(1, this.#now() - this.#recentTokens[0].at) : 1;
     this.stats.tokensPerSecond = this.#recentTokens.length > 1 ? (count * 1000) / span : 0;
   }
 }

@@ -6,6 +6,7 @@ import { Checkpoint } from "../checkpoint/checkpoint.ts";
 import { createModel } from "../model/gpt_oss.ts";
 import { loadWeights } from "../checkpoint/load_weights.ts";
 import { createLogger } from "../obs/logger.ts";
+import type { OverloadedError } from "../errors.ts";
 import { Engine, type EngineRequest, type TokenEvent } from "./engine.ts";
 import { DEFAULT_SAMPLING } from "./sampling.ts";
 
@@ -209,4 +210,78 @@ Deno.test("a guide's forced tokens and allowed sets constrain every generated to
   }));
   assertEquals(guided.length, 20);
   guided.forEach((id, i) => assert(i % 2 === 0 ? id === 7 : allowed.has(id), `token ${i} is ${id}`));
+});
+
+Deno.test("Retry-After comes from the measured drain rate of the queue ahead (fake clock), clamped to 1..60 s", async () => {
+  let clock = 0;
+  const backend = createReferenceBackend();
+  const checkpoint = Checkpoint.open(GOLDEN);
+  const model = createModel(checkpoint.config, await loadWeights(checkpoint, backend), backend);
+  checkpoint.close();
+  const e = new Engine(model, {
+    limits: { maxNumSeqs: 1, maxNumBatchedTokens: 64, prefillChunkSize: 16, prefillPriority: "decode_first" },
+    maxQueuedRequests: 4,
+    maxQueuedTokens: 100_000,
+    maxModelLen: 4096,
+    kvCacheBytes: 1 << 24,
+    blockSize: 4,
+    logger: createLogger({ level: "error", format: "json", write: () => {} }),
+    clock: () => clock,
+  });
+  const short = (id: string) => e.submit({ ...request(id, [1, 2, 3], 1), maxTokens: 3 });
+  const retryAfter = (id: string) => {
+    try {
+      short(id);
+    } catch (err) {
+      return (err as OverloadedError).retryAfterSeconds;
+    }
+    throw new Error("expected the queue to be full");
+  };
+  // Submitted in one go: "a" is admitted at once (the first submit starts a step), the other four wait.
+  const streams = ["a", "b", "c", "d", "e"].map(short);
+  assertEquals(retryAfter("x1"), 5, "nothing measured yet: the unmeasured default");
+  clock = 10_000;
+  await tokens(streams[0]); // finishes at 10 s
+  clock = 20_000;
+  await tokens(streams[1]); // finishes at 20 s: 2 requests in 10 s = 0.2/s
+  // No step has run since: c, d and e still wait; one more fills the queue.
+  streams.push(short("f"));
+  assertEquals(retryAfter("x2"), 25, "5 ahead (4 waiting + 1 running to make room) at 0.2/s");
+  clock = 39_000; // both finishes still inside the 30 s window: 2 in 29 s → 5 ahead = 72.5 s
+  assertEquals(retryAfter("x3"), 60, "clamped");
+  await Promise.all(streams.slice(2).map(tokens));
+  assertEquals(e.stats.finished.length, 6); // max_tokens 3: each ends by length
+});
+
+Deno.test("a running stream keeps decoding while another request prefills a long prompt (one token per step)", async () => {
+  const e = await engine(4);
+  const streamer = e.submit({ ...request("stream", [1, 2, 3], 5), maxTokens: 400 });
+  const streamTokens: number[] = [];
+  let prefillDone = false, tokensDuringPrefill = 0;
+  const reading = (async () => {
+    for await (const event of streamer) {
+      if (event.type !== "token") continue;
+      streamTokens.push(event.tokenId);
+      if (streamTokens.length === 3) startLong(); // the stream is decoding: now a long prompt arrives
+      if (streamTokens.length > 3 && !prefillDone) tokensDuringPrefill++;
+    }
+  })();
+  let long: Promise<number[]> | undefined;
+  function startLong() {
+    const prompt = Array.from({ length: 200 }, (_, i) => (i * 37) % 1000); // 40 chunks of 5
+    long = (async () => {
+      const out: number[] = [];
+      for await (const event of e.submit({ ...request("long", prompt, 6), maxTokens: 2 })) {
+        if (event.type === "token") {
+          prefillDone = true;
+          out.push(event.tokenId);
+        }
+      }
+      return out;
+    })();
+  }
+  await reading;
+  assertEquals((await long!).length, 2);
+  // 40 prefill chunks of 5 tokens: the stream got a token in (nearly) every one of those steps.
+  assert(tokensDuringPrefill >= 38, `the stream got ${tokensDuringPrefill} tokens during a 40-step prefill`);
 });

@@ -2,6 +2,7 @@
  * A few sequences over one KV pool without the engine: for tests, benchmarks and tools that drive the model
  * directly. Uses the same block manager as the engine (prefix caching included).
  */
+import { pushAll } from "../formats/json_depth.ts";
 import type { KvPool } from "../backends/backend.ts";
 import { forward, kvPoolSpec, type LogitsWanted, type Model } from "../model/gpt_oss.ts";
 import { KvBlockManager, type SequenceBlocks } from "./kv_blocks.ts";
@@ -59,7 +60,7 @@ export class KvSession {
       })),
     );
     for (const { seq, tokenIds } of entries) {
-      seq.tokens.push(...tokenIds);
+      pushAll(seq.tokens, tokenIds);
       seq.computed += tokenIds.length;
       this.blocks.advance(seq.blocks, seq.tokens, seq.computed);
     }

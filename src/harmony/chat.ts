@@ -3,6 +3,7 @@
  * nothing here knows HTTP. Open choices of the spec (§15) are settled where they arise, with the reason.
  */
 import { InvalidRequestError } from "../errors.ts";
+import { jsonDepth, pushAll } from "../formats/json_depth.ts";
 import {
   DEFAULT_CHANNELS,
   DEFAULT_KNOWLEDGE_CUTOFF,
@@ -48,6 +49,16 @@ export interface ChatPromptOptions {
   readonly responseFormat?: { name: string; description?: string; schema: unknown };
 }
 
+/** How deep a tool's parameters or a response format's schema may nest (the renderer walks it recursively). */
+export const MAX_SCHEMA_DEPTH = 64;
+
+/** Rejects a schema nested deeper than {@link MAX_SCHEMA_DEPTH}, naming the parameter. */
+export function checkSchemaDepth(schema: unknown, param: string): void {
+  if (jsonDepth(schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH) {
+    throw new InvalidRequestError(`The schema is nested deeper than ${MAX_SCHEMA_DEPTH} levels`, param);
+  }
+}
+
 /** Rejects tool names that would corrupt a header (`to=functions.NAME`). */
 export function checkToolName(name: string, param: string): void {
   if (name.length === 0 || /[\s]|<\||\|>/.test(name)) {
@@ -64,7 +75,11 @@ export function chatToHarmony(messages: readonly ChatMessage[], options: ChatPro
   // tool_choice "none": leave the tools out of the prompt entirely (vLLM keeps them and skips parsing; a model that
   // cannot see a tool cannot try to call it).
   const tools = toolChoice === "none" ? [] : options.tools ?? [];
-  tools.forEach((t, i) => checkToolName(t.name, `tools[${i}].function.name`));
+  tools.forEach((t, i) => {
+    checkToolName(t.name, `tools[${i}].function.name`);
+    checkSchemaDepth(t.parameters, `tools[${i}].function.parameters`);
+  });
+  if (options.responseFormat) checkSchemaDepth(options.responseFormat.schema, "response_format.json_schema.schema");
 
   const out: HarmonyMessage[] = [{
     role: "system",
@@ -104,7 +119,7 @@ export function chatToHarmony(messages: readonly ChatMessage[], options: ChatPro
   for (const m of messages) {
     if (m.role === "assistant") { for (const call of m.tool_calls ?? []) callNames.set(call.id, call.function.name); }
   }
-  rest.forEach((m, i) => out.push(...messageToHarmony(m, i + (rest === messages ? 0 : 1), callNames)));
+  rest.forEach((m, i) => pushAll(out, messageToHarmony(m, i + (rest === messages ? 0 : 1), callNames)));
   return out;
 }
 

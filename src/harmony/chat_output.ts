@@ -2,6 +2,7 @@
  * Generated ids → Chat Completions events (harmony.md §10.3, §10.4, §11, §12.2): reasoning deltas, content deltas
  * (final channel and preambles), tool calls (begin, argument deltas, end) and the final result. Never throws.
  */
+import { pushAll } from "../formats/json_depth.ts";
 import { HarmonyParser, type MessageHeader, type ParsedMessage, type RecoveryKind } from "./parse.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import { CALL, END_OF_TEXT, RETURN } from "./tokens.ts";
@@ -230,7 +231,7 @@ export class ChatOutputParser {
     // A message with no channel counts as the answer only if nothing else came; otherwise as reasoning (§11).
     if (this.#unlabelled.length > 0) {
       if (finals.length === 0 && this.#preambles.length === 0 && calls.length === 0) finals = [...this.#unlabelled];
-      else reasoning.push(...this.#unlabelled);
+      else pushAll(reasoning, this.#unlabelled);
     }
     const finalText = finals.join("\n");
     const content = finalText.length > 0 ? finalText : this.#preambles.join("\n");

@@ -2,6 +2,7 @@
  * Harmony rendering: messages → token ids, piece by piece (harmony.md §2–§9). Special tokens are inserted as ids
  * here and only here; every text piece goes through ordinary BPE.
  */
+import { pushAll } from "../formats/json_depth.ts";
 import { toTypeScript } from "./schema_ts.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import { CALL, CHANNEL, CONSTRAIN, END, MESSAGE, START } from "./tokens.ts";
@@ -142,19 +143,20 @@ function declaresFunctionTools(messages: readonly HarmonyMessage[]): boolean {
 /** Renders one message (§2.1). `hasFunctionTools` matters only for a system message. */
 export function renderMessage(tokenizer: Tokenizer, message: HarmonyMessage, hasFunctionTools = false): number[] {
   const ids = [START];
-  if (message.role === "tool") ids.push(...tokenizer.encode(message.name ?? "tool"));
+  if (message.role === "tool") pushAll(ids, tokenizer.encode(message.name ?? "tool"));
   else {
-    ids.push(...tokenizer.encode(message.role));
-    if (message.name) ids.push(...tokenizer.encode(":" + message.name));
+    pushAll(ids, tokenizer.encode(message.role));
+    if (message.name) pushAll(ids, tokenizer.encode(":" + message.name));
   }
-  if (message.recipient && message.recipient !== "all") ids.push(...tokenizer.encode(" to=" + message.recipient));
+  if (message.recipient && message.recipient !== "all") pushAll(ids, tokenizer.encode(" to=" + message.recipient));
   if (message.channel) ids.push(CHANNEL, ...tokenizer.encode(message.channel));
   if (message.contentType) {
     if (message.contentType.startsWith("<|constrain|>")) {
       const rest = message.contentType.slice("<|constrain|>".length);
-      ids.push(...tokenizer.encode(" "), CONSTRAIN, ...tokenizer.encode(rest));
+      pushAll(pushAll(ids, tokenizer.encode(" ")), [CONSTRAIN]);
+      pushAll(ids, tokenizer.encode(rest));
     } else {
-      ids.push(...tokenizer.encode(" " + message.contentType));
+      pushAll(ids, tokenizer.encode(" " + message.contentType));
     }
   }
   ids.push(MESSAGE);
@@ -164,7 +166,7 @@ export function renderMessage(tokenizer: Tokenizer, message: HarmonyMessage, has
     : "system" in content
     ? renderSystemText(content.system, hasFunctionTools)
     : renderDeveloperText(content.developer);
-  ids.push(...tokenizer.encode(text));
+  pushAll(ids, tokenizer.encode(text));
   ids.push(message.role === "assistant" && message.recipient && message.recipient !== "all" ? CALL : END);
   return ids;
 }

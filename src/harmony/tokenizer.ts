@@ -3,6 +3,8 @@
  * (a user who types `<|end|>` gets ordinary tokens), decoding through our own id → bytes table, and one
  * incremental UTF-8 decoder per stream (gpt-tokenizer's own decode shares one decoder between calls).
  */
+import { InvalidRequestError } from "../errors.ts";
+import { pushAll } from "../formats/json_depth.ts";
 import ranks from "gpt-tokenizer/bpeRanks/o200k_base";
 import harmony from "gpt-tokenizer/encoding/o200k_harmony";
 import { FIRST_SPECIAL_ID, specialTokenId, specialTokenText, VOCAB_SIZE } from "./tokens.ts";
@@ -28,11 +30,42 @@ export class TokenTextDecoder {
   }
 }
 
+/** Pieces longer than this are not kept in gpt-tokenizer's merge cache. */
+export const MAX_CACHED_PIECE = 64;
+
+/**
+ * gpt-tokenizer caches every BPE piece it merges (up to 100,000 entries, whatever their size): a client sending
+ * megabyte-long runs would grow it by gigabytes. Keep only short pieces (the common words the cache is for), so it is
+ * bounded by ~100,000 × 64 characters. Patches the pinned library's processor once; tokenizer_test checks it holds.
+ */
+function boundMergeCache(): void {
+  const core = (harmony as unknown as { bytePairEncodingCoreProcessor: MergeCacheOwner }).bytePairEncodingCoreProcessor;
+  if (core.boundedByGptOssDeno) return;
+  const add = core.addToMergeCache.bind(core);
+  core.addToMergeCache = (key: string, value: number[]) => {
+    if (key.length <= MAX_CACHED_PIECE) add(key, value);
+  };
+  core.boundedByGptOssDeno = true;
+}
+
+interface MergeCacheOwner {
+  addToMergeCache(key: string, value: number[]): void;
+  mergeCache?: Map<string, number[]>;
+  boundedByGptOssDeno?: boolean;
+}
+
+/** The size of gpt-tokenizer's merge cache (for the test that the bound holds). */
+export function mergeCacheSize(): number {
+  return (harmony as unknown as { bytePairEncodingCoreProcessor: MergeCacheOwner }).bytePairEncodingCoreProcessor
+    .mergeCache?.size ?? 0;
+}
+
 /** The tokenizer. Building the id → bytes table takes a moment: create one per process and pass it in. */
 export class Tokenizer {
   readonly #bytes: (Uint8Array | undefined)[] = new Array(VOCAB_SIZE);
 
   constructor() {
+    boundMergeCache();
     const table = ranks as unknown as ReadonlyArray<string | number[]>;
     for (let id = 0; id < table.length; id++) {
       const entry = table[id];
@@ -47,9 +80,21 @@ export class Tokenizer {
     return VOCAB_SIZE;
   }
 
-  /** Encodes ordinary text; special-token text is encoded as ordinary text, never as special ids. */
+  /**
+   * Encodes ordinary text; special-token text is encoded as ordinary text, never as special ids. The BPE library
+   * recurses over a run of text without word boundaries: a run of a few hundred thousand symbols overflows its
+   * stack, which is bad input (far beyond any context length), not a server fault.
+   */
   encode(text: string): number[] {
-    return text.length === 0 ? [] : harmony.encode(text, NO_SPECIAL);
+    if (text.length === 0) return [];
+    try {
+      return harmony.encode(text, NO_SPECIAL);
+    } catch (err) {
+      if (!(err instanceof RangeError)) throw err;
+      throw new InvalidRequestError(
+        `A text of ${text.length} characters could not be tokenized (a run without spaces or letters is too long)`,
+      );
+    }
   }
 
   /**
@@ -63,10 +108,10 @@ export class Tokenizer {
     for (const match of text.matchAll(pattern)) {
       const id = specialTokenId(match[0]);
       if (id === undefined) continue;
-      ids.push(...this.encode(text.slice(last, match.index)), id);
+      pushAll(ids, this.encode(text.slice(last, match.index))).push(id);
       last = match.index! + match[0].length;
     }
-    ids.push(...this.encode(text.slice(last)));
+    pushAll(ids, this.encode(text.slice(last)));
     return ids;
   }
 

@@ -3,6 +3,7 @@
  * can be told to refuse (validate / submit errors), so the API's mapping of requests, events and errors is tested
  * without a model or a server process.
  */
+import { ContextOverflowError } from "../../src/errors.ts";
 import type { EngineApi, EngineRequest, EngineSnapshot, TokenEvent } from "../../src/engine/engine_api.ts";
 
 /** What the fake answers per request: the token ids to emit and how it ends. */
@@ -25,8 +26,12 @@ export class FakeEngine implements EngineApi {
 
   constructor(private readonly script: (request: EngineRequest) => Script) {}
 
-  validate(_request: EngineRequest): void {
+  validate(request: EngineRequest): void {
     if (this.validateError) throw this.validateError;
+    const total = request.promptIds.length + request.maxTokens;
+    if (total > this.maxModelLen) {
+      throw new ContextOverflowError(`This model's maximum context length is ${this.maxModelLen} tokens, not ${total}`);
+    }
   }
 
   submit(request: EngineRequest, signal?: AbortSignal): AsyncIterable<TokenEvent> {

@@ -2,19 +2,9 @@
 
 const MAIN = new URL("../../src/main.ts", import.meta.url).pathname;
 
-/**
- * The environment of a child server: Mesa's Vulkan (WebGPU on lavapipe) prints two stderr lines when
- * XDG_RUNTIME_DIR is unset, which would break the one-line error checks on a machine where it is (a fresh shell, CI
- * containers); such a child gets a private directory of this test process.
- */
-let runtimeDir: string | undefined;
+/** The environment of a child server (main.ts gives itself a runtime directory when XDG_RUNTIME_DIR is unset). */
 function childEnv(extra: Record<string, string> | undefined): Record<string, string> {
-  if (!Deno.env.get("XDG_RUNTIME_DIR") && runtimeDir === undefined) {
-    const dir = Deno.makeTempDirSync({ prefix: "gpt-oss-xdg-" });
-    runtimeDir = dir;
-    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
-  }
-  return { NO_COLOR: "1", ...(runtimeDir ? { XDG_RUNTIME_DIR: runtimeDir } : {}), ...extra };
+  return { NO_COLOR: "1", ...extra };
 }
 
 /** A running server process. */
