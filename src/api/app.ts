@@ -195,7 +195,7 @@ function openAiRoutes(app: Hono<Env>, deps: AppDeps, shared: AppState): void {
   app.get("/v1/models/:id{.+}", (c) => c.json(getModel(state, c.req.param("id"))));
   app.post("/v1/chat/completions", async (c) => {
     const json = await readJson(c.req.raw);
-    return await chatCompletions(json, c.req.raw.signal, {
+    return chatCompletions(json, c.req.raw.signal, {
       config,
       state,
       logger: c.get("logger"),
@@ -206,7 +206,7 @@ function openAiRoutes(app: Hono<Env>, deps: AppDeps, shared: AppState): void {
   });
   app.post("/v1/completions", async (c) => {
     const json = await readJson(c.req.raw);
-    return await completions(json, c.req.raw.signal, {
+    return completions(json, c.req.raw.signal, {
       config,
       state,
       logger: c.get("logger"),

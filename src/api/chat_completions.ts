@@ -266,7 +266,7 @@ interface ChatRun {
 }
 
 /** Handles one request; `signal` aborts when the client goes away. */
-export async function chatCompletions(json: unknown, signal: AbortSignal, deps: ChatDeps): Promise<Response> {
+export function chatCompletions(json: unknown, signal: AbortSignal, deps: ChatDeps): Response {
   const startedMs = nowMs();
   const telemetry = deps.telemetry;
   const p = telemetry.child("prompt.build", () => prepare(json, deps));

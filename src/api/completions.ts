@@ -172,7 +172,7 @@ function submitAll(
 }
 
 /** Handles one request. */
-export async function completions(json: unknown, signal: AbortSignal, deps: CompletionDeps): Promise<Response> {
+export function completions(json: unknown, signal: AbortSignal, deps: CompletionDeps): Response {
   const startedMs = nowMs();
   const telemetry = deps.telemetry;
   const request = parseRequest(CompletionRequestSchema, json, "completions");

@@ -106,8 +106,15 @@ export function nativeOptionsFromEnv(env: Readonly<Record<string, string | undef
 export class BackendSelector {
   #webGpu: Promise<{ device: GPUDevice; info: WebGpuInfo } | undefined> | undefined;
   #webGpuUsed = false;
+  readonly #probeWebGpu: boolean;
+
+  /** `webgpu: false` leaves WebGPU alone (a process that only needs the CPU libraries). */
+  constructor(options: { webgpu?: boolean } = {}) {
+    this.#probeWebGpu = options.webgpu ?? true;
+  }
 
   #webGpuDevice() {
+    if (!this.#probeWebGpu) return Promise.resolve(undefined);
     return this.#webGpu ??= requestWebGpu().catch(() => undefined);
   }
 
@@ -133,7 +140,9 @@ export class BackendSelector {
       : {
         name: "webgpu",
         available: false,
-        reason: "no WebGPU adapter (navigator.gpu.requestAdapter() gave none)",
+        reason: this.#probeWebGpu
+          ? "no WebGPU adapter (navigator.gpu.requestAdapter() gave none)"
+          : "not probed (this process leaves WebGPU alone)",
         dtype: "f32",
       };
     const native = probeNative();
@@ -207,8 +216,8 @@ export class BackendSelector {
 }
 
 /** {@link BackendSelector.probe} on a fresh selector, whose WebGPU device is released once probed. */
-export async function probeBackends(): Promise<ProbeResult[]> {
-  const selector = new BackendSelector();
+export async function probeBackends(options: { webgpu?: boolean } = {}): Promise<ProbeResult[]> {
+  const selector = new BackendSelector(options);
   try {
     return await selector.probe();
   } finally {

@@ -30,6 +30,22 @@ export class TokenTextDecoder {
   }
 }
 
+/** The most BPE work one text may ask for: Σ (run length)² over its runs; one 50,000-character run is 2.5e9. */
+export const MAX_BPE_COST = 2.5e9;
+
+/**
+ * An upper bound on the BPE work of a text: the tokenizer's pieces lie within runs of letters (with marks), of
+ * digits (at most 3 per piece), of whitespace or of other symbols, so Σ (run length)² bounds Σ (piece length)².
+ */
+export function bpeCost(text: string): number {
+  let cost = 0;
+  for (const match of text.matchAll(/[\p{L}\p{M}]+|\p{N}+|\s+|[^\s\p{L}\p{M}\p{N}]+/gu)) {
+    if (/^\p{N}/u.test(match[0])) cost += match[0].length * 9; // pieces of ≤ 3 digits
+    else cost += match[0].length * match[0].length;
+  }
+  return cost;
+}
+
 /** Pieces longer than this are not kept in gpt-tokenizer's merge cache. */
 export const MAX_CACHED_PIECE = 64;
 
@@ -81,19 +97,24 @@ export class Tokenizer {
   }
 
   /**
-   * Encodes ordinary text; special-token text is encoded as ordinary text, never as special ids. The BPE library
-   * recurses over a run of text without word boundaries: a run of a few hundred thousand symbols overflows its
-   * stack, which is bad input (far beyond any context length), not a server fault.
+   * Encodes ordinary text; special-token text is encoded as ordinary text, never as special ids. The BPE library's
+   * merge is quadratic in a piece's length (a 100,000-character run of one symbol takes 3.5 s here, 1.5 million
+   * would take minutes) and recurses on some: text whose pieces cost more than {@link MAX_BPE_COST} is refused as
+   * bad input (400) before it reaches the library.
    */
   encode(text: string): number[] {
     if (text.length === 0) return [];
+    if (text.length > Math.sqrt(MAX_BPE_COST) && bpeCost(text) > MAX_BPE_COST) {
+      throw new InvalidRequestError(
+        `A text of ${text.length} characters has runs too long to tokenize (no spaces or breaks in ` +
+          `${Math.round(Math.sqrt(MAX_BPE_COST))}+ characters)`,
+      );
+    }
     try {
       return harmony.encode(text, NO_SPECIAL);
     } catch (err) {
       if (!(err instanceof RangeError)) throw err;
-      throw new InvalidRequestError(
-        `A text of ${text.length} characters could not be tokenized (a run without spaces or letters is too long)`,
-      );
+      throw new InvalidRequestError(`A text of ${text.length} characters could not be tokenized (a run is too long)`);
     }
   }
 
