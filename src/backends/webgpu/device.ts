@@ -12,8 +12,9 @@ export interface WebGpuInfo {
 
 /**
  * Requests an adapter and a device with the adapter's full buffer limits; undefined when WebGPU is not there. The
- * device is destroyed when the process unloads, so no driver thread is still working on it while the process
- * tears down (a software adapter's threads racing exit corrupted the heap about once in 150 test processes).
+ * device is destroyed when the process unloads. (That does not cure a crash seen at the exit of `deno test`
+ * processes that touched WebGPU — heap corruption about once in 200 runs, in Deno's WebGPU teardown; see
+ * tests/backend_conformance_test.ts.)
  */
 export async function requestWebGpu(): Promise<{ device: GPUDevice; info: WebGpuInfo } | undefined> {
   const gpu = (globalThis.navigator as Navigator & { gpu?: GPU }).gpu;
