@@ -32,7 +32,7 @@ const LAYERS: Record<string, number> = {
 const BACKEND_IMPLEMENTATIONS = ["reference", "native", "webgpu"];
 
 /** The modules under a directory (tests beside the code are not part of any layer: they may import anything). */
-function walk(dir: string): string[] {
+export function walk(dir: string): string[] {
   const out: string[] = [];
   for (const name of readdirSync(dir)) {
     const path = join(dir, name);

@@ -5,8 +5,9 @@
  * Functions are found by their first line (function declarations, methods, arrow functions assigned to a name)
  * and end at the first line that closes them at the same indentation, which `deno fmt` guarantees.
  */
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join, normalize, relative } from "node:path";
+import { walk } from "./check_deps.ts";
 
 export const MAX_FUNCTION_LINES = 80;
 
@@ -17,16 +18,6 @@ const START = new RegExp(
     String.raw`(?:const|let)\s+[\w$]+(?:\s*:\s*[^=]+)?\s*=\s*(?:async\s+)?(?:function|\(|[\w$]+\s*=>))`,
 );
 const KEYWORDS = /^\s*(?:if|for|while|switch|catch|return|else|do|try|await|throw|new|typeof|yield)\b/;
-
-function walk(dir: string): string[] {
-  const out: string[] = [];
-  for (const name of readdirSync(dir)) {
-    const path = join(dir, name);
-    if (statSync(path).isDirectory()) out.push(...walk(path));
-    else if (name.endsWith(".ts") && !name.endsWith("_test.ts")) out.push(path);
-  }
-  return out;
-}
 
 /** Problems in one module's source, as [line number, message]. */
 export function shapeProblems(source: string): [number, string][] {

@@ -16,31 +16,23 @@ import {
   type StepSequence,
 } from "../model/gpt_oss.ts";
 import type { Logger } from "../obs/logger.ts";
-import type {
-  EngineApi,
-  EngineMemory,
-  EngineRequest,
-  EngineSnapshot,
-  EngineStats,
-  FinishReason,
-  PressureLevel,
-  TokenEvent,
+import {
+  emptyEngineStats,
+  type EngineApi,
+  type EngineMemory,
+  type EngineRequest,
+  type EngineSnapshot,
+  type EngineStats,
+  type FinishReason,
+  type PressureLevel,
+  type TokenEvent,
 } from "./engine_api.ts";
 import { KvBlockManager, type SequenceBlocks } from "./kv_blocks.ts";
 import { sizeKvCache } from "./kv_sizing.ts";
 import { logSoftmax, reservedIdRange, Sampler, topIndices } from "./sampling.ts";
 import { planStep, type SchedulerLimits } from "./scheduler.ts";
 
-export type {
-  EngineApi,
-  EngineMemory,
-  EngineRequest,
-  EngineSnapshot,
-  EngineStats,
-  FinishReason,
-  PressureLevel,
-  TokenEvent,
-} from "./engine_api.ts";
+export type * from "./engine_api.ts";
 
 /** Engine settings. */
 export interface EngineOptions {
@@ -140,22 +132,7 @@ export class Engine implements EngineApi {
   /** When requests finished over the last {@link DRAIN_WINDOW_MS} (the measured drain rate for Retry-After). */
   readonly #finishTimes: number[] = [];
   readonly #now: () => number;
-  readonly stats: EngineStats = {
-    running: 0,
-    waiting: 0,
-    steps: 0,
-    promptTokens: 0,
-    generatedTokens: 0,
-    finished: { stop: 0, length: 0, abort: 0 },
-    admission: {},
-    preemptions: 0,
-    lastBatchSize: 0,
-    maxBatchSize: 0,
-    kvCachesHeld: 0,
-    tokensPerSecond: 0,
-    pressure: "none",
-    pressureActions: {},
-  };
+  readonly stats: EngineStats = emptyEngineStats();
 
   constructor(model: Model, options: EngineOptions) {
     this.#model = model;

@@ -81,6 +81,26 @@ export interface EngineStats {
   pressureActions: Record<string, number>;
 }
 
+/** Counters and gauges before anything happened. */
+export function emptyEngineStats(): EngineStats {
+  return {
+    running: 0,
+    waiting: 0,
+    steps: 0,
+    promptTokens: 0,
+    generatedTokens: 0,
+    finished: { stop: 0, length: 0, abort: 0 },
+    admission: {},
+    preemptions: 0,
+    lastBatchSize: 0,
+    maxBatchSize: 0,
+    kvCachesHeld: 0,
+    tokensPerSecond: 0,
+    pressure: "none",
+    pressureActions: {},
+  };
+}
+
 /** The KV cache's state. */
 export interface EngineMemory {
   readonly blockSize: number;

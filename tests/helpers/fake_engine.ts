@@ -4,7 +4,13 @@
  * without a model or a server process.
  */
 import { ContextOverflowError } from "../../src/errors.ts";
-import type { EngineApi, EngineRequest, EngineSnapshot, TokenEvent } from "../../src/engine/engine_api.ts";
+import {
+  emptyEngineStats,
+  type EngineApi,
+  type EngineRequest,
+  type EngineSnapshot,
+  type TokenEvent,
+} from "../../src/engine/engine_api.ts";
 
 /** What the fake answers per request: the token ids to emit and how it ends. */
 export interface Script {
@@ -65,22 +71,7 @@ export class FakeEngine implements EngineApi {
 
 export function emptySnapshot(): EngineSnapshot {
   return {
-    stats: {
-      running: 0,
-      waiting: 0,
-      steps: 0,
-      promptTokens: 0,
-      generatedTokens: 0,
-      finished: { stop: 0, length: 0, abort: 0 },
-      admission: {},
-      preemptions: 0,
-      lastBatchSize: 0,
-      maxBatchSize: 0,
-      kvCachesHeld: 0,
-      tokensPerSecond: 0,
-      pressure: "none",
-      pressureActions: {},
-    },
+    stats: emptyEngineStats(),
     memory: {
       blockSize: 16,
       blocks: { total: 0, used: 0, cached: 0, free: 0 },
