@@ -1,7 +1,8 @@
 /**
  * Prefill and decode speed of a backend on a checkpoint (a script, not a test):
  *   deno run -A bench/model_speed.ts --dir /data/presets/mini [--backend reference] [--prompt 32] [--decode 8]
- *     [--batch 1,8,32]
+ *     [--batch 1,8,32] [--prefill 32,128,512] [--depth 4096] [--weights-dtype q8] [--threads N]
+ * --prefill: prefill rate of one sequence per length; --depth: batch-1 decode after a prompt of that many tokens.
  * Reports prefill and decode tokens/s for each batch size (one model load), peak RSS, and the batch-1 decode rate as
  * a fraction of the memory-bandwidth ceiling measured in the same run: ceiling = bandwidth ÷ weight bytes read per
  * token (spec §7). The bandwidth is bench/membw.c's read rate with 2 threads on the CPU, and bench/cuda_membw.cu's
@@ -51,17 +52,38 @@ function argmax(row: Float32Array): number {
   return best;
 }
 
-/** `batch` sequences prefill together (one step), then decode together one token each per step. */
-async function measureBatch(model: Model, prompt: number[], decodeSteps: number, batch: number) {
-  const session = new KvSession(model, {
-    blockSize: 16,
-    numBlocks: batch * (Math.ceil((prompt.length + decodeSteps + 2) / 16) + 2),
-  });
-  // Warm-up: one short forward pass compiles the hot loops (and, on cuda, its first graph capture comes later).
+function promptOf(model: Model, length: number): number[] {
+  return Array.from({ length }, (_, i) => (i * 7919) % Math.min(model.config.vocabSize, 199_998));
+}
+
+/** A session with room for `batch` sequences of `tokens` tokens, warmed up by one short forward pass. */
+async function warmSession(model: Model, batch: number, tokens: number): Promise<KvSession> {
+  const session = new KvSession(model, { blockSize: 16, numBlocks: batch * (Math.ceil((tokens + 2) / 16) + 2) + 4 });
   const warm = session.sequence();
   await session.step([{ seq: warm, tokenIds: [1, 2], logits: "last" }]);
   session.release(warm);
+  return session;
+}
 
+/** Prefill tokens/s of one sequence of each length (one step each). */
+async function measurePrefill(model: Model, lengths: readonly number[]) {
+  const session = await warmSession(model, 1, Math.max(...lengths));
+  const results = [];
+  for (const length of lengths) {
+    const seq = session.sequence();
+    const start = performance.now();
+    await session.step([{ seq, tokenIds: promptOf(model, length), logits: "last" }]);
+    const seconds = (performance.now() - start) / 1000;
+    session.release(seq);
+    results.push({ tokens: length, tokens_per_s: Number((length / seconds).toFixed(3)) });
+  }
+  return results;
+}
+
+/** `batch` sequences prefill `prompt` tokens together (one step), then decode together one token each per step. */
+async function measureBatch(model: Model, promptLength: number, decodeSteps: number, batch: number) {
+  const session = await warmSession(model, batch, promptLength + decodeSteps);
+  const prompt = promptOf(model, promptLength);
   const seqs = Array.from({ length: batch }, () => session.sequence());
   const prefillStart = performance.now();
   let logits = await session.step(seqs.map((seq) => ({ seq, tokenIds: prompt, logits: "last" as const })));
@@ -76,7 +98,7 @@ async function measureBatch(model: Model, prompt: number[], decodeSteps: number,
   for (const seq of seqs) session.release(seq);
   return {
     batch,
-    prefill_tokens_per_s: Number(((prompt.length * batch) / prefillSeconds).toFixed(3)),
+    prefill_tokens_per_s: Number(((promptLength * batch) / prefillSeconds).toFixed(3)),
     decode_tokens_per_s: Number(((decodeSteps * batch) / decodeSeconds).toFixed(3)), // output tokens/s, whole batch
     decode_ms_per_step: Number(((decodeSeconds * 1000) / decodeSteps).toFixed(3)),
   };
@@ -91,36 +113,57 @@ async function main(): Promise<void> {
       prompt: { type: "string", default: "32" },
       decode: { type: "string", default: "8" },
       batch: { type: "string", default: "1" },
+      prefill: { type: "string" },
+      depth: { type: "string" },
+      "weights-dtype": { type: "string", default: "bf16" },
+      threads: { type: "string" },
     },
   });
   if (!values.dir) throw new Error("Give --dir DIR (generate one with: deno task make-model --preset mini --out DIR)");
+  const weights = values["weights-dtype"] as "bf16" | "q8";
+  if (weights !== "bf16" && weights !== "q8") throw new Error(`--weights-dtype: bf16 or q8, not ${weights}`);
   const { backend } = await selectBackend(values.backend as "reference", undefined, undefined, {
-    native: nativeOptionsFromEnv(Deno.env.toObject()),
+    native: {
+      ...nativeOptionsFromEnv(Deno.env.toObject()),
+      weights,
+      numThreads: values.threads ? Number(values.threads) : undefined,
+    },
   });
   const loadStart = performance.now();
   const checkpoint = Checkpoint.open(values.dir, { mmap: true, populate: true });
   const model = createModel(checkpoint.config, await loadWeights(checkpoint, backend), backend);
   const loadSeconds = (performance.now() - loadStart) / 1000;
   const promptLength = Number(values.prompt), decodeSteps = Number(values.decode);
-  const prompt = Array.from({ length: promptLength }, (_, i) => (i * 7919) % Math.min(model.config.vocabSize, 199_998));
-  const batches = values.batch!.split(",").map(Number);
-  if (batches.some((b) => !Number.isInteger(b) || b < 1)) throw new Error(`--batch: ${values.batch}`);
+  const list = (flag: string, text: string) => {
+    const numbers = text.split(",").map(Number);
+    if (numbers.some((b) => !Number.isInteger(b) || b < 1)) throw new Error(`--${flag}: ${text}`);
+    return numbers;
+  };
   const runs = [];
-  for (const batch of batches) runs.push(await measureBatch(model, prompt, decodeSteps, batch));
+  for (const batch of list("batch", values.batch!)) {
+    runs.push(await measureBatch(model, promptLength, decodeSteps, batch));
+  }
+  const prefill = values.prefill ? await measurePrefill(model, list("prefill", values.prefill)) : undefined;
+  const depth = values.depth ? list("depth", values.depth)[0] : undefined;
+  const atDepth = depth ? { tokens: depth, ...await measureBatch(model, depth, decodeSteps, 1) } : undefined;
 
   const cuda = backend.name === "cuda" ? await measureCudaBandwidth() : undefined;
   const bandwidth = backend.name === "cuda" ? cuda?.copy : await measureBandwidth(2);
-  const bytesPerToken = bytesPerDecodeToken(model.config);
+  const bytesPerToken = bytesPerDecodeToken(model.config, backend.name === "native" ? weights : "bf16");
   const ceiling = bandwidth ? bandwidth / bytesPerToken : undefined;
   const single = runs.find((r) => r.batch === 1);
   const report = {
     checkpoint: values.dir,
     backend: backend.name,
+    kind: (backend as { kind?: string }).kind,
+    weights_dtype: backend.name === "native" ? weights : "bf16",
     layers: model.config.numHiddenLayers,
     load_s: Number(loadSeconds.toFixed(2)),
     prefill_tokens: promptLength,
     decode_tokens: decodeSteps,
     runs,
+    prefill,
+    decode_at_depth: atDepth,
     weight_bytes_per_token: bytesPerToken,
     bandwidth_source: backend.name === "cuda" ? "bench/cuda_membw.cu copy (read + write)" : "bench/membw.c, 2 threads",
     bandwidth_gb_per_s: bandwidth ? Number((bandwidth / 1e9).toFixed(1)) : null,

@@ -8,6 +8,7 @@
 //   moe   — 6 layers of 32 MXFP4 experts (2880 → 5760 → 2880), T tokens with 4 distinct random experts each
 //   mxfp4 — the MXFP4 row dots (f32, integer where the CPU has VNNI, AMX tiles) over 1.5 GB of rows
 // GPTOSS_CPU_ISA=avx512 (or avx512-vnni) runs a narrower path on the same machine, for a same-run comparison.
+// GPTOSS_Q8=1: the q8 mode (gemv on Q8_0 weights; MoE with 8-bit activations).
 // The working sets are 2–2.5 GB against a last-level cache that can be large (480 MB on the machine these numbers
 // come from) and re-read in the same order every pass; an adaptive cache keeps part of them, so these rates can
 // exceed a plain streaming read (membw.c) — compare paths with each other, and judge the model by model_speed.ts.
@@ -46,6 +47,12 @@ uint8_t* weights(size_t bytes) {
     if (g_file_offset + bytes > length) std::fprintf(stderr, "%s is too small\n", g_file), std::exit(2);
     uint8_t* p = base + g_file_offset;
     g_file_offset += bytes;
+    if (std::getenv("COPY_ANON")) {
+      auto* copy = static_cast<uint8_t*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+      if (std::string(std::getenv("COPY_ANON")) == "huge") madvise(copy, bytes, MADV_HUGEPAGE);
+      std::memcpy(copy, p, bytes);
+      return copy;
+    }
     return p;
   }
   auto* p = static_cast<uint8_t*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
@@ -78,6 +85,7 @@ int main(int argc, char** argv) {
   _mm_setcsr(_mm_getcsr() | 0x8040);
   _mm_setcsr(_mm_getcsr() | 0x8040);
   const std::string what = argv[1];
+  const bool q8 = std::getenv("GPTOSS_Q8") && std::string(std::getenv("GPTOSS_Q8")) == "1";
   std::mt19937 rng(1);
   std::vector<float> x(64 * 8192), out(201088 * 4);
   for (float& v : x) v = std::uniform_real_distribution<float>(-1, 1)(rng);
@@ -85,6 +93,33 @@ int main(int argc, char** argv) {
   if (what == "gemv") {
     const int64_t layers = 24, per = (5120 * 2880 + 2880 * 4096) * 2, head = 201088ll * 2880 * 2;
     uint8_t* w = weights(static_cast<size_t>(layers * per + head));
+    if (q8) {  // the same matrices as Q8_0: 1 + 4/32 bytes per weight
+      auto quantized = [&](const uint8_t* bf16, int64_t n, int64_t k) {
+        auto* q = static_cast<int8_t*>(std::aligned_alloc(64, static_cast<size_t>(n * k + n * k / 8 + 64)));
+        for (int64_t r = 0; r < n; r++) {
+          quantize_q8_bf16_row(reinterpret_cast<const uint16_t*>(bf16) + r * k, k, q + r * k,
+                               reinterpret_cast<float*>(q + n * k) + r * (k / 32));
+        }
+        return q;
+      };
+      std::vector<int8_t*> qkv, o;
+      for (int64_t l = 0; l < layers; l++) {
+        qkv.push_back(quantized(w + l * per, 5120, 2880));
+        o.push_back(quantized(w + l * per + 5120 * 2880 * 2, 2880, 4096));
+      }
+      int8_t* lm = quantized(w + layers * per, 201088, 2880);
+      auto run = [&](int8_t* q, int64_t n, int64_t k) {
+        matmul_f32_q8w(out.data(), x.data(), q, reinterpret_cast<float*>(q + n * k), nullptr, 1, n, k);
+      };
+      const double s = best_of(5, [&] {
+        for (int64_t l = 0; l < layers; l++) run(qkv[l], 5120, 2880), run(o[l], 2880, 4096);
+        run(lm, 201088, 2880);
+      });
+      const double bytes = (layers * per + head) / 2 * (1 + 4.0 / 32);
+      std::printf("{\"kernel\": \"gemv_q8\", \"isa\": \"%s\", \"ms\": %.1f, \"gb_per_s\": %.2f}\n",
+                  isa_name(detect_isa()), s * 1e3, bytes / s / 1e9);
+      return 0;
+    }
     const double s = best_of(5, [&] {
       for (int64_t l = 0; l < layers; l++) {
         matmul_f32_bf16w(out.data(), x.data(), reinterpret_cast<uint16_t*>(w + l * per), nullptr, 1, 5120, 2880);
@@ -120,12 +155,12 @@ int main(int argc, char** argv) {
         }
         uint8_t* b = w + l * per;
         const MoeWeights mw{b, b + gu_b, bias.data(), b + gu_b + gu_s, b + gu_b + gu_s + d_b, bias.data(), E};
-        moe_mlp_f32_mxfp4w(out.data(), x.data(), ids.data(), gates.data(), mw, T, 4, H, I, 7.0f);
+        moe_mlp_f32_mxfp4w(out.data(), x.data(), ids.data(), gates.data(), mw, T, 4, H, I, 7.0f, q8);
       }
     });
     const double experts_read = std::min<double>(E, 4.0 * T) * layers;  // at most: distinct experts per layer
-    std::printf("{\"kernel\": \"moe\", \"isa\": \"%s\", \"tokens\": %d, \"ms_per_layer\": %.2f, \"gb_per_s_upper\": %.2f}\n",
-                isa_name(detect_isa()), T, s * 1e3 / layers, experts_read * per / E / s / 1e9);
+    std::printf("{\"kernel\": \"moe%s\", \"isa\": \"%s\", \"tokens\": %d, \"ms_per_layer\": %.2f, \"gb_per_s_upper\": %.2f}\n",
+                q8 ? "_q8" : "", isa_name(detect_isa()), T, s * 1e3 / layers, experts_read * per / E / s / 1e9);
   } else if (what == "gemm") {
     // Prefill-shaped dense matmul: T tokens through 24 layers of qkv + o (2.0 GB of bf16 weights).
     const int T = argc > 2 ? std::atoi(argv[2]) : 32;
@@ -148,18 +183,23 @@ int main(int argc, char** argv) {
     if (!g_file) std::memset(scales, 120, rows * blocks);
     std::vector<float> split(H);
     split_for_mxfp4(x.data(), H, split.data());
-    std::vector<QGroup> prepared(q_groups(H));
+    std::vector<QGroup> prepared(q_groups(H)), prepared8(q_groups(H));
     prepare_mxfp4_q(x.data(), H, prepared.data());
+    prepare_mxfp4_q8(x.data(), H, prepared8.data());
     const DotKernels& dot = dot_kernels();
-    for (int integer = 0; integer < (dot.mxfp4_q ? 2 : 1); integer++) {
+    const char* names[] = {"f32", "integer", "integer_q8"};
+    for (int kind = 0; kind < 3; kind++) {
       const double s = best_of(3, [&] {
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
-          if (integer) dot.mxfp4_q(codes + r * blocks * 16, scales + r * blocks, prepared.data(), 0, blocks, 1, &out[r % 4096]);
-          else dot.mxfp4(codes + r * blocks * 16, scales + r * blocks, split.data(), 0, blocks, 1, &out[r % 4096]);
+          const uint8_t *c = codes + r * blocks * 16, *sc = scales + r * blocks;
+          if (kind == 1) dot.mxfp4_q(c, sc, prepared.data(), 0, blocks, 1, &out[r % 4096]);
+          else if (kind == 2) dot.mxfp4_q8(c, sc, prepared8.data(), 0, blocks, 1, &out[r % 4096]);
+          else dot.mxfp4(c, sc, split.data(), 0, blocks, 1, &out[r % 4096]);
         }
       });
-      std::printf("{\"kernel\": \"mxfp4_%s\", \"gb_per_s\": %.2f}\n", integer ? "integer" : "f32", rows * blocks * 17.0 / s / 1e9);
+      std::printf("{\"kernel\": \"mxfp4_%s\", \"isa\": \"%s\", \"gb_per_s\": %.2f}\n", names[kind],
+                  isa_name(detect_isa()), rows * blocks * 17.0 / s / 1e9);
     }
     if (use_amx()) {
       for (int tokens : {4, 16}) {

@@ -11,6 +11,7 @@ import { ConfigFileError, UsageError } from "./errors.ts";
 export const PROFILE_NAMES = ["latency_first", "quality_first"] as const;
 export const BACKEND_CHOICES = ["auto", "reference", "webgpu", "native", "cuda"] as const;
 export const DTYPE_CHOICES = ["auto", "f32", "f16"] as const;
+export const WEIGHTS_DTYPE_CHOICES = ["bf16", "q8"] as const;
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
 export const LOG_FORMATS = ["json", "pretty"] as const;
 export const REASONING_EFFORTS = ["low", "medium", "high"] as const;
@@ -57,6 +58,8 @@ const SettingsLayerSchema = z.object({
   profile: z.enum(PROFILE_NAMES),
   backend: z.enum(BACKEND_CHOICES),
   dtype: z.enum(DTYPE_CHOICES),
+  weightsDtype: z.enum(WEIGHTS_DTYPE_CHOICES),
+  threads: positiveInt,
   apiKey: z.string().min(1),
   adminKey: z.string().min(1),
   logLevel: z.enum(LOG_LEVELS),
@@ -88,6 +91,10 @@ export interface ServerConfig {
   readonly backend: BackendChoice;
   /** Matmul arithmetic on GPU backends: auto = f16 where the device has it (WebGPU shader-f16), else f32. */
   readonly dtype: DtypeChoice;
+  /** Native CPU backend: "q8" = 8-bit matmul weights and activations (docs/backends.md); "bf16" = exact. */
+  readonly weightsDtype: (typeof WEIGHTS_DTYPE_CHOICES)[number];
+  /** Native CPU threads; undefined = OMP_NUM_THREADS if set, else one per physical core. */
+  readonly threads: number | undefined;
   readonly apiKey: string | undefined;
   readonly adminKey: string | undefined;
   readonly logLevel: LogLevel;
@@ -123,6 +130,7 @@ export const DEFAULTS = {
   profile: "latency_first",
   backend: "auto",
   dtype: "auto",
+  weightsDtype: "bf16",
   logLevel: "info",
   logFormat: "json",
   drainTimeoutMs: 30_000,
@@ -180,6 +188,13 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
     { kind: "choice", choices: DTYPE_CHOICES },
     "GPU weight×activation arithmetic (auto = f16 where supported)",
   ),
+  spec(
+    "weights-dtype",
+    "weightsDtype",
+    { kind: "choice", choices: WEIGHTS_DTYPE_CHOICES },
+    "Native CPU: q8 = 8-bit matmul weights and activations (faster, not exact)",
+  ),
+  spec("threads", "threads", { kind: "int", min: 1, max: 4096 }, "Native CPU threads (default: physical cores)"),
   spec("config", "config", STRING, "Settings file (default configs/server.json)"),
   spec("api-key", "apiKey", STRING, "Require this bearer key on every endpoint but /health"),
   spec("admin-key", "adminKey", STRING, "Key for /admin endpoints"),
@@ -390,6 +405,8 @@ export function loadServerConfig(sources: ConfigSources): ServerConfig {
     profile: final.profile,
     backend: final.backend,
     dtype: final.dtype,
+    weightsDtype: final.weightsDtype,
+    threads: final.threads,
     apiKey: final.apiKey,
     adminKey: final.adminKey,
     logLevel: final.logLevel,

@@ -186,7 +186,11 @@ async function selectFitting(
     header.close();
     return await selector.select(config.backend, probes, { need, kvCacheBytes: config.kvCacheBytes }, {
       dtype: config.dtype,
-      native: nativeOptionsFromEnv(Deno.env.toObject()),
+      native: {
+        ...nativeOptionsFromEnv(Deno.env.toObject()),
+        numThreads: config.threads,
+        weights: config.weightsDtype,
+      },
     });
   } catch (err) {
     fail((err as Error).message);

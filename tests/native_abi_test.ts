@@ -32,6 +32,7 @@ function ffiType(cType: string): string[] {
   return [
     {
       "int32_t": "i32",
+      "int64_t": "i64",
       "uint32_t": "u32",
       "uint64_t": "u64",
       "size_t": "usize",
@@ -145,7 +146,8 @@ Deno.test({
       assertThrows(
         () => loadNativeLibrary({ path: `${dir}/libstub.so` }),
         (err: Error) =>
-          err instanceof BackendError && /speaks ABI version 999; these bindings need version 2/.test(err.message),
+          err instanceof BackendError &&
+          new RegExp(`speaks ABI version 999; these bindings need version ${GPTOSS_ABI_VERSION}`).test(err.message),
       );
       assertThrows(
         () => loadNativeLibrary({ path: `${dir}/missing.so` }),

@@ -23,7 +23,7 @@ extern "C" {
 #endif
 
 /** Bumped on every incompatible change; the TypeScript bindings refuse a library of another version. */
-#define GPTOSS_ABI_VERSION 2
+#define GPTOSS_ABI_VERSION 3
 
 typedef enum gptoss_status {
   GPTOSS_OK = 0,
@@ -40,6 +40,11 @@ typedef enum gptoss_dtype {
   GPTOSS_BF16 = 1,
   GPTOSS_U8 = 2,
   GPTOSS_I32 = 3,
+  /**
+   * CPU, made only by gptoss_tensor_quantize(): an [N, K] matrix as N·K int8 values (per 32-block q = round(w · 127 /
+   * max|w|)) followed by N·K/32 f32 block scales (max|w| / 127). Usable as gptoss_matmul's weight.
+   */
+  GPTOSS_Q8_0 = 4,
 } gptoss_dtype;
 
 typedef struct gptoss_context gptoss_context;
@@ -91,11 +96,12 @@ const char* gptoss_backend_kind(void);
 #define GPTOSS_FLAG_PROFILE 1u       /* time each op; printed to stderr by gptoss_context_destroy() */
 #define GPTOSS_FLAG_PROFILE_STEPS 2u /* CUDA: host time per step and graph counts only (no per-op events) */
 #define GPTOSS_FLAG_NO_GRAPHS 4u     /* CUDA: never capture CUDA graphs */
+#define GPTOSS_FLAG_INT8_ACTIVATIONS 8u /* CPU, the q8 mode: MoE activations as 8-bit Q8_0 blocks (not exact digits) */
 
 /**
- * Creates a context. num_threads <= 0 means all cores. isa (CPU; NULL or "" = the widest path the CPU has) caps
- * the vector code: "scalar", "avx2", "avx512", "avx512-vnni" or "avx512-amx" (a path the CPU lacks falls back to
- * the widest it has). The path is fixed for the process by the first context: a later context that asks for
+ * Creates a context. num_threads <= 0: OMP_NUM_THREADS when set, else one thread per physical core. isa (CPU; NULL
+ * or "" = the widest path the CPU has) caps the vector code: "scalar", "avx2", "avx512", "avx512-vnni" or
+ * "avx512-amx" (a path the CPU lacks falls back to the widest it has). The path is fixed for the process by the first context: a later context that asks for
  * another one fails with GPTOSS_UNSUPPORTED. The CUDA library ignores isa.
  */
 gptoss_status gptoss_context_create(int32_t num_threads, uint32_t flags, const char* isa, gptoss_context** out);
@@ -116,6 +122,24 @@ gptoss_status gptoss_tensor_wrap(gptoss_context* ctx, int32_t dtype, int32_t ndi
 /** A tensor in context memory, 64-byte aligned, contents undefined. */
 gptoss_status gptoss_tensor_alloc(gptoss_context* ctx, int32_t dtype, int32_t ndim, const int64_t* shape,
                                   gptoss_tensor** out);
+
+/**
+ * CPU: a context-owned copy of host memory, made now (in parallel) into anonymous memory with huge pages where the
+ * kernel grants them. Weights read from a file mapping's page cache can stream several times slower than from
+ * anonymous memory (measured on a VM for the MoE: 4×; bench/README.md). release_source != 0: the source's whole
+ * pages are then dropped from this process (MADV_DONTNEED) — only for a file mapping, whose pages come back from
+ * the file. CUDA: GPTOSS_UNSUPPORTED (its tensors live on the device).
+ */
+gptoss_status gptoss_tensor_copy(gptoss_context* ctx, int32_t dtype, int32_t ndim, const int64_t* shape, void* data,
+                                 int32_t release_source, gptoss_tensor** out);
+
+/**
+ * CPU: a context-owned tensor of `dtype` (GPTOSS_Q8_0) made now, in parallel on the calling thread, from a bf16
+ * [rows, cols] matrix in host memory (cols a multiple of 32), which is read during the call only. CUDA:
+ * GPTOSS_UNSUPPORTED.
+ */
+gptoss_status gptoss_tensor_quantize(gptoss_context* ctx, const void* bf16, int64_t rows, int64_t cols, int32_t dtype,
+                                     gptoss_tensor** out);
 
 /** Copies `bytes` (the whole tensor) from host memory into a tensor. Runs after what is enqueued. */
 gptoss_status gptoss_tensor_write(gptoss_context* ctx, gptoss_tensor* tensor, const void* data, size_t bytes);
@@ -140,7 +164,10 @@ gptoss_status gptoss_embed(gptoss_context* ctx, gptoss_tensor* out, gptoss_tenso
 gptoss_status gptoss_rmsnorm(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* weight,
                              float eps);
 
-/** out[t, n] = Σ_k x[t, k] · weight[n, k] + bias[n]; weight [N, K] bf16; bias [N] bf16 or NULL. */
+/**
+ * out[t, n] = Σ_k x[t, k] · weight[n, k] + bias[n]; weight [N, K] bf16 (or, CPU, Q8_0: x is then quantized to Q8_0
+ * per token); bias [N] bf16 or NULL.
+ */
 gptoss_status gptoss_matmul(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* weight,
                             gptoss_tensor* bias);
 

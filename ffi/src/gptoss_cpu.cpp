@@ -1,6 +1,9 @@
 // The CPU implementation of ffi/include/gptoss.h: handles, validation at enqueue, a command queue run by
 // gptoss_flush(), and the kernels in kernels/cpu/.
 #include <omp.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <xmmintrin.h>
 
 #include <algorithm>
@@ -11,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <new>
+#include <set>
 #include <mutex>
 #include <string>
 #include <system_error>
@@ -28,7 +32,16 @@ struct gptoss_tensor {
   int64_t numel;
   void* data;
   bool owned;
+  /** Owned memory from mmap (gptoss_tensor_copy), released with munmap; else aligned_alloc's, with free. */
+  size_t mapped_bytes = 0;
 };
+
+/** Releases a tensor's owned memory. */
+void release(gptoss_tensor* t) {
+  if (!t->owned) return;
+  if (t->mapped_bytes) munmap(t->data, t->mapped_bytes);
+  else std::free(t->data);
+}
 
 struct FreeDeleter {
   void operator()(float* p) const { std::free(p); }
@@ -41,6 +54,35 @@ struct gptoss_kv_pool {
   std::vector<std::unique_ptr<float, FreeDeleter>> storage;
   uint64_t bytes;
 };
+
+/**
+ * Threads when the caller gives none: 0 (OpenMP's own choice) when OMP_NUM_THREADS is set, else one per physical
+ * core this process may run on (SMT siblings share a core's vector units and its bandwidth: a second thread per core
+ * only adds contention to these kernels).
+ */
+int default_threads() {
+  const char* omp = std::getenv("OMP_NUM_THREADS");
+  if (omp && *omp) return 0;
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return 0;
+  std::set<std::pair<int, int>> cores;  // (package, core)
+  for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+    if (!CPU_ISSET(cpu, &allowed)) continue;
+    const std::string dir = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
+    int package = -1, core = -1;
+    if (FILE* f = std::fopen((dir + "physical_package_id").c_str(), "r")) {
+      if (std::fscanf(f, "%d", &package) != 1) package = -1;
+      std::fclose(f);
+    }
+    if (FILE* f = std::fopen((dir + "core_id").c_str(), "r")) {
+      if (std::fscanf(f, "%d", &core) != 1) core = -1;
+      std::fclose(f);
+    }
+    if (core < 0) return 0;  // no topology (a container without sysfs): OpenMP's choice
+    cores.insert({package, core});
+  }
+  return static_cast<int>(cores.size());
+}
 
 /**
  * The one thread that runs every step of a context: every OpenMP parallel region then has the same master, the
@@ -69,6 +111,7 @@ class StepThread {
 
  private:
   void loop(int num_threads) {
+    if (num_threads <= 0) num_threads = default_threads();
     if (num_threads > 0) omp_set_num_threads(num_threads);  // an ICV of the calling thread: set it on the master
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
@@ -94,6 +137,8 @@ struct gptoss_context {
   std::unique_ptr<StepThread> step_thread;
   /** GPTOSS_FLAG_PROFILE: time spent per op, printed to stderr when the context is destroyed. */
   bool profile = false;
+  /** GPTOSS_FLAG_INT8_ACTIVATIONS: the q8 mode's MoE activations. */
+  bool int8_activations = false;
   std::vector<std::pair<std::string, double>> profile_ms;
   std::string last_error;
   std::vector<std::pair<std::string, std::function<void()>>> queue;
@@ -108,9 +153,16 @@ size_t dtype_size(gptoss_dtype d) {
     case GPTOSS_F32:
     case GPTOSS_I32: return 4;
     case GPTOSS_BF16: return 2;
-    case GPTOSS_U8: return 1;
+    case GPTOSS_U8:
+    case GPTOSS_Q8_0: return 1;  // plus the scales: see tensor_bytes
   }
   return 0;
+}
+
+/** Bytes of a tensor's storage (a Q8_0 matrix carries one f32 scale per 32 values after its int8 values). */
+size_t tensor_bytes(const gptoss_tensor* t) {
+  const size_t values = static_cast<size_t>(t->numel) * dtype_size(t->dtype);
+  return t->dtype == GPTOSS_Q8_0 ? values + static_cast<size_t>(t->numel / 32) * 4 : values;
 }
 
 const char* dtype_name(gptoss_dtype d) {
@@ -119,6 +171,7 @@ const char* dtype_name(gptoss_dtype d) {
     case GPTOSS_BF16: return "bf16";
     case GPTOSS_U8: return "u8";
     case GPTOSS_I32: return "i32";
+    case GPTOSS_Q8_0: return "q8_0";
   }
   return "?";
 }
@@ -236,6 +289,7 @@ gptoss_status gptoss_context_create(int32_t num_threads, uint32_t flags, const c
   try {
     *out = new gptoss_context();
     (*out)->profile = (flags & (GPTOSS_FLAG_PROFILE | GPTOSS_FLAG_PROFILE_STEPS)) != 0;
+    (*out)->int8_activations = (flags & GPTOSS_FLAG_INT8_ACTIVATIONS) != 0;
     (*out)->step_thread = std::make_unique<StepThread>(num_threads);
   } catch (const std::bad_alloc&) {
     delete *out;
@@ -253,7 +307,7 @@ void gptoss_context_destroy(gptoss_context* ctx) {
   if (!ctx) return;
   for (auto& [name, ms] : ctx->profile_ms) std::fprintf(stderr, "gptoss profile %-22s %10.1f ms\n", name.c_str(), ms);
   for (auto& t : ctx->tensors)
-    if (t->owned) std::free(t->data);
+    release(t.get());
   delete ctx;
 }
 
@@ -271,10 +325,62 @@ gptoss_status gptoss_tensor_alloc(gptoss_context* ctx, int32_t dtype, int32_t nd
   return make_tensor(ctx, dtype, ndim, shape, nullptr, true, out);
 }
 
+gptoss_status gptoss_tensor_quantize(gptoss_context* ctx, const void* bf16, int64_t n, int64_t k, int32_t dtype,
+                                     gptoss_tensor** out) {
+  return guard(ctx, "tensor_quantize", [&] {
+    if (!out || (!bf16 && n * k > 0)) fail(GPTOSS_INVALID_ARGUMENT, "out or data is null");
+    if (dtype != GPTOSS_Q8_0) fail(GPTOSS_UNSUPPORTED, "only bf16 → q8_0 is implemented");
+    expect(n >= 0 && k > 0 && k % 32 == 0,
+           "the matrix must be [N, K] with K a multiple of 32, got [" + std::to_string(n) + ", " + std::to_string(k) + "]");
+    auto t = std::make_unique<gptoss_tensor>();
+    t->dtype = GPTOSS_Q8_0;
+    t->shape = {n, k};
+    t->numel = n * k;
+    t->owned = true;
+    t->data = std::aligned_alloc(64, ((tensor_bytes(t.get()) + 63) / 64) * 64);
+    if (!t->data) throw std::bad_alloc();
+    int8_t* values = ptr<int8_t>(t.get());
+    float* scales = reinterpret_cast<float*>(values + n * k);
+    const uint16_t* source = static_cast<const uint16_t*>(bf16);
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < n; row++) quantize_q8_bf16_row(source + row * k, k, values + row * k, scales + row * (k / 32));
+    *out = t.get();
+    ctx->tensors.push_back(std::move(t));
+  });
+}
+
+gptoss_status gptoss_tensor_copy(gptoss_context* ctx, int32_t dtype, int32_t ndim, const int64_t* shape, void* data,
+                                 int32_t release_source, gptoss_tensor** out) {
+  gptoss_tensor* wrapped = nullptr;
+  const gptoss_status status = make_tensor(ctx, dtype, ndim, shape, data, false, &wrapped);
+  if (status != GPTOSS_OK) return status;
+  return guard(ctx, "tensor_copy", [&] {
+    const size_t bytes = tensor_bytes(wrapped);
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    const size_t length = std::max(page, (bytes + (2u << 20) - 1) / (2u << 20) * (2u << 20));
+    void* memory = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED) throw std::bad_alloc();
+    madvise(memory, length, MADV_HUGEPAGE);  // fewer page faults and TLB misses; a hint, ignored where THP is off
+    const size_t chunk = 1u << 20;
+#pragma omp parallel for schedule(static)
+    for (size_t at = 0; at < bytes; at += chunk) {
+      std::memcpy(static_cast<uint8_t*>(memory) + at, static_cast<const uint8_t*>(data) + at, std::min(chunk, bytes - at));
+    }
+    // release_source: the source's whole pages leave this process (a file mapping's stay in the page cache).
+    const uintptr_t first = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+    const uintptr_t last = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;
+    if (release_source && last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+    wrapped->data = memory;
+    wrapped->owned = true;
+    wrapped->mapped_bytes = length;
+    *out = wrapped;
+  });
+}
+
 gptoss_status gptoss_tensor_write(gptoss_context* ctx, gptoss_tensor* tensor, const void* data, size_t bytes) {
   return guard(ctx, "tensor_write", [&] {
     if (!tensor || !data) fail(GPTOSS_INVALID_ARGUMENT, "null tensor or data");
-    const size_t size = static_cast<size_t>(tensor->numel) * dtype_size(tensor->dtype);
+    const size_t size = tensor_bytes(tensor);
     if (bytes != size) fail(GPTOSS_SHAPE_MISMATCH, std::to_string(bytes) + " bytes for a tensor of " + std::to_string(size));
     std::vector<uint8_t> copy(static_cast<const uint8_t*>(data), static_cast<const uint8_t*>(data) + bytes);
     ctx->queue.emplace_back("tensor_write", [tensor, copy = std::move(copy)] { std::memcpy(tensor->data, copy.data(), copy.size()); });
@@ -286,7 +392,7 @@ gptoss_status gptoss_tensor_read(gptoss_context* ctx, gptoss_tensor* tensor, voi
   if (status != GPTOSS_OK) return status;
   return guard(ctx, "tensor_read", [&] {
     if (!tensor || !data) fail(GPTOSS_INVALID_ARGUMENT, "null tensor or data");
-    const size_t size = static_cast<size_t>(tensor->numel) * dtype_size(tensor->dtype);
+    const size_t size = tensor_bytes(tensor);
     if (bytes != size) fail(GPTOSS_SHAPE_MISMATCH, std::to_string(bytes) + " bytes for a tensor of " + std::to_string(size));
     std::memcpy(data, tensor->data, bytes);
   });
@@ -296,7 +402,7 @@ void gptoss_tensor_free(gptoss_context* ctx, gptoss_tensor* tensor) {
   if (!ctx || !tensor) return;
   for (auto it = ctx->tensors.begin(); it != ctx->tensors.end(); ++it) {
     if (it->get() == tensor) {
-      if (tensor->owned) std::free(tensor->data);
+      release(tensor);
       ctx->tensors.erase(it);
       return;
     }
@@ -364,13 +470,22 @@ gptoss_status gptoss_rmsnorm(gptoss_context* ctx, gptoss_tensor* out, gptoss_ten
 gptoss_status gptoss_matmul(gptoss_context* ctx, gptoss_tensor* out, gptoss_tensor* x, gptoss_tensor* weight,
                             gptoss_tensor* bias) {
   return guard(ctx, "matmul_f32_bf16w", [&] {
-    need(out, "out", GPTOSS_F32), need(x, "x", GPTOSS_F32), need(weight, "weight", GPTOSS_BF16);
+    need(out, "out", GPTOSS_F32), need(x, "x", GPTOSS_F32);
+    if (!weight || weight->dtype != GPTOSS_Q8_0) need(weight, "weight", GPTOSS_BF16);
     if (bias) need(bias, "bias", GPTOSS_BF16);
     expect(weight->shape.size() == 2, "weight must be [N, K], got " + shape_text(weight));
     const int64_t n = weight->shape[0], k = weight->shape[1];
     expect(cols(x) == k, "x " + shape_text(x) + " does not match weight " + shape_text(weight));
     expect(cols(out) == n && rows(out) == rows(x), "out " + shape_text(out) + " must be [" + std::to_string(rows(x)) + ", " + std::to_string(n) + "]");
     expect(!bias || bias->numel == n, "bias " + (bias ? shape_text(bias) : std::string()) + " must have N entries");
+    if (weight->dtype == GPTOSS_Q8_0) {
+      const int8_t* values = ptr<int8_t>(weight);
+      const float* scales = reinterpret_cast<const float*>(values + n * k);
+      ctx->queue.emplace_back("matmul_f32_q8w", [=] {
+        matmul_f32_q8w(ptr<float>(out), ptr<float>(x), values, scales, bias ? ptr<uint16_t>(bias) : nullptr, rows(x), n, k);
+      });
+      return;
+    }
     ctx->queue.emplace_back("matmul_f32_bf16w", [=] {
       matmul_f32_bf16w(ptr<float>(out), ptr<float>(x), ptr<uint16_t>(weight), bias ? ptr<uint16_t>(bias) : nullptr,
                        rows(x), n, k);
@@ -486,6 +601,7 @@ gptoss_status gptoss_moe_mlp(gptoss_context* ctx, gptoss_tensor* out, gptoss_ten
     expect(out->numel == x->numel && rows(ids) == rows(x) && weights->numel == ids->numel, "out/ids/weights shapes");
     const int32_t top_k = static_cast<int32_t>(cols(ids));
     const float limit = args->swiglu_limit;
+    const bool int8 = ctx->int8_activations;
     MoeWeights w{ptr<uint8_t>(e.gate_up_blocks), ptr<uint8_t>(e.gate_up_scales), ptr<uint16_t>(e.gate_up_bias),
                  ptr<uint8_t>(e.down_blocks),    ptr<uint8_t>(e.down_scales),    ptr<uint16_t>(e.down_bias),
                  num_experts};
@@ -495,7 +611,7 @@ gptoss_status gptoss_moe_mlp(gptoss_context* ctx, gptoss_tensor* out, gptoss_ten
         if (id < 0 || id >= num_experts) fail(GPTOSS_INVALID_ARGUMENT, "expert id out of range");
       }
       moe_mlp_f32_mxfp4w(ptr<float>(out), ptr<float>(x), ptr<int32_t>(ids), ptr<float>(weights), w, rows(x), top_k,
-                         hidden, inter, limit);
+                         hidden, inter, limit, int8);
     });
   });
 }

@@ -288,6 +288,16 @@ gptoss_status gptoss_tensor_alloc(gptoss_context* ctx, int32_t dtype, int32_t nd
   return make_tensor(ctx, dtype, ndim, shape, nullptr, out);
 }
 
+gptoss_status gptoss_tensor_copy(gptoss_context* ctx, int32_t dtype, int32_t ndim, const int64_t* shape, void* data,
+                                 int32_t release_source, gptoss_tensor** out) {
+  return guard(ctx, "tensor_copy", [&] { fail(GPTOSS_UNSUPPORTED, "host copies: use gptoss_tensor_wrap (uploaded)"); });
+}
+
+gptoss_status gptoss_tensor_quantize(gptoss_context* ctx, const void* bf16, int64_t rows, int64_t cols, int32_t dtype,
+                                     gptoss_tensor** out) {
+  return guard(ctx, "tensor_quantize", [&] { fail(GPTOSS_UNSUPPORTED, "8-bit weights (q8_0) are a CPU-only format"); });
+}
+
 gptoss_status gptoss_tensor_write(gptoss_context* ctx, gptoss_tensor* tensor, const void* data, size_t bytes) {
   return guard(ctx, "tensor_write", [&] {
     if (!tensor || !data) fail(GPTOSS_INVALID_ARGUMENT, "null tensor or data");

@@ -56,20 +56,34 @@ void mxfp4_scalar(const uint8_t* blocks, const uint8_t* scales, const float* x, 
   }
 }
 
+/**
+ * C independent accumulators per row (C·R FMA chains in flight): one chain per row waits 4 cycles per 8 weights on
+ * the FMA latency, which capped the batch-1 GEMV at ~12 GB/s per core.
+ */
 template <int R>
 __attribute__((target("avx2,fma"))) void bf16_avx2_rows(const uint16_t* w, const float* x, int64_t stride, int64_t k,
                                                          float* out) {
-  __m256 acc[R];
-  for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+  constexpr int C = R == 1 ? 4 : 2;
+  __m256 acc[R][C];
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
   int64_t i = 0;
+  for (; i + 8 * C <= k; i += 8 * C) {
+    prefetch_weights(w + i);
+    for (int c = 0; c < C; c++) {
+      const __m256i bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i + 8 * c)));
+      const __m256 wv = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
+      for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + r * stride + i + 8 * c), acc[r][c]);
+    }
+  }
   for (; i + 8 <= k; i += 8) {
-    if ((i & 31) == 0) prefetch_weights(w + i);
     const __m256i bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
     const __m256 wv = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
-    for (int r = 0; r < R; r++) acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + r * stride + i), acc[r]);
+    for (int r = 0; r < R; r++) acc[r][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + r * stride + i), acc[r][0]);
   }
   for (int r = 0; r < R; r++) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+    for (int c = 1; c < C; c++) acc[r][0] = _mm256_add_ps(acc[r][0], acc[r][c]);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[r][0]), _mm256_extractf128_ps(acc[r][0], 1));
     s = _mm_hadd_ps(s, s);
     s = _mm_hadd_ps(s, s);
     float total = _mm_cvtss_f32(s);
@@ -246,7 +260,7 @@ alignas(64) const int8_t kScaleSpread[64] = {
     0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1,
     2, -1, -1, -1, 2, -1, -1, -1, 2, -1, -1, -1, 2, -1, -1, -1, 3, -1, -1, -1, 3, -1, -1, -1, 3, -1, -1, -1, 3, -1, -1, -1};
 
-template <int R>
+template <int R, int D>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void mxfp4_q_rows(const uint8_t* blocks, const uint8_t* scales,
                                                                          const QGroup* x, int64_t stride,
                                                                          int64_t num_blocks, float* out) {
@@ -280,12 +294,14 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void mxfp4_q_rows(const u
       const QGroup& q = x[r * stride + g];
       __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), even, _mm512_load_si512(q.hi_even));
       acc = _mm512_dpbusd_epi32(acc, odd, _mm512_load_si512(q.hi_odd));
-      acc = _mm512_slli_epi32(acc, 7);
-      acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(q.mid_even), even);
-      acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(q.mid_odd), odd);
-      acc = _mm512_slli_epi32(acc, 7);
-      acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(q.lo_even), even);
-      acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(q.lo_odd), odd);
+      if constexpr (D == 3) {  // D = 1: the q8 mode's 8-bit activations, hi only
+        acc = _mm512_slli_epi32(acc, 7);
+        acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(q.mid_even), even);
+        acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(q.mid_odd), odd);
+        acc = _mm512_slli_epi32(acc, 7);
+        acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(q.lo_even), even);
+        acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(q.lo_odd), odd);
+      }
       acc = _mm512_add_epi32(acc, _mm512_load_si512(q.corr));
       total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(w_scale, _mm512_load_ps(q.scale)), total[r]);
     }
@@ -293,14 +309,16 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void mxfp4_q_rows(const u
   for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(total[r]);
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void mxfp4_q(const uint8_t* blocks, const uint8_t* scales,
-                                                                    const QGroup* x, int64_t stride,
-                                                                    int64_t num_blocks, int rows, float* out) {
+template <int D>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void mxfp4_q_vnni(const uint8_t* blocks,
+                                                                         const uint8_t* scales, const QGroup* x,
+                                                                         int64_t stride, int64_t num_blocks, int rows,
+                                                                         float* out) {
   switch (rows) {
-    case 1: return mxfp4_q_rows<1>(blocks, scales, x, stride, num_blocks, out);
-    case 2: return mxfp4_q_rows<2>(blocks, scales, x, stride, num_blocks, out);
-    case 3: return mxfp4_q_rows<3>(blocks, scales, x, stride, num_blocks, out);
-    default: return mxfp4_q_rows<4>(blocks, scales, x, stride, num_blocks, out);
+    case 1: return mxfp4_q_rows<1, D>(blocks, scales, x, stride, num_blocks, out);
+    case 2: return mxfp4_q_rows<2, D>(blocks, scales, x, stride, num_blocks, out);
+    case 3: return mxfp4_q_rows<3, D>(blocks, scales, x, stride, num_blocks, out);
+    default: return mxfp4_q_rows<4, D>(blocks, scales, x, stride, num_blocks, out);
   }
 }
 
@@ -371,12 +389,67 @@ constexpr BlockKernel<W> kBlockRow[4] = {block_avx512<W, RB, 1>, block_avx512<W,
 template <typename W>
 constexpr const BlockKernel<W>* kBlock[4] = {kBlockRow<W, 1>, kBlockRow<W, 2>, kBlockRow<W, 3>, kBlockRow<W, 4>};
 
+// 8 weights as f32 (AVX2): bf16 widened, or f32 as they are.
+__attribute__((target("avx2"))) inline __m256 load8(const uint16_t* w) {
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+__attribute__((target("avx2"))) inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+
+/**
+ * RB weight rows × TB activation rows with AVX2 (k a multiple of 8): the same blocking in 256-bit registers, at most
+ * 4 × 2 accumulators so that weights, accumulators and one activation vector fit the 16 registers.
+ */
+template <typename W, int RB, int TB>
+__attribute__((target("avx2,fma"))) void block_avx2(const W* w, int64_t w_pitch, const float* x, int64_t x_stride,
+                                                    int64_t k, const uint16_t* bias, float* out, int64_t out_stride) {
+  __m256 acc[RB][TB];
+  for (int r = 0; r < RB; r++)
+    for (int t = 0; t < TB; t++) acc[r][t] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < k; i += 8) {
+    if constexpr (std::is_same_v<W, uint16_t>) {
+      if (i % 32 == 0)
+        for (int r = 0; r < RB; r++) prefetch_weights(w + r * w_pitch + i);
+    }
+    __m256 wv[RB];
+    for (int r = 0; r < RB; r++) wv[r] = load8(w + r * w_pitch + i);
+    for (int t = 0; t < TB; t++) {
+      const __m256 xv = _mm256_loadu_ps(x + t * x_stride + i);
+      for (int r = 0; r < RB; r++) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+    }
+  }
+  for (int r = 0; r < RB; r++) {
+    const float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
+    for (int t = 0; t < TB; t++) {
+      __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[r][t]), _mm256_extractf128_ps(acc[r][t], 1));
+      s = _mm_hadd_ps(s, s);
+      s = _mm_hadd_ps(s, s);
+      out[t * out_stride + r] = _mm_cvtss_f32(s) + b;
+    }
+  }
+}
+
+template <typename W, int RB>
+constexpr BlockKernel<W> kBlockRowAvx2[2] = {block_avx2<W, RB, 1>, block_avx2<W, RB, 2>};
+template <typename W>
+constexpr const BlockKernel<W>* kBlockAvx2[4] = {kBlockRowAvx2<W, 1>, kBlockRowAvx2<W, 2>, kBlockRowAvx2<W, 3>,
+                                                 kBlockRowAvx2<W, 4>};
+
 template <typename W>
 bool block_dot_any(const W* w, int rows, int64_t w_pitch, const float* x, int64_t x_stride, int tokens, int64_t k,
                    const uint16_t* bias, float* out, int64_t out_stride) {
-  static const bool avx512 = detect_isa() >= Isa::avx512;
-  if (!avx512 || k % 16 != 0 || rows < 1 || rows > 4 || tokens < 1 || tokens > 4) return false;
-  kBlock<W>[rows - 1][tokens - 1](w, w_pitch, x, x_stride, k, bias, out, out_stride);
+  static const Isa isa = detect_isa();
+  if (isa < Isa::avx2 || rows < 1 || rows > 4 || tokens < 1 || tokens > 4) return false;
+  if (isa >= Isa::avx512) {
+    if (k % 16 != 0) return false;
+    kBlock<W>[rows - 1][tokens - 1](w, w_pitch, x, x_stride, k, bias, out, out_stride);
+    return true;
+  }
+  if (k % 8 != 0) return false;
+  for (int t = 0; t < tokens; t += 2) {  // tokens in pairs (see block_avx2)
+    const int tb = std::min(2, tokens - t);
+    kBlockAvx2<W>[rows - 1][tb - 1](w, w_pitch, x + t * x_stride, x_stride, k, bias, out + t * out_stride, out_stride);
+  }
   return true;
 }
 
@@ -591,10 +664,14 @@ const DotKernels& dot_kernels() {
   static const DotKernels kernels = [] {
     switch (detect_isa()) {
       case Isa::avx512amx:
-      case Isa::avx512vnni: return DotKernels{bf16_avx512, mxfp4_avx512, f32_avx512, mxfp4_q};
-      case Isa::avx512: return DotKernels{bf16_avx512, mxfp4_avx512, f32_avx512, nullptr};
-      case Isa::avx2: return DotKernels{bf16_avx2, mxfp4_avx2, f32_avx2, nullptr};
-      default: return DotKernels{bf16_scalar, mxfp4_scalar, f32_scalar, nullptr};
+      case Isa::avx512vnni:
+        return DotKernels{bf16_avx512, mxfp4_avx512, f32_avx512, mxfp4_q_vnni<3>, mxfp4_q_vnni<1>, q8_dot_avx2};
+      case Isa::avx512:
+        return DotKernels{bf16_avx512, mxfp4_avx512, f32_avx512, mxfp4_q_avx2_exact, mxfp4_q8_avx2, q8_dot_avx2};
+      case Isa::avx2:
+        return DotKernels{bf16_avx2, mxfp4_avx2, f32_avx2, mxfp4_q_avx2_exact, mxfp4_q8_avx2, q8_dot_avx2};
+      default:
+        return DotKernels{bf16_scalar, mxfp4_scalar, f32_scalar, mxfp4_q_portable, mxfp4_q8_portable, q8_dot_portable};
     }
   }();
   return kernels;

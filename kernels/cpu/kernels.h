@@ -53,13 +53,45 @@ struct DotKernels {
   /** An f32 row (a weight row decoded once, for prefill batches of more than 4 tokens). */
   void (*f32)(const float* w, const float* x, int64_t x_stride, int64_t k, int rows, float* out);
   /**
-   * One MXFP4 row against up to 4 prepared activation rows (x + t * x_stride groups), with VNNI integer dot
-   * products: 64 multiply-adds per instruction instead of 16, for decode (few tokens per expert), where the f32
-   * kernel is bound by decoding codes, not by memory. nullptr where the CPU has no AVX-512 VNNI.
+   * One MXFP4 row against up to 4 prepared activation rows (x + t * x_stride groups) with integer dot products
+   * (VPDPBUSD with AVX-512 VNNI, VPMADDUBSW + VPMADDWD with AVX2, plain C on the scalar path): for decode (few
+   * tokens per expert), where the f32 kernel is bound by decoding codes, not by memory.
    */
   void (*mxfp4_q)(const uint8_t* blocks, const uint8_t* scales, const QGroup* x, int64_t x_stride,
                   int64_t num_blocks, int rows, float* out);
+  /** The same against activations of prepare_mxfp4_q8 (the q8 mode: one 8-bit digit per value). */
+  void (*mxfp4_q8)(const uint8_t* blocks, const uint8_t* scales, const QGroup* x, int64_t x_stride,
+                   int64_t num_blocks, int rows, float* out);
+  /**
+   * One Q8_0 weight row (k int8 values, k / 32 f32 scales) against up to 4 Q8_0 activation rows (x + t * x_stride
+   * values, x_scales + t * x_stride / 32 scales); k a multiple of 32.
+   */
+  void (*q8)(const int8_t* w, const float* w_scales, const int8_t* x, const float* x_scales, int64_t x_stride,
+             int64_t k, int rows, float* out);
 };
+
+// The integer kernels of int8.cpp, for the DotKernels table.
+void mxfp4_q_portable(const uint8_t*, const uint8_t*, const QGroup*, int64_t, int64_t, int, float*);
+void mxfp4_q8_portable(const uint8_t*, const uint8_t*, const QGroup*, int64_t, int64_t, int, float*);
+void mxfp4_q_avx2_exact(const uint8_t*, const uint8_t*, const QGroup*, int64_t, int64_t, int, float*);
+void mxfp4_q8_avx2(const uint8_t*, const uint8_t*, const QGroup*, int64_t, int64_t, int, float*);
+void q8_dot_portable(const int8_t*, const float*, const int8_t*, const float*, int64_t, int64_t, int, float*);
+void q8_dot_avx2(const int8_t*, const float*, const int8_t*, const float*, int64_t, int64_t, int, float*);
+
+/**
+ * The q8 mode's activations for the MXFP4 dot (DotKernels::mxfp4_q8): QGroups with only the hi digits, each value
+ * q = round(x · 127 / max|x|) of its 32-block (|Δx| ≤ max|x| / 254), corr = −12·Σq.
+ */
+void prepare_mxfp4_q8(const float* x, int64_t k, QGroup* out);
+/** Q8_0 of one row (k a multiple of 32): per 32-block q = round(v · 127 / max|v|), scale max|v| / 127. */
+void quantize_q8_row(const float* x, int64_t k, int8_t* q, float* scales);
+void quantize_q8_bf16_row(const uint16_t* w, int64_t k, int8_t* q, float* scales);
+/**
+ * out[T, N] = x[T, K] · Wᵀ + b for a Q8_0 weight (N × K int8 values, then N × K / 32 f32 scales): the activations
+ * are quantized to Q8_0 per token, then each weight row meets 4 tokens per dot call.
+ */
+void matmul_f32_q8w(float* out, const float* x, const int8_t* weight, const float* weight_scales,
+                    const uint16_t* bias, int64_t num_tokens, int64_t n, int64_t k);
 
 /** Reorders activations for the MXFP4 dot: per 32-element block, even elements first, then odd ones. */
 void split_for_mxfp4(const float* x, int64_t k, float* out);
@@ -147,8 +179,10 @@ struct MoeWeights {
   int64_t num_experts;
 };
 
+/** int8_activations: the q8 mode (8-bit activations per 32-block into every expert dot; see prepare_mxfp4_q8). */
 void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const float* weights, const MoeWeights& w,
-                        int64_t num_tokens, int32_t top_k, int64_t hidden, int64_t intermediate, float swiglu_limit);
+                        int64_t num_tokens, int32_t top_k, int64_t hidden, int64_t intermediate, float swiglu_limit,
+                        bool int8_activations);
 
 void add_f32(float* out, const float* a, const float* b, int64_t n);
 void gather_rows_f32(float* out, const float* x, const int32_t* rows, int64_t num_rows, int64_t width);
@@ -188,6 +222,25 @@ __attribute__((target("avx512f"))) inline __m512 exp_avx512(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   return _mm512_scalef_ps(p, n);
+}
+
+/** e^x for |x| ≤ 88, 8 lanes (the same Cephes polynomial as exp_avx512; the power of two built in the exponent). */
+__attribute__((target("avx2,fma"))) inline __m256 exp_avx2(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // 2^n for n in [−126, 127] (x ≥ −87 keeps n ≥ −126): the biased exponent n + 127 shifted into place.
+  const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2));
 }
 
 /** bf16 bits → f32. */

@@ -12,7 +12,7 @@ namespace {
 /** Tokens from which the AMX tiles beat the vector GEMV (bench/native_kernels.sh gemm: 2–3 tie, 4 → 1.5×). */
 constexpr int64_t kAmxMinTokens = 4;
 
-/** Tokens from which the 4 × 4 blocked AVX-512 kernel replaces the per-row dot (where AMX is not used). */
+/** Tokens from which the 4 × 4 blocked kernel (AVX-512 or AVX2) replaces the per-row dot (where AMX is not used). */
 constexpr int64_t kBlockedMinTokens = 4;  // bench/native_kernels.sh gemm: 2 tokens tie, 4 → 1.3×, 32 → 2.2×
 
 void matmul_amx(float* out, const float* x, const uint16_t* weight, const uint16_t* bias, int64_t num_tokens,
@@ -70,8 +70,9 @@ void matmul_blocked(float* out, const float* x, const uint16_t* weight, const ui
 void matmul_f32_bf16w(float* out, const float* x, const uint16_t* weight, const uint16_t* bias, int64_t num_tokens,
                       int64_t n, int64_t k) {
   if (num_tokens >= kAmxMinTokens && k % 32 == 0 && use_amx()) return matmul_amx(out, x, weight, bias, num_tokens, n, k);
-  static const bool avx512 = detect_isa() >= Isa::avx512;
-  if (num_tokens >= kBlockedMinTokens && k % 16 == 0 && avx512) {  // the conditions under which block_dot runs
+  static const Isa isa = detect_isa();
+  const bool blocked = isa >= Isa::avx512 ? k % 16 == 0 : isa == Isa::avx2 && k % 8 == 0;  // block_dot's conditions
+  if (num_tokens >= kBlockedMinTokens && blocked) {
     return matmul_blocked(out, x, weight, bias, num_tokens, n, k);
   }
   const DotKernels& dot = dot_kernels();
@@ -91,6 +92,30 @@ void matmul_f32_bf16w(float* out, const float* x, const uint16_t* weight, const 
         const int rows = static_cast<int>(std::min<int64_t>(4, num_tokens - t));
         if (decode_once) dot.f32(row_f32.data(), x + t * k, k, k, rows, acc);
         else dot.bf16(w, x + t * k, k, k, rows, acc);
+        for (int r = 0; r < rows; r++) out[(t + r) * n + row] = acc[r] + b;
+      }
+    }
+  }
+}
+
+void matmul_f32_q8w(float* out, const float* x, const int8_t* weight, const float* weight_scales,
+                    const uint16_t* bias, int64_t num_tokens, int64_t n, int64_t k) {
+  const DotKernels& dot = dot_kernels();
+  std::vector<int8_t> xq(static_cast<size_t>(num_tokens * k));
+  std::vector<float> xs(static_cast<size_t>(num_tokens * k / 32));
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < num_tokens; t++) quantize_q8_row(x + t * k, k, xq.data() + t * k, xs.data() + t * (k / 32));
+    // Contiguous runs of rows per thread, as in matmul_f32_bf16w; each row meets 4 tokens per call.
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < n; row++) {
+      const float b = bias ? bf16_to_f32(bias[row]) : 0.0f;
+      float acc[4];
+      for (int64_t t = 0; t < num_tokens; t += 4) {
+        const int rows = static_cast<int>(std::min<int64_t>(4, num_tokens - t));
+        dot.q8(weight + row * k, weight_scales + row * (k / 32), xq.data() + t * k, xs.data() + t * (k / 32), k, k,
+               rows, acc);
         for (int r = 0; r < rows; r++) out[(t + r) * n + row] = acc[r] + b;
       }
     }

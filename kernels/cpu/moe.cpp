@@ -31,8 +31,9 @@ void moe_route_f32(int32_t* ids, float* weights, const float* logits, int64_t nu
   }
 }
 
-/** Tokens per expert up to which the integer VNNI dot is used (measured with bench/native_kernels.cpp). */
+/** Tokens per expert up to which the integer dot is used, with VNNI and without (bench/native_kernels.cpp moe). */
 constexpr int64_t kIntegerMaxTokens = 4;
+constexpr int64_t kIntegerMaxTokensNarrow = 16;
 /** Tokens per expert from which the AMX tile kernel is used (where the CPU has it). */
 constexpr int64_t kAmxMinTokens = 4;
 
@@ -72,9 +73,36 @@ __attribute__((target("avx512f"))) static void swiglu_row_avx512(float* h, const
   for (; j < n; j++) h[j] = swiglu(h[2 * j] + bf16_to_f32(bias[2 * j]), h[2 * j + 1] + bf16_to_f32(bias[2 * j + 1]), limit);
 }
 
+/** 8 values plus their bf16 biases. */
+__attribute__((target("avx2"))) static inline __m256 load_biased8(const float* v, const uint16_t* b) {
+  const __m256 bias8 = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b))), 16));
+  return _mm256_add_ps(_mm256_loadu_ps(v), bias8);
+}
+
+/** swiglu_row_avx512 with 8 lanes: the glu/linear pairs deinterleaved by one permute per 8 outputs. */
+__attribute__((target("avx2,fma"))) static void swiglu_row_avx2(float* h, const uint16_t* bias, int64_t n,
+                                                                float limit) {
+  const __m256i pairs = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 a = _mm256_permutevar8x32_ps(load_biased8(h + 2 * j, bias + 2 * j), pairs);
+    const __m256 b = _mm256_permutevar8x32_ps(load_biased8(h + 2 * j + 8, bias + 2 * j + 8), pairs);
+    const __m256 glu = _mm256_permute2f128_ps(a, b, 0x20), lin = _mm256_permute2f128_ps(a, b, 0x31);
+    const __m256 g = _mm256_min_ps(glu, _mm256_set1_ps(limit));
+    const __m256 l = _mm256_max_ps(_mm256_set1_ps(-limit), _mm256_min_ps(lin, _mm256_set1_ps(limit)));
+    const __m256 e = exp_avx2(_mm256_mul_ps(g, _mm256_set1_ps(-1.702f)));
+    const __m256 y = _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)),
+                                   _mm256_add_ps(l, _mm256_set1_ps(1.0f)));
+    _mm256_storeu_ps(h + j, y);
+  }
+  for (; j < n; j++) h[j] = swiglu(h[2 * j] + bf16_to_f32(bias[2 * j]), h[2 * j + 1] + bf16_to_f32(bias[2 * j + 1]), limit);
+}
+
 static void swiglu_row(float* h, const uint16_t* bias, int64_t n, float limit) {
-  static const bool wide = detect_isa() >= Isa::avx512;
-  if (wide) return swiglu_row_avx512(h, bias, n, limit);
+  static const Isa isa = detect_isa();
+  if (isa >= Isa::avx512) return swiglu_row_avx512(h, bias, n, limit);
+  if (isa == Isa::avx2) return swiglu_row_avx2(h, bias, n, limit);
   for (int64_t j = 0; j < n; j++) {
     h[j] = swiglu(h[2 * j] + bf16_to_f32(bias[2 * j]), h[2 * j + 1] + bf16_to_f32(bias[2 * j + 1]), limit);
   }
@@ -85,17 +113,21 @@ namespace {
 /** How one expert's rows meet its tokens, chosen by how many tokens it has this step (see choose_path). */
 enum class Path {
   amx,           // ≥ 4 tokens and AMX: 32 rows per tile pass
-  integer,       // ≤ 4 tokens and VNNI: the integer dot over prepared activations
+  integer,       // ≤ 4 tokens (any count in the q8 mode): the integer dot over prepared activations
   blocked,       // ≥ 5 tokens, AVX-512 without AMX: 4 rows decoded to f32, 4 × 4 register blocks
   f32_dot,       // narrower CPUs, ≤ 16 tokens: the f32 MXFP4 dot, 4 tokens per call
   decoded_rows,  // narrower CPUs, > 16 tokens: each row decoded to f32 once, reused for every token
 };
 
-Path choose_path(const DotKernels& dot, int64_t count, int64_t hidden, int64_t intermediate) {
-  static const bool avx512 = detect_isa() >= Isa::avx512;
+Path choose_path(int64_t count, int64_t hidden, int64_t intermediate, bool int8_activations) {
+  static const Isa isa = detect_isa();
+  const bool avx512 = isa >= Isa::avx512;
+  if (int8_activations) return Path::integer;  // the q8 mode: 8-bit activations whatever the count
   if (count >= kAmxMinTokens && hidden % 32 == 0 && intermediate % 32 == 0 && use_amx()) return Path::amx;
-  // The integer VNNI dot does more per token than the f32 one; it wins while decoding the codes dominates.
-  if (count <= kIntegerMaxTokens && dot.mxfp4_q) return Path::integer;
+  // The integer dot does more per token than the f32 one; it wins while decoding the codes dominates: up to 4
+  // tokens with VNNI (then the register-blocked f32 kernel), up to 16 with AVX2 and on the scalar path (then rows
+  // decoded once). Not on AVX-512 without VNNI, whose f32 dot decodes 16 codes per permute (native_kernels.sh moe).
+  if (count <= (avx512 ? kIntegerMaxTokens : kIntegerMaxTokensNarrow) && isa != Isa::avx512) return Path::integer;
   if (count > kIntegerMaxTokens && avx512) return Path::blocked;
   return count > 16 ? Path::decoded_rows : Path::f32_dot;  // measured: per group of 4 tokens wins below 17
 }
@@ -107,9 +139,10 @@ struct Inputs {
   std::vector<float> split;  // f32_dot, blocked: split_for_mxfp4 order
   std::vector<QGroup> q;     // integer
   std::vector<uint16_t> amx; // amx
+  bool int8 = false;         // integer: q8-mode activations (prepare_mxfp4_q8), not the exact digits
 };
 
-void prepare_inputs(Path path, Inputs& in, const float* x, int64_t stride, int64_t count, int64_t k) {
+void prepare_inputs(Path path, Inputs& in, const float* x, int64_t stride, int64_t count, int64_t k, bool int8) {
   in.f32 = x;
   in.stride = stride;
   switch (path) {
@@ -119,7 +152,11 @@ void prepare_inputs(Path path, Inputs& in, const float* x, int64_t stride, int64
       break;
     case Path::integer:
       in.q.resize(static_cast<size_t>(count * q_groups(k)));
-      for (int64_t s = 0; s < count; s++) prepare_mxfp4_q(x + s * stride, k, in.q.data() + s * q_groups(k));
+      in.int8 = int8;
+      for (int64_t s = 0; s < count; s++) {
+        if (int8) prepare_mxfp4_q8(x + s * stride, k, in.q.data() + s * q_groups(k));
+        else prepare_mxfp4_q(x + s * stride, k, in.q.data() + s * q_groups(k));
+      }
       break;
     case Path::blocked:
     case Path::f32_dot:
@@ -158,7 +195,7 @@ void expert_row(const DotKernels& dot, const ExpertWork& ew, const ExpertMatrix&
   for (int64_t s = 0; s < count; s += 4) {
     const int rows = static_cast<int>(std::min<int64_t>(4, count - s));
     if (ew.path == Path::decoded_rows) dot.f32(row_f32, in.f32 + s * in.stride, in.stride, m.k, rows, acc);
-    else if (ew.path == Path::integer) dot.mxfp4_q(row_blocks, row_scales, in.q.data() + s * groups, groups, num_blocks, rows, acc);
+    else if (ew.path == Path::integer) (in.int8 ? dot.mxfp4_q8 : dot.mxfp4_q)(row_blocks, row_scales, in.q.data() + s * groups, groups, num_blocks, rows, acc);
     else dot.mxfp4(row_blocks, row_scales, in.split.data() + s * m.k, m.k, num_blocks, rows, acc);
     for (int q = 0; q < rows; q++) out[(s + q) * out_stride + row] = acc[q];
   }
@@ -195,7 +232,8 @@ void expert_rows32(const DotKernels& dot, const ExpertWork& ew, const ExpertMatr
 }  // namespace
 
 void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const float* weights, const MoeWeights& w,
-                        int64_t num_tokens, int32_t top_k, int64_t hidden, int64_t intermediate, float swiglu_limit) {
+                        int64_t num_tokens, int32_t top_k, int64_t hidden, int64_t intermediate, float swiglu_limit,
+                        bool int8_activations) {
   const DotKernels& dot = dot_kernels();
   const int64_t hidden_blocks = hidden / 32, inter_blocks = intermediate / 32;
   // Group (token, slot) pairs by expert so each weight row is read once for all the tokens routed to it.
@@ -209,10 +247,10 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
     ew.expert = e;
     ew.slots = std::move(slots[static_cast<size_t>(e)]);
     const int64_t count = static_cast<int64_t>(ew.slots.size());
-    ew.path = choose_path(dot, count, hidden, intermediate);
+    ew.path = choose_path(count, hidden, intermediate, int8_activations);
     ew.xs.resize(static_cast<size_t>(count * hidden));
     for (int64_t s = 0; s < count; s++) std::copy_n(x + (ew.slots[s] / top_k) * hidden, hidden, ew.xs.data() + s * hidden);
-    prepare_inputs(ew.path, ew.gate_in, ew.xs.data(), hidden, count, hidden);
+    prepare_inputs(ew.path, ew.gate_in, ew.xs.data(), hidden, count, hidden, int8_activations);
     ew.act.resize(static_cast<size_t>(count * 2 * intermediate));
     ew.y.resize(static_cast<size_t>(count * hidden));
     work.push_back(std::move(ew));
@@ -240,7 +278,7 @@ void moe_mlp_f32_mxfp4w(float* out, const float* x, const int32_t* ids, const fl
       const uint16_t* gu_bias = w.gate_up_bias + ew.expert * gate_rows;
       // Interleaved rows: even = glu, odd = linear. The activation goes to the first half of each slot's row.
       for (int64_t s = 0; s < count; s++) swiglu_row(ew.act.data() + s * gate_rows, gu_bias, intermediate, swiglu_limit);
-      prepare_inputs(ew.path, ew.down_in, ew.act.data(), gate_rows, count, intermediate);
+      prepare_inputs(ew.path, ew.down_in, ew.act.data(), gate_rows, count, intermediate, int8_activations);
     }
     const int64_t down_units = (hidden + 31) / 32;
 #pragma omp for schedule(static)

@@ -24,6 +24,11 @@ export interface HostTensor {
    * then keep a raw pointer to it. Otherwise a backend that needs the bytes beyond the call copies them.
    */
   readonly external?: boolean;
+  /**
+   * "matmul": a weight matrix of Ops.matmul. A backend may store such a matrix in a format of its own (the native
+   * CPU backend's q8 mode: 8-bit Q8_0); the tensor still presents the checkpoint's dtype and shape.
+   */
+  readonly use?: "matmul";
 }
 
 /** An opaque handle to a tensor owned by one backend. */

@@ -80,7 +80,7 @@ export interface BackendOptions {
   /** GPU matmul arithmetic: "auto" = f16 where the device has it. */
   readonly dtype?: "auto" | "f32" | "f16";
   /** Native and CUDA context settings (vector path cap, profiling, CUDA graphs). */
-  readonly native?: Pick<NativeBackendOptions, "isa" | "profile" | "cudaGraphs" | "numThreads">;
+  readonly native?: Pick<NativeBackendOptions, "isa" | "profile" | "cudaGraphs" | "numThreads" | "weights">;
 }
 
 /**
@@ -164,6 +164,7 @@ export class BackendSelector {
       case "cuda":
         return createNativeBackend({
           ...options.native,
+          weights: undefined,
           library: loadNativeLibrary({ path: CUDA_LIBRARY_PATH }),
           name: "cuda",
         });
@@ -200,6 +201,13 @@ export class BackendSelector {
       const refusal = p.available && fit ? fitRefusal(p, fit) : undefined;
       return refusal ? { ...p, available: false, reason: refusal } : p;
     });
+    if (options.native?.weights === "q8") {
+      // 8-bit weights exist on the native CPU backend only: "auto" means it, another explicit choice is an error.
+      if (choice !== "auto" && choice !== "native") {
+        throw new Error(`--weights-dtype q8 needs the native CPU backend (--backend ${choice} runs bf16 weights)`);
+      }
+      choice = "native";
+    }
     const candidates = choice === "auto" ? found.filter((p) => p.available) : found.filter((p) => p.name === choice);
     const probe = candidates.find((p) => p.available);
     if (!probe) {

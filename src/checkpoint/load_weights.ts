@@ -19,7 +19,7 @@ export async function loadWeights(
   const bytesTotal = checkpoint.totalBytes();
   let bytesDone = 0;
   let lastYield = performance.now();
-  const load = async (name: string): Promise<DeviceTensor> => {
+  const load = async (name: string, use?: "matmul"): Promise<DeviceTensor> => {
     if (performance.now() - lastYield > 50) {
       await new Promise((resolve) => setTimeout(resolve, 0));
       lastYield = performance.now();
@@ -28,7 +28,7 @@ export async function loadWeights(
     const data = checkpoint.read(name);
     bytesDone += data.byteLength;
     const dtype = BACKEND_DTYPE[spec.dtype as keyof typeof BACKEND_DTYPE] as DType;
-    const tensor = backend.upload({ dtype, shape: spec.shape, data, external: checkpoint.files.mapped });
+    const tensor = backend.upload({ dtype, shape: spec.shape, data, external: checkpoint.files.mapped, use });
     onProgress?.({ bytesDone, bytesTotal, tensor: name });
     return tensor;
   };
@@ -38,17 +38,17 @@ export async function loadWeights(
     const p = `model.layers.${n}.`;
     layers.push({
       inputNorm: await load(p + "input_layernorm.weight"),
-      qWeight: await load(p + "self_attn.q_proj.weight"),
+      qWeight: await load(p + "self_attn.q_proj.weight", "matmul"),
       qBias: await load(p + "self_attn.q_proj.bias"),
-      kWeight: await load(p + "self_attn.k_proj.weight"),
+      kWeight: await load(p + "self_attn.k_proj.weight", "matmul"),
       kBias: await load(p + "self_attn.k_proj.bias"),
-      vWeight: await load(p + "self_attn.v_proj.weight"),
+      vWeight: await load(p + "self_attn.v_proj.weight", "matmul"),
       vBias: await load(p + "self_attn.v_proj.bias"),
-      oWeight: await load(p + "self_attn.o_proj.weight"),
+      oWeight: await load(p + "self_attn.o_proj.weight", "matmul"),
       oBias: await load(p + "self_attn.o_proj.bias"),
       sinks: await load(p + "self_attn.sinks"),
       postAttentionNorm: await load(p + "post_attention_layernorm.weight"),
-      routerWeight: await load(p + "mlp.router.weight"),
+      routerWeight: await load(p + "mlp.router.weight", "matmul"),
       routerBias: await load(p + "mlp.router.bias"),
       experts: {
         gateUpBlocks: await load(p + "mlp.experts.gate_up_proj_blocks"),
@@ -61,6 +61,6 @@ export async function loadWeights(
     });
   }
   const norm = await load("model.norm.weight");
-  const lmHead = await load("lm_head.weight");
+  const lmHead = await load("lm_head.weight", "matmul");
   return { embedding, layers, norm, lmHead };
 }

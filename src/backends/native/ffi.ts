@@ -4,7 +4,7 @@
  */
 
 /** ABI version these bindings speak (GPTOSS_ABI_VERSION). */
-export const GPTOSS_ABI_VERSION = 2;
+export const GPTOSS_ABI_VERSION = 3;
 
 /** gptoss_status. */
 export const GPTOSS_STATUS = [
@@ -18,10 +18,10 @@ export const GPTOSS_STATUS = [
 ] as const;
 
 /** Flags of gptoss_context_create. */
-export const GPTOSS_FLAG = { profile: 1, profileSteps: 2, noGraphs: 4 } as const;
+export const GPTOSS_FLAG = { profile: 1, profileSteps: 2, noGraphs: 4, int8Activations: 8 } as const;
 
 /** gptoss_dtype. */
-export const GPTOSS_DTYPE = { f32: 0, bf16: 1, u8: 2, i32: 3 } as const;
+export const GPTOSS_DTYPE = { f32: 0, bf16: 1, u8: 2, i32: 3, q8_0: 4 } as const;
 
 const P = "pointer" as const;
 const B = "buffer" as const;
@@ -35,6 +35,8 @@ export const SYMBOLS = {
   gptoss_last_error: { parameters: [P], result: P },
   gptoss_tensor_wrap: { parameters: [P, "i32", "i32", B, B, B], result: "i32" },
   gptoss_tensor_alloc: { parameters: [P, "i32", "i32", B, B], result: "i32" },
+  gptoss_tensor_copy: { parameters: [P, "i32", "i32", B, B, "i32", B], result: "i32" },
+  gptoss_tensor_quantize: { parameters: [P, B, "i64", "i64", "i32", B], result: "i32" },
   gptoss_tensor_write: { parameters: [P, P, B, "usize"], result: "i32" },
   gptoss_tensor_read: { parameters: [P, P, B, "usize"], result: "i32" },
   gptoss_tensor_free: { parameters: [P, P], result: "void" },

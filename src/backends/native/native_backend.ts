@@ -44,7 +44,7 @@ class NativeKvPool implements KvPool {
 
 /** Options of {@link createNativeBackend}. */
 export interface NativeBackendOptions {
-  /** Threads for the library's OpenMP regions (default: all cores). */
+  /** Threads for the library's OpenMP regions (default: OMP_NUM_THREADS if set, else one per physical core). */
   readonly numThreads?: number;
   readonly library?: GptossLibrary;
   /** "cuda" when `library` is the CUDA build. */
@@ -55,6 +55,11 @@ export interface NativeBackendOptions {
   readonly profile?: "ops" | "steps";
   /** CUDA: capture repeated steps as CUDA graphs (default true). */
   readonly cudaGraphs?: boolean;
+  /**
+   * CPU: "q8" stores matmul weights (HostTensor.use) as Q8_0 and quantizes activations to 8 bits per 32-block in
+   * every integer dot, as llama.cpp does; "bf16" (default) keeps the checkpoint's weights and the exact dots.
+   */
+  readonly weights?: "bf16" | "q8";
 }
 
 /** The handle of a tensor argument for op `op` (null for an absent optional one). */
@@ -77,14 +82,18 @@ export class NativeBackend implements Backend {
   #lastBatch: AttentionOptions["batch"] | undefined;
   #lastWords = new Int32Array(0);
   readonly #expertHandles = new WeakMap<MoeMlpOptions["weights"], BigUint64Array>();
+  readonly #q8: boolean;
 
   constructor(options: NativeBackendOptions = {}) {
     this.#lib = options.library ?? loadNativeLibrary();
     this.name = options.name ?? "native";
     const s = this.#lib.symbols;
+    this.#q8 = options.weights === "q8";
+    if (this.#q8 && this.name === "cuda") throw new BackendError("q8 weights are a CPU-only format", "context_create");
     const flags = (options.profile === "ops" ? GPTOSS_FLAG.profile : 0) |
       (options.profile === "steps" ? GPTOSS_FLAG.profileSteps : 0) |
-      (options.cudaGraphs === false ? GPTOSS_FLAG.noGraphs : 0);
+      (options.cudaGraphs === false ? GPTOSS_FLAG.noGraphs : 0) |
+      (this.#q8 ? GPTOSS_FLAG.int8Activations : 0);
     const isa = options.isa ? new TextEncoder().encode(`${options.isa}\0`) : null;
     this.#check(s.gptoss_context_create(options.numThreads ?? 0, flags, isa, this.#out), "context_create");
     this.#ctx = Deno.UnsafePointer.create(this.#out[0]);
@@ -198,11 +207,42 @@ export class NativeBackend implements Backend {
         "upload",
       );
     }
+    const [rows, cols] = tensor.shape;
+    if (
+      this.#q8 && tensor.use === "matmul" && tensor.dtype === "bf16" && tensor.shape.length === 2 && cols % 32 === 0
+    ) {
+      // The q8 mode: an 8-bit copy made now (the library reads the bytes during the call only).
+      const data = tensor.data.byteOffset % 2 === 0 ? tensor.data : tensor.data.slice();
+      this.#check(
+        this.#lib.symbols.gptoss_tensor_quantize(
+          this.#ctx,
+          data,
+          BigInt(rows),
+          BigInt(cols),
+          GPTOSS_DTYPE.q8_0,
+          this.#out,
+        ),
+        "tensor_quantize",
+      );
+      return new NativeTensor("bf16", [...tensor.shape], Deno.UnsafePointer.create(this.#out[0])!, undefined);
+    }
     if (!tensor.external) {
       // A pointer into a JS-heap buffer is valid only during the call that receives it: copy such weights.
       const copy = this.#newTensor(tensor.dtype, tensor.shape);
       this.write(copy, tensor.data);
       return copy;
+    }
+    if (this.name === "native" && tensor.dtype === "u8" && tensor.data.byteLength >= 1 << 20) {
+      // The MXFP4 experts move into anonymous memory (the mapping's pages are released): on the VM this was measured
+      // on, the MoE streamed 4× slower from page-cache pages than from anonymous ones, while the bf16 GEMV did not
+      // care (bench/README.md, "Weights in anonymous memory").
+      const dims = BigInt64Array.from(tensor.shape.map((d) => BigInt(d)));
+      const s = this.#lib.symbols;
+      this.#check(
+        s.gptoss_tensor_copy(this.#ctx, GPTOSS_DTYPE.u8, tensor.shape.length, dims, tensor.data, 1, this.#out),
+        "tensor_copy",
+      );
+      return new NativeTensor("u8", [...tensor.shape], Deno.UnsafePointer.create(this.#out[0])!, undefined);
     }
     // Zero copy: the library reads the host bytes in place (a view of the checkpoint's mapping, never moved).
     const data = tensor.data.byteOffset % DTYPE_BYTES[tensor.dtype] === 0 ? tensor.data : tensor.data.slice();

@@ -1,0 +1,201 @@
+/**
+ * Ours against llama.cpp on the CPU, side by side in one run (a script, not a test):
+ *   deno run -A bench/vs_llamacpp.ts --llama-bin DIR --models DIR [--shapes mini,20b] [--rounds 3] [--threads 2]
+ *     [--isa avx2] [--weights bf16,q8] [--decode 32] [--depth 4096] [--depth-shapes mini] [--out FILE]
+ * --llama-bin holds an already built llama-bench and llama-batched-bench (this script neither fetches nor builds
+ * llama.cpp; see bench/README.md). --models holds ours from `deno task make-model --preset P --out DIR/P` and
+ * theirs from ../shared/anchors/llamacpp/make_gguf.py as DIR/gpt-oss-P-synth.gguf: the same shapes, synthetic weights.
+ * Each round runs llama.cpp, then ours once per weights mode, per shape, alternating; every table cell is the median
+ * of the rounds with its range, and each ratio divides medians of the same run. Memory bandwidth (bench/membw.c, the
+ * read rate) is measured by every one of our runs; the decode ceiling is bandwidth ÷ the bytes our decode reads.
+ */
+import { parseArgs } from "node:util";
+
+interface Sample {
+  readonly engine: string; // "llama.cpp" or "ours/<weights>"
+  readonly shape: string;
+  readonly metric: string;
+  readonly value: number;
+}
+
+const PREFILL = [32, 128, 512];
+const BATCHES = [4, 16];
+
+async function run(command: string, args: string[], env: Record<string, string> = {}): Promise<string> {
+  const out = await new Deno.Command(command, { args, env, stdout: "piped", stderr: "piped" }).output();
+  if (!out.success) {
+    throw new Error(`${command} ${args.join(" ")} failed:\n${new TextDecoder().decode(out.stderr).slice(-2000)}`);
+  }
+  return new TextDecoder().decode(out.stdout);
+}
+
+/** llama-bench: prefill at each length, decode, and decode after `depth` tokens of context. */
+async function llamaBench(bin: string, gguf: string, threads: number, decode: number, depth: number | undefined) {
+  const base = ["-m", gguf, "-t", String(threads), "-r", "1", "-o", "json"];
+  const rows: { n_prompt: number; n_gen: number; n_depth: number; avg_ts: number }[] = JSON.parse(
+    await run(`${bin}/llama-bench`, [...base, "-p", PREFILL.join(","), "-n", String(decode)]),
+  );
+  if (depth) {
+    rows.push(
+      ...JSON.parse(await run(`${bin}/llama-bench`, [...base, "-p", "0", "-n", String(decode), "-d", String(depth)])),
+    );
+  }
+  const samples: [string, number][] = [];
+  for (const row of rows) {
+    if (row.n_gen > 0 && row.n_depth > 0) samples.push([`decode @${row.n_depth}`, row.avg_ts]);
+    else if (row.n_gen > 0) samples.push(["decode", row.avg_ts]);
+    else samples.push([`prefill ${row.n_prompt}`, row.avg_ts]);
+  }
+  return samples;
+}
+
+/** llama-batched-bench: `b` sequences decoding together (tokens/s of the whole batch). */
+async function llamaBatched(bin: string, gguf: string, threads: number, decode: number) {
+  const text = await run(`${bin}/llama-batched-bench`, [
+    "-m",
+    gguf,
+    "-t",
+    String(threads),
+    "-c",
+    String(BATCHES.at(-1)! * (32 + decode) + 64),
+    "-npp",
+    "32",
+    "-ntg",
+    String(decode),
+    "-npl",
+    BATCHES.join(","),
+    "--output-format",
+    "jsonl",
+  ]);
+  const samples: [string, number][] = [];
+  for (const line of text.split("\n").filter((l) => l.startsWith("{"))) {
+    const row = JSON.parse(line);
+    samples.push([`batched decode ${row.pl}`, row.speed_tg]);
+  }
+  return samples;
+}
+
+/** bench/model_speed.ts on the native backend. */
+async function ours(
+  dir: string,
+  opts: { isa: string; threads: number; weights: string; decode: number; depth?: number },
+) {
+  const args = [
+    "run",
+    "-A",
+    new URL("./model_speed.ts", import.meta.url).pathname,
+    "--dir",
+    dir,
+    "--backend",
+    "native",
+    "--prompt",
+    "32",
+    "--decode",
+    String(opts.decode),
+    "--batch",
+    [1, ...BATCHES].join(","),
+    "--prefill",
+    PREFILL.join(","),
+    "--weights-dtype",
+    opts.weights,
+    "--threads",
+    String(opts.threads),
+    ...(opts.depth ? ["--depth", String(opts.depth)] : []),
+  ];
+  const report = JSON.parse(await run(Deno.execPath(), args, { GPTOSS_CPU_ISA: opts.isa }));
+  const samples: [string, number][] = [];
+  for (const r of report.runs) {
+    samples.push([r.batch === 1 ? "decode" : `batched decode ${r.batch}`, r.decode_tokens_per_s]);
+  }
+  for (const p of report.prefill) samples.push([`prefill ${p.tokens}`, p.tokens_per_s]);
+  if (report.decode_at_depth) {
+    samples.push([`decode @${report.decode_at_depth.tokens}`, report.decode_at_depth.decode_tokens_per_s]);
+  }
+  samples.push(["bandwidth GB/s", report.bandwidth_gb_per_s]);
+  samples.push(["decode / ceiling", report.batch1_decode_fraction_of_ceiling]);
+  samples.push(["GB read per token", report.weight_bytes_per_token / 1e9]);
+  return { samples, kind: report.kind as string };
+}
+
+function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+const fmt = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+
+/** One markdown table per shape: metric × engine (median, range) and ours / llama.cpp per weights mode. */
+function table(samples: Sample[], shape: string, weights: string[]): string {
+  const of = (engine: string, metric: string) =>
+    samples.filter((s) => s.engine === engine && s.shape === shape && s.metric === metric).map((s) => s.value);
+  const cell = (values: number[]) =>
+    values.length ? `${fmt(median(values))} (${fmt(Math.min(...values))}–${fmt(Math.max(...values))})` : "—";
+  const metrics = [...new Set(samples.filter((s) => s.shape === shape).map((s) => s.metric))];
+  const header = ["metric", "llama.cpp", ...weights.flatMap((w) => [`ours ${w}`, `ours ${w} / llama.cpp`])];
+  const lines = [`| ${header.join(" | ")} |`, `|${header.map(() => "---").join("|")}|`];
+  for (const metric of metrics) {
+    const theirs = of("llama.cpp", metric);
+    const row = [metric, cell(theirs)];
+    for (const w of weights) {
+      const mine = of(`ours/${w}`, metric);
+      row.push(cell(mine), theirs.length && mine.length ? (median(mine) / median(theirs)).toFixed(2) : "—");
+    }
+    lines.push(`| ${row.join(" | ")} |`);
+  }
+  return lines.join("\n");
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      "llama-bin": { type: "string" },
+      models: { type: "string" },
+      shapes: { type: "string", default: "mini,20b" },
+      rounds: { type: "string", default: "3" },
+      threads: { type: "string", default: "2" },
+      isa: { type: "string", default: "avx2" },
+      weights: { type: "string", default: "q8,bf16" },
+      decode: { type: "string", default: "32" },
+      depth: { type: "string", default: "4096" },
+      "depth-shapes": { type: "string", default: "mini" },
+      out: { type: "string" },
+    },
+  });
+  if (!values["llama-bin"] || !values.models) throw new Error("Give --llama-bin DIR and --models DIR (see the header)");
+  const bin = values["llama-bin"], models = values.models, threads = Number(values.threads);
+  const shapes = values.shapes!.split(","), weights = values.weights!.split(","), decode = Number(values.decode);
+  const depthShapes = values["depth-shapes"]!.split(",");
+  const samples: Sample[] = [];
+  let kind = "";
+  for (let round = 1; round <= Number(values.rounds); round++) {
+    for (const shape of shapes) {
+      const depth = depthShapes.includes(shape) ? Number(values.depth) : undefined;
+      const gguf = `${models}/gpt-oss-${shape}-synth.gguf`;
+      console.error(`round ${round}: ${shape}: llama.cpp`);
+      const theirs = [
+        ...await llamaBench(bin, gguf, threads, decode, depth),
+        ...await llamaBatched(bin, gguf, threads, decode),
+      ];
+      for (const [metric, value] of theirs) samples.push({ engine: "llama.cpp", shape, metric, value });
+      for (const w of weights) {
+        console.error(`round ${round}: ${shape}: ours (${w})`);
+        const mine = await ours(`${models}/${shape}`, { isa: values.isa!, threads, weights: w, decode, depth });
+        kind = mine.kind;
+        for (const [metric, value] of mine.samples) samples.push({ engine: `ours/${w}`, shape, metric, value });
+      }
+    }
+  }
+  const cpu = /model name\s*:\s*(.*)/.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1] ?? "unknown CPU";
+  const report = [
+    `# ours (native ${kind}, ${threads} threads) vs llama.cpp (${bin}), ${values.rounds} rounds, ${
+      new Date().toISOString()
+    }`,
+    `CPU: ${cpu}; tokens/s unless named otherwise; median (range); ratios of medians.`,
+    ...shapes.map((shape) => `\n## ${shape}\n\n${table(samples, shape, weights)}`),
+  ].join("\n");
+  console.log(report);
+  if (values.out) await Deno.writeTextFile(values.out, JSON.stringify({ report, samples }, null, 1));
+}
+
+await main();
