@@ -61,6 +61,8 @@ Deno.test("every serve flag parses into its setting", () => {
     [["--trace-sample-rate", "0.5"], (c) => c.traceSampleRate, 0.5],
     [["--trace-slow-ms", "250"], (c) => c.traceSlowMs, 250],
     [["--log-content"], (c) => c.logContent, true],
+    [["--weights-dtype", "q8"], (c) => c.weightsDtype, "q8"],
+    [["--threads", "3"], (c) => c.threads, 3],
   ];
   const covered = new Set(cases.map(([args]) => args[0].slice(2)));
   for (const spec of SERVE_FLAGS) {

@@ -21,7 +21,7 @@ import { loadWeights } from "./checkpoint/load_weights.ts";
 import { createLogger, type Logger } from "./obs/logger.ts";
 import { createMetrics, type Metrics } from "./obs/metrics.ts";
 import { createTracing } from "./obs/tracing.ts";
-import { createProgress } from "./obs/progress.ts";
+import { createProgress, startTicker } from "./obs/progress.ts";
 import { acquirePort } from "./server/ports.ts";
 import { VERSION } from "./version.ts";
 
@@ -133,10 +133,13 @@ async function ensureNativeLibrary(config: ServerConfig, logger: Logger): Promis
   if (nativeLibraryExists() || !["auto", "native"].includes(config.backend)) return;
   logger.info("native.build", { message: "build/libgptoss_cpu.so is missing: building it (deno task build:native)" });
   const started = performance.now();
+  const stop = startTicker("native.build", terminalWriter());
   try {
     await buildNativeLibrary();
+    stop();
     logger.info("native.build.done", { ms: Math.round(performance.now() - started) });
   } catch (err) {
+    stop();
     logger.warn("native.build.failed", { error: (err as Error).message });
   }
 }

@@ -213,3 +213,52 @@ Deno.test({
   },
 });
 if (!gpu?.info.shaderF16) console.log("golden webgpu f16: skipped: the adapter has no shader-f16");
+
+/**
+ * The native q8 mode (`--weights-dtype q8`: Q8_0 matmul weights and 8-bit activations into every integer dot).
+ * Tolerance per case from the fixture's own bf16 run (golden_info.json): Q8_0 rounds a value to a step of m/127 for
+ * its 32-block's max |value| m, i.e. |Δ| ≤ m/254 ≈ m·2⁻⁸, which equals bf16's worst rounding of the block's largest
+ * value and is about 3× bf16's rounding of a typical value in the block (mean |v| ≈ m/3 for random blocks of 32); the
+ * bf16 run rounds weights and activations too (and more intermediates). So a deviation near 3× the bf16 run's is
+ * expected and |Δ| ≤ 6× is asserted (a 2× margin, as for the f16 test above). Greedy ids: q8's must equal the
+ * reference's at every step whose stored margin (top-1 − top-2) exceeds twice the worst deviation measured on the
+ * prefill (no smaller change can swap the two); the agreement over all 24 steps is reported.
+ */
+Deno.test({
+  name: "golden tiny and tiny-fullvocab on native q8: logits within 6× the bf16 run's deviation; greedy agreement",
+  ignore: !probes.find((p) => p.name === "native")!.available,
+  fn: async () => {
+    for (const fixture of ["tiny", "tiny-fullvocab"]) {
+      const info = JSON.parse(Deno.readTextFileSync(`${GOLDEN_ROOT}${fixture}/golden_info.json`)) as {
+        cases: { name: string; bf16_reference_max_abs_logit_diff: number }[];
+      };
+      const backend = createNativeBackend({ numThreads: 2, weights: "q8" });
+      try {
+        const model = await loadModel(fixture, backend);
+        for (const c of goldenCases(fixture)) {
+          const bf16 = info.cases.find((x) => x.name === c.name)!.bf16_reference_max_abs_logit_diff;
+          const actual = await prefill(model, c.input_ids, c.input_ids.length, c.logits_positions);
+          const expected = expectedRows(fixture, c);
+          let worst = 0;
+          for (let i = 0; i < expected.length; i++) worst = Math.max(worst, Math.abs(actual[i] - expected[i]));
+          const ids = await greedy(model, c.input_ids, c.greedy_ids.length, 4);
+          const agree = ids.findIndex((id, i) => id !== c.greedy_ids[i]);
+          const same = agree < 0 ? ids.length : agree;
+          console.log(
+            `golden ${fixture} ${c.name} native q8: worst |Δlogit| ${worst.toFixed(3)} (${
+              (worst / bf16).toFixed(2)
+            }× the bf16 run's ${bf16.toFixed(3)}); greedy ids equal for ${same} of ${ids.length} steps`,
+          );
+          assert(worst <= 6 * bf16, `${fixture} ${c.name}: worst |Δlogit| ${worst} over 6 × ${bf16}`);
+          for (let i = 0; i < same + 1 && i < ids.length; i++) {
+            if (c.greedy_margins[i] > 2 * worst) {
+              assertEquals(ids[i], c.greedy_ids[i], `${c.name} greedy step ${i} (margin ${c.greedy_margins[i]})`);
+            }
+          }
+        }
+      } finally {
+        backend.dispose();
+      }
+    }
+  },
+});

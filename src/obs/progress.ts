@@ -55,3 +55,25 @@ export function createProgress(options: ProgressOptions): ProgressReporter {
     });
   };
 }
+
+/**
+ * For work without a byte count (building the native library): on a terminal, redraws `<event> … Ns` every
+ * `intervalMs` until the returned stop() ends the line; without one, does nothing (the caller logs start and end).
+ */
+export function startTicker(
+  event: string,
+  terminal: ((text: string) => void) | undefined,
+  intervalMs = 500,
+  now: () => number = performance.now.bind(performance),
+): () => void {
+  if (!terminal) return () => {};
+  const started = now();
+  const draw = () => terminal(`\r${event} … ${((now() - started) / 1000).toFixed(0)}s`);
+  draw();
+  const timer = setInterval(draw, intervalMs);
+  return () => {
+    clearInterval(timer);
+    draw();
+    terminal("\n");
+  };
+}
