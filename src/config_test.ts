@@ -63,6 +63,8 @@ Deno.test("every serve flag parses into its setting", () => {
     [["--log-content"], (c) => c.logContent, true],
     [["--weights-dtype", "q8"], (c) => c.weightsDtype, "q8"],
     [["--threads", "3"], (c) => c.threads, 3],
+    [["--response-store", "/tmp/r.sqlite"], (c) => c.responseStore, "/tmp/r.sqlite"],
+    [["--response-ttl", "60"], (c) => c.responseTtlSeconds, 60],
   ];
   const covered = new Set(cases.map(([args]) => args[0].slice(2)));
   for (const spec of SERVE_FLAGS) {

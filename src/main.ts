@@ -8,7 +8,7 @@ import type { Backend } from "./backends/backend.ts";
 import { buildNativeLibrary, nativeLibraryExists } from "./backends/native/library.ts";
 import { BackendSelector, nativeOptionsFromEnv, probeBackends, type ProbeResult } from "./backends/select.ts";
 import { helpText, parseCommandLine } from "./cli.ts";
-import { loadServerConfig, type ServerConfig } from "./config.ts";
+import { loadServerConfig, redactConfig, type ServerConfig } from "./config.ts";
 import { Engine } from "./engine/engine.ts";
 import { CheckpointError, ConfigFileError, PortBusyError, UsageError } from "./errors.ts";
 import { Tokenizer } from "./harmony/tokenizer.ts";
@@ -23,6 +23,7 @@ import { createMetrics, type Metrics } from "./obs/metrics.ts";
 import { createTracing } from "./obs/tracing.ts";
 import { createProgress, startTicker } from "./obs/progress.ts";
 import { acquirePort } from "./server/ports.ts";
+import { openResponseStore, PURGE_INTERVAL_MS, type ResponseStore } from "./store/response_store.ts";
 import { VERSION } from "./version.ts";
 
 const ROOT = new URL("..", import.meta.url);
@@ -200,6 +201,29 @@ async function selectFitting(
   }
 }
 
+/** The Responses API store `--response-store` names (default: a SQLite file in the data dir), purged in the background. */
+async function openStore(config: ServerConfig, logger: Logger): Promise<ResponseStore | undefined> {
+  if (config.responseStore === "off") return undefined;
+  const home = Deno.env.get("HOME");
+  const dataHome = Deno.env.get("XDG_DATA_HOME") ?? (home ? `${home}/.local/share` : `${Deno.cwd()}/.data`);
+  const spec = config.responseStore ?? `${dataHome}/gpt-oss-deno/responses.sqlite`;
+  let store: ResponseStore;
+  try {
+    store = await openResponseStore(spec);
+  } catch (err) {
+    fail(`Cannot open the response store "${redactConfig(config).responseStore ?? spec}": ${(err as Error).message}`);
+  }
+  logger.info("responses.store", { kind: store.kind, ...(store.kind === "sqlite" ? { path: spec } : {}) });
+  const timer = setInterval(() => {
+    store.purgeExpired(Date.now()).then(
+      (n) => n > 0 && logger.info("responses.purged", { count: n }),
+      (err) => logger.warn("responses.purge_failed", { error: err }),
+    );
+  }, PURGE_INTERVAL_MS);
+  Deno.unrefTimer(timer);
+  return store;
+}
+
 /** SIGTERM / SIGINT: stop accepting, let requests finish up to the drain deadline, flush spans, exit. */
 function onSignals(config: ServerConfig, logger: Logger, server: Deno.HttpServer, flushSpans: () => Promise<void>) {
   let stopping = false;
@@ -250,10 +274,12 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
     sample_rate: config.traceSampleRate,
     slow_ms: config.traceSlowMs,
   });
+  const responseStore = await openStore(config, logger);
   const app = createApp({
     config,
     logger,
     state,
+    responseStore,
     startedAtMs: Date.now(),
     memoryUsage: () => Deno.memoryUsage(),
     tracer: tracing.tracer,
@@ -274,7 +300,10 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
     port,
     onListen: (addr) => logger.info("server.listen", { host: addr.hostname, port: addr.port, pid: Deno.pid }),
   }, app.fetch);
-  onSignals(config, logger, server, () => tracing.shutdown());
+  onSignals(config, logger, server, async () => {
+    await tracing.shutdown();
+    await responseStore?.close();
+  });
   loadModel(choice, config, state, logger, metrics, selection).catch((err) => {
     state.status = "failed";
     state.error = (err as Error).message;

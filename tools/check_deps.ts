@@ -23,6 +23,7 @@ const LAYERS: Record<string, number> = {
   model: 4,
   checkpoint: 5,
   engine: 6,
+  store: 6,
   api: 7,
   server: 7,
   tools: 8,

@@ -14,7 +14,17 @@ import { completions } from "./completions.ts";
 import { getModel, listModels } from "./models.ts";
 import { HttpError, toOpenAiError } from "./openai_errors.ts";
 import { newId, type ServingState } from "./serving.ts";
+import {
+  type BackgroundRuns,
+  cancelResponse,
+  createResponse,
+  deleteResponse,
+  listInputItems,
+  type ResponsesDeps,
+  retrieveResponse,
+} from "./responses.ts";
 import { memoryJson, memoryStatsBody, statsBody, statsJson } from "./stats.ts";
+import type { ResponseStore } from "../store/response_store.ts";
 import { RequestTelemetry } from "./telemetry.ts";
 import { detokenize, tokenize } from "./tokenize.ts";
 
@@ -34,6 +44,8 @@ export interface AppDeps {
   readonly metrics?: Metrics;
   /** Extra facts for the debug bundle (probe result, device info). */
   readonly debugInfo?: () => Record<string, unknown>;
+  /** Where Responses API responses are kept (none: nothing is stored, previous_response_id finds nothing). */
+  readonly responseStore?: ResponseStore;
 }
 
 type Env = { Variables: { requestId: string; logger: Logger; telemetry: RequestTelemetry } };
@@ -49,6 +61,17 @@ function digest(text: string): Buffer {
 function keyMatches(given: string | undefined, expected: string): boolean {
   if (given === undefined) return false;
   return timingSafeEqual(digest(given), digest(expected));
+}
+
+/** `--api-key` may list several keys, comma-separated. */
+function apiKeys(config: ServerConfig): string[] {
+  return (config.apiKey ?? "").split(",").map((k) => k.trim()).filter((k) => k.length > 0);
+}
+
+/** Who owns what a request stores: a digest of its key ("" when the server has no keys). */
+function ownerOf(config: ServerConfig, authorization: string | undefined): string {
+  if (config.apiKey === undefined) return "";
+  return digest(bearer(authorization) ?? "").toString("hex").slice(0, 32);
 }
 
 function bearer(header: string | undefined): string | undefined {
@@ -166,7 +189,9 @@ function useMiddleware(app: Hono<Env>, deps: AppDeps, shared: AppState): void {
   }
   app.use("*", async (c, next) => {
     if (config.apiKey === undefined || c.req.path === "/health") return await next();
-    if (!keyMatches(bearer(c.req.header("authorization")), config.apiKey)) {
+    const given = bearer(c.req.header("authorization"));
+    // Every key is compared (no early exit), so timing does not tell which one matched.
+    if (!apiKeys(config).map((key) => keyMatches(given, key)).includes(true)) {
       throw new HttpError(401, "Missing or invalid API key", "authentication_error", "invalid_api_key");
     }
     await next();
@@ -214,8 +239,33 @@ function openAiRoutes(app: Hono<Env>, deps: AppDeps, shared: AppState): void {
       logContent: config.logContent,
     });
   });
+  responsesRoutes(app, deps, shared);
   app.post("/tokenize", async (c) => c.json(tokenize(await readJson(c.req.raw), state, config, today)));
   app.post("/detokenize", async (c) => c.json(detokenize(await readJson(c.req.raw), state)));
+}
+
+/** The Responses API. */
+function responsesRoutes(app: Hono<Env>, deps: AppDeps, shared: AppState): void {
+  const background: BackgroundRuns = new Map();
+  const context = (c: { req: { header(name: string): string | undefined }; get(key: "telemetry"): RequestTelemetry }) =>
+    ({
+      config: deps.config,
+      state: deps.state,
+      store: deps.responseStore,
+      background,
+      owner: ownerOf(deps.config, c.req.header("authorization")),
+      today: () => todayUtc(shared.now),
+      now: shared.now,
+      telemetry: c.get("telemetry"),
+    }) satisfies ResponsesDeps;
+  app.post("/v1/responses", async (c) => createResponse(await readJson(c.req.raw), c.req.raw.signal, context(c)));
+  app.get("/v1/responses/:id", async (c) => c.json(await retrieveResponse(c.req.param("id"), context(c))));
+  app.delete("/v1/responses/:id", async (c) => c.json(await deleteResponse(c.req.param("id"), context(c))));
+  app.post("/v1/responses/:id/cancel", async (c) => c.json(await cancelResponse(c.req.param("id"), context(c))));
+  app.get("/v1/responses/:id/input_items", async (c) => {
+    const query = new URL(c.req.url).searchParams;
+    return c.json(await listInputItems(c.req.param("id"), query, context(c)));
+  });
 }
 
 /** Health, stats, metrics and the admin debug bundle. */
@@ -233,9 +283,13 @@ function serverRoutes(app: Hono<Env>, deps: AppDeps, shared: AppState): void {
     };
     return c.json(body, state.status === "ready" ? 200 : 503);
   });
-  app.get("/stats", (c) => {
+  app.get("/stats", async (c) => {
     const server = { status: state.status, model: state.modelId ?? null, inFlight: shared.inFlight };
-    return c.json(statsBody(server, state.model?.engine.snapshot()));
+    const store = deps.responseStore;
+    const responses = store
+      ? { store: store.kind, stored: await store.count(shared.now()).catch(() => null) }
+      : { store: "off", stored: 0 };
+    return c.json({ ...statsBody(server, state.model?.engine.snapshot()), responses });
   });
   app.get("/memory_stats", (c) => {
     const process = deps.memoryUsage?.() ?? null;

@@ -112,6 +112,7 @@ export type CompletionRequest = z.infer<typeof CompletionRequestSchema>;
 const UNSUPPORTED: Record<string, readonly string[]> = {
   completions: ["suffix"],
   chat: ["audio", "modalities", "prediction", "web_search_options", "functions", "function_call"],
+  responses: ["conversation", "prompt"],
 };
 
 /** `messages[0].content` style path of a zod issue. */
@@ -122,7 +123,11 @@ function paramPath(path: readonly PropertyKey[]): string {
 }
 
 /** Validates `json` against a schema; throws InvalidRequestError naming the first bad param. */
-export function parseRequest<T>(schema: z.ZodType<T>, json: unknown, endpoint: "chat" | "completions"): T {
+export function parseRequest<T>(
+  schema: z.ZodType<T>,
+  json: unknown,
+  endpoint: "chat" | "completions" | "responses",
+): T {
   if (typeof json !== "object" || json === null || Array.isArray(json)) {
     throw new InvalidRequestError("The request body must be a JSON object");
   }

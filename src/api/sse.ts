@@ -18,6 +18,11 @@ export interface SseOptions {
   /** Aborted when the client goes away, so the engine stops work for it. */
   readonly controller: AbortController;
   readonly headers?: Record<string, string>;
+  /**
+   * Responses API style: each event also gets an `event: <its type>` line, and the stream ends without
+   * `data: [DONE]` (its last event says it is over).
+   */
+  readonly namedEvents?: boolean;
 }
 
 /** How long a body may stay silent before a heartbeat probes the connection. */
@@ -46,12 +51,14 @@ export function sseResponse(produce: (send: SendEvent) => Promise<void>, options
       const send: SendEvent = (data) => {
         if (closed) return;
         const text = typeof data === "string" ? data : JSON.stringify(data);
-        controller.enqueue(encoder.encode(`data: ${text}\n\n`));
+        const type = options.namedEvents ? (data as { type?: unknown }).type : undefined;
+        const name = typeof type === "string" ? `event: ${type}\n` : "";
+        controller.enqueue(encoder.encode(`${name}data: ${text}\n\n`));
         pulse?.wrote();
       };
       try {
         await produce(send);
-        send("[DONE]");
+        if (!options.namedEvents) send("[DONE]");
       } catch (err) {
         // The status line is gone already: one error chunk, then close (STYLE.md §4).
         options.logger.error("request.stream_error", { error: err });

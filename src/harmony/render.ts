@@ -56,6 +56,11 @@ export interface HarmonyMessage {
   /** `<|constrain|>json` (the marker is a special token) or a bare type such as `json`. */
   readonly contentType?: string;
   readonly content: string | { system: SystemContent } | { developer: DeveloperContent };
+  /**
+   * The ids this message was generated as (from `<|start|>` to its end token), when it is the model's own output
+   * carried into a later turn: rendered as they are, so the prompt repeats exactly what was computed (prefix cache).
+   */
+  readonly tokens?: readonly number[];
 }
 
 /** Defaults of the system message (§3). */
@@ -142,6 +147,7 @@ function declaresFunctionTools(messages: readonly HarmonyMessage[]): boolean {
 
 /** Renders one message (§2.1). `hasFunctionTools` matters only for a system message. */
 export function renderMessage(tokenizer: Tokenizer, message: HarmonyMessage, hasFunctionTools = false): number[] {
+  if (message.tokens) return [...message.tokens];
   const ids = [START];
   if (message.role === "tool") pushAll(ids, tokenizer.encode(message.name ?? "tool"));
   else {
