@@ -8,6 +8,8 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import OpenAI from "openai";
 import { startPostgres } from "./helpers/postgres.ts";
 import { type ServerProcess, startServer } from "./helpers/server.ts";
+import { checkStoreContract } from "./helpers/store_contract.ts";
+import { PostgresResponseStore } from "../src/store/postgres_store.ts";
 
 const DEMO = "gpt-oss-tiny-random";
 const CACHE = await Deno.makeTempDir({ prefix: "gptoss-responses-server-" });
@@ -62,6 +64,12 @@ Deno.test({
   ignore: typeof pg === "string",
   fn: async () => {
     const cluster = pg as Exclude<typeof pg, string>;
+    const direct = await PostgresResponseStore.open(cluster.url);
+    try {
+      await checkStoreContract(direct);
+    } finally {
+      await direct.close();
+    }
     const a = await startServer([...common, "--response-store", cluster.url]);
     const b = await startServer([...common, "--response-store", cluster.url]);
     try {
