@@ -46,7 +46,7 @@ const wrongValue = fc.oneof(
 
 /** A request body as text: valid-looking chat or completions requests with one or two mutations. */
 const requestBody = fc.record({
-  endpoint: fc.constantFrom("/v1/chat/completions", "/v1/completions"),
+  endpoint: fc.constantFrom("/v1/chat/completions", "/v1/completions", "/v1/responses"),
   content: oddText,
   field: fc.constantFrom(
     "temperature",
@@ -63,6 +63,12 @@ const requestBody = fc.record({
     "stream",
     "response_format",
     "tool_choice",
+    "input",
+    "instructions",
+    "previous_response_id",
+    "include",
+    "text",
+    "background",
   ),
   value: wrongValue,
   mutate: fc.boolean(),
@@ -80,20 +86,25 @@ const requestBody = fc.record({
   ),
 }).map(({ endpoint, content, field, value, mutate, depth, ids }) => {
   const chat = endpoint === "/v1/chat/completions";
+  const responses = endpoint === "/v1/responses";
   const body: Record<string, unknown> = chat
     ? { model: DEMO, messages: [{ role: "user", content }], max_tokens: 2 }
+    : responses
+    ? { model: DEMO, input: content.length % 2 === 0 ? content : [{ role: "user", content }], max_output_tokens: 2 }
     : { model: DEMO, prompt: ids.length > 0 && content.length % 2 === 0 ? ids : content, max_tokens: 2 };
   if (mutate) body[field] = value;
   let text = JSON.stringify(body);
-  if (chat && depth > 0) {
+  if ((chat || responses) && depth > 0) {
     // Tools whose parameters nest `depth` deep, spliced in as text (JSON.stringify would recurse that deep).
-    const tools = `[{"type":"function","function":{"name":"f","parameters":${nested(depth)}}}]`;
+    const tools = chat
+      ? `[{"type":"function","function":{"name":"f","parameters":${nested(depth)}}}]`
+      : `[{"type":"function","name":"f","parameters":${nested(depth)}}]`;
     text = `${text.slice(0, -1)},"tools":${tools}}`;
   }
   return { endpoint, text };
 });
 
-Deno.test("HTTP fuzz: mutated chat/completions requests never get a 5xx; /health answers; RSS stays bounded (no leak)", async () => {
+Deno.test("HTTP fuzz: mutated chat/completions/responses requests never get a 5xx; /health answers; RSS stays bounded (no leak)", async () => {
   // A small KV cache: a long prompt that fits the context is refused (400) instead of prefilled for minutes.
   const server = await startServer([
     ...["--port", "0", "--model-cache-dir", CACHE, "--current-date", "2025-06-28"],

@@ -2,9 +2,13 @@
 
 const MAIN = new URL("../../src/main.ts", import.meta.url).pathname;
 
+/** Test servers keep their data (the default Responses store) here, not in the user's ~/.local/share. */
+const DATA_HOME = Deno.makeTempDirSync({ prefix: "gptoss-test-data-" });
+globalThis.addEventListener("unload", () => Deno.removeSync(DATA_HOME, { recursive: true }));
+
 /** The environment of a child server (main.ts gives itself a runtime directory when XDG_RUNTIME_DIR is unset). */
 function childEnv(extra: Record<string, string> | undefined): Record<string, string> {
-  return { NO_COLOR: "1", ...extra };
+  return { NO_COLOR: "1", XDG_DATA_HOME: DATA_HOME, ...extra };
 }
 
 /** A running server process. */
