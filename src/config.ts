@@ -74,6 +74,7 @@ const SettingsLayerSchema = z.object({
   traceSampleRate: z.number().min(0).max(1),
   traceSlowMs: z.number().int().min(0),
   logContent: z.boolean(),
+  metricsVllmNames: z.boolean(),
   responseStore: z.string().min(1),
   responseTtlSeconds: positiveInt,
   scheduler: SchedulerSettingsSchema.partial(),
@@ -118,6 +119,8 @@ export interface ServerConfig {
   readonly traceSlowMs: number;
   /** Log prompts and completions (off by default). */
   readonly logContent: boolean;
+  /** Also export the gateway gauges under vLLM's `vllm:` names. */
+  readonly metricsVllmNames: boolean;
   /**
    * Responses API store: a SQLite file, a postgres:// URL, or "off"; undefined = responses.sqlite in the user's
    * data directory.
@@ -149,6 +152,7 @@ export const DEFAULTS = {
   traceSampleRate: 0.03,
   traceSlowMs: 10_000,
   logContent: false,
+  metricsVllmNames: false,
   responseTtlSeconds: 30 * 24 * 3600,
 } as const satisfies SettingsLayer;
 
@@ -234,6 +238,7 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
   spec("trace-sample-rate", "traceSampleRate", { kind: "fraction" }, "Share of normal traces exported (0..1)"),
   spec("trace-slow-ms", "traceSlowMs", { kind: "int", min: 0, max: 86_400_000 }, "Always export traces this slow"),
   spec("log-content", "logContent", BOOLEAN, "Log prompts and completions"),
+  spec("metrics-vllm-names", "metricsVllmNames", BOOLEAN, "Also export queue/running/KV gauges under vLLM's names"),
   spec(
     "response-store",
     "responseStore",
@@ -446,6 +451,7 @@ export function loadServerConfig(sources: ConfigSources): ServerConfig {
     traceSampleRate: final.traceSampleRate,
     traceSlowMs: final.traceSlowMs,
     logContent: final.logContent,
+    metricsVllmNames: final.metricsVllmNames,
     responseStore: final.responseStore,
     responseTtlSeconds: final.responseTtlSeconds,
     configFile: fileText === undefined ? undefined : configPath,

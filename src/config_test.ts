@@ -65,6 +65,7 @@ Deno.test("every serve flag parses into its setting", () => {
     [["--threads", "3"], (c) => c.threads, 3],
     [["--response-store", "/tmp/r.sqlite"], (c) => c.responseStore, "/tmp/r.sqlite"],
     [["--response-ttl", "60"], (c) => c.responseTtlSeconds, 60],
+    [["--metrics-vllm-names"], (c) => c.metricsVllmNames, true],
   ];
   const covered = new Set(cases.map(([args]) => args[0].slice(2)));
   for (const spec of SERVE_FLAGS) {

@@ -108,6 +108,7 @@ async function loadModel(
           prefixQueriedTokens: memory.prefixCache.queriedTokens,
           prefixHitTokens: memory.prefixCache.hitTokens,
           prefixMisses: memory.prefixCache.missBlocks,
+          blockSize: memory.blockSize,
         };
       },
       memory: () => {
@@ -224,16 +225,38 @@ async function openStore(config: ServerConfig, logger: Logger): Promise<Response
   return store;
 }
 
-/** SIGTERM / SIGINT: stop accepting, let requests finish up to the drain deadline, flush spans, exit. */
-function onSignals(config: ServerConfig, logger: Logger, server: Deno.HttpServer, flushSpans: () => Promise<void>) {
+/**
+ * SIGTERM / SIGINT: /health and /ready turn 503 "draining" at once (balancers stop sending) while the listener stays
+ * open; new work gets 503 + Retry-After; once the engine is idle (or the drain deadline passes) the server shuts
+ * down, letting open responses finish, spans are flushed, and the process exits 0.
+ */
+function onSignals(
+  config: ServerConfig,
+  logger: Logger,
+  server: Deno.HttpServer,
+  state: ServingState,
+  flush: () => Promise<void>,
+) {
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
+    const wasReady = state.status === "ready";
+    state.status = "draining";
     logger.info("server.drain", { signal, drainTimeoutMs: config.drainTimeoutMs });
     const deadline = new Promise<"timeout">((resolve) => setTimeout(() => resolve("timeout"), config.drainTimeoutMs));
-    const outcome = await Promise.race([server.shutdown().then(() => "drained" as const), deadline]);
-    await Promise.race([flushSpans(), new Promise((resolve) => setTimeout(resolve, 5000))]);
+    const idle = (async () => {
+      const engine = wasReady ? state.model?.engine : undefined;
+      for (;;) {
+        const stats = engine?.snapshot().stats;
+        if (!stats || stats.running + stats.waiting === 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      await server.shutdown();
+      return "drained" as const;
+    })();
+    const outcome = await Promise.race([idle, deadline]);
+    await Promise.race([flush(), new Promise((resolve) => setTimeout(resolve, 5000))]);
     logger.info("server.stop", { outcome });
     Deno.exit(0);
   };
@@ -260,7 +283,7 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
     modelId: config.servedModelName ?? choice.modelId,
     backend: undefined,
   };
-  const metrics = createMetrics();
+  const metrics = createMetrics({ vllmNames: config.metricsVllmNames });
   const tracing = createTracing({
     endpoint: Deno.env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")?.replace(/\/v1\/traces\/?$/, "") ??
       Deno.env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
@@ -300,7 +323,7 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
     port,
     onListen: (addr) => logger.info("server.listen", { host: addr.hostname, port: addr.port, pid: Deno.pid }),
   }, app.fetch);
-  onSignals(config, logger, server, async () => {
+  onSignals(config, logger, server, state, async () => {
     await tracing.shutdown();
     await responseStore?.close();
   });

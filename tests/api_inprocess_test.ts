@@ -254,3 +254,34 @@ Deno.test("a client gone before its prompt was built (signal already aborted) st
   assertEquals(engine.submitted.length, 3);
   assert(engine.submitted.every((s) => s.signal?.aborted), "every engine request was cancelled");
 });
+
+Deno.test("draining: /health and /ready 503 draining, /live 200; new work 503 with Retry-After; reads still answer", async () => {
+  const engine = new FakeEngine(answer);
+  const state: ServingState = {
+    status: "draining",
+    modelId: MODEL,
+    backend: "fake",
+    model: { modelId: MODEL, backend: "fake", engine, tokenizer, createdAt: 0, completionStopIds: [], demo: false },
+  };
+  const app = createApp({
+    config,
+    logger: createLogger({ level: "error", format: "json", write: () => {} }),
+    state,
+    startedAtMs: 0,
+  });
+  const health = await app.request("/health");
+  assertEquals([health.status, (await health.json()).status], [503, "draining"]);
+  assertEquals((await app.request("/ready")).status, 503);
+  assertEquals((await app.request("/live")).status, 200);
+  assertEquals((await app.request("/v1/models")).status, 200);
+  const refused = await post(app, "/v1/chat/completions", {
+    model: MODEL,
+    messages: [{ role: "user", content: "hi" }],
+  });
+  assertEquals(refused.status, 503);
+  assertEquals(refused.headers.get("retry-after"), "5");
+  assertEquals((await refused.json()).error.code, "draining");
+  assertEquals(engine.submitted.length, 0);
+  state.status = "ready";
+  assertEquals((await app.request("/ready")).status, 200);
+});

@@ -51,7 +51,9 @@ export interface AppDeps {
 type Env = { Variables: { requestId: string; logger: Logger; telemetry: RequestTelemetry } };
 
 /** Paths without a trace (probes and scrapes). */
-const UNTRACED = new Set(["/health", "/metrics"]);
+const UNTRACED = new Set(["/health", "/metrics", "/live", "/ready"]);
+/** Paths that still answer while the server drains (probes, scrapes, stats, reads of stored responses). */
+const DRAIN_OPEN = /^\/(health|live|ready|metrics|stats|memory_stats)$|^\/v1\/models/;
 
 function digest(text: string): Buffer {
   return createHash("sha256").update(text).digest();
@@ -188,6 +190,11 @@ function useMiddleware(app: Hono<Env>, deps: AppDeps, shared: AppState): void {
     app.use("*", cors({ origin: [...config.corsOrigins], exposeHeaders: ["x-request-id", "retry-after"] }));
   }
   app.use("*", async (c, next) => {
+    if (deps.state.status !== "draining" || DRAIN_OPEN.test(c.req.path) || c.req.method === "GET") return await next();
+    const message = "The server is shutting down: retry on another replica";
+    throw new HttpError(503, message, "server_error", "draining", null, { "retry-after": "5" });
+  });
+  app.use("*", async (c, next) => {
     if (config.apiKey === undefined || c.req.path === "/health") return await next();
     const given = bearer(c.req.header("authorization"));
     // Every key is compared (no early exit), so timing does not tell which one matched.
@@ -283,6 +290,9 @@ function serverRoutes(app: Hono<Env>, deps: AppDeps, shared: AppState): void {
     };
     return c.json(body, state.status === "ready" ? 200 : 503);
   });
+  // Kubernetes: liveness (the process answers) apart from readiness (it takes requests: loaded, not draining).
+  app.get("/live", (c) => c.json({ status: "alive" }));
+  app.get("/ready", (c) => c.json({ status: state.status }, state.status === "ready" ? 200 : 503));
   app.get("/stats", async (c) => {
     const server = { status: state.status, model: state.modelId ?? null, inFlight: shared.inFlight };
     const store = deps.responseStore;

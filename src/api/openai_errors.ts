@@ -21,6 +21,7 @@ export class HttpError extends Error {
     readonly type: string,
     readonly code: string | null = null,
     readonly param: string | null = null,
+    readonly headers: Record<string, string> = {},
   ) {
     super(message);
   }
@@ -46,7 +47,9 @@ function openAiError(
 
 /** Maps any error to its response. Unknown errors become a 500 that names only the request id. */
 export function toOpenAiError(err: unknown, requestId: string): OpenAiErrorResponse {
-  if (err instanceof HttpError) return openAiError(err.status, err.type, err.message, err.param, err.code);
+  if (err instanceof HttpError) {
+    return openAiError(err.status, err.type, err.message, err.param, err.code, err.headers);
+  }
   if (err instanceof InvalidRequestError) {
     return openAiError(400, "invalid_request_error", err.message, err.param ?? null, err.code ?? null);
   }

@@ -20,7 +20,8 @@ export interface ServingModel {
 
 /** What /health reports; main.ts updates it as loading proceeds. */
 export interface ServingState {
-  status: "loading" | "ready" | "failed";
+  /** "draining": SIGTERM arrived; requests in flight finish, new ones get 503 (main.ts sets it). */
+  status: "loading" | "ready" | "failed" | "draining";
   modelId: string | undefined;
   backend: string | undefined;
   error?: string;

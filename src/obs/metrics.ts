@@ -24,6 +24,8 @@ export interface EngineSnapshot {
   prefixQueriedTokens: number;
   prefixHitTokens: number;
   prefixMisses: Record<string, number>;
+  /** Tokens per KV block (the prefix cache's granularity, for prefix-aware routers). */
+  blockSize: number;
 }
 
 /** Device memory read at scrape time (CPU backends report process memory). */
@@ -64,7 +66,7 @@ const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
  * Creates the metrics on a new OpenMetrics registry. Longer than 80 lines: the metric definitions are one table
  * (names, help texts, buckets) and read best together; the closures below only feed them.
  */
-export function createMetrics(): Metrics {
+export function createMetrics(options: { vllmNames?: boolean } = {}): Metrics {
   const registry = new Registry();
   // prom-client's typings fix a registry's format at construction; we switch it per scrape (see render()).
   const setFormat = (type: string) => (registry as unknown as { setContentType(t: string): void }).setContentType(type);
@@ -84,8 +86,9 @@ export function createMetrics(): Metrics {
     "Output tokens per second of each request",
     [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000],
   );
+  // Named with `_total` so a counter's samples read the same in both formats (OpenMetrics appends it to the family).
   const counter = (name: string, help: string, extra: string[] = []) =>
-    new Counter({ name, help, labelNames: [...names, ...extra], registers: [registry] });
+    new Counter({ name: `${name}_total`, help, labelNames: [...names, ...extra], registers: [registry] });
   const promptTokens = counter("gptoss_prompt_tokens", "Prompt tokens processed");
   const generated = counter("gptoss_generation_tokens", "Tokens generated");
   const byChannel = counter("gptoss_generation_tokens_by_channel", "Generated tokens by harmony channel", ["channel"]);
@@ -113,6 +116,42 @@ export function createMetrics(): Metrics {
   const memUsed = gauge("gptoss_device_memory_used_bytes", "Device memory used", ["device"]);
   const memTotal = gauge("gptoss_device_memory_total_bytes", "Device memory total", ["device"]);
   const memUtil = gauge("gptoss_device_utilization_ratio", "Device memory utilization", ["device"]);
+  const blockSize = gauge("gptoss_kv_cache_block_size", "Tokens per KV cache block (prefix-cache granularity)");
+  // The names vLLM exports, for gateways and dashboards that expect them (--metrics-vllm-names).
+  const vllm = options.vllmNames
+    ? {
+      running: new Gauge({
+        name: "vllm:num_requests_running",
+        help: "Requests being generated",
+        labelNames: ["model_name"],
+        registers: [registry],
+      }),
+      waiting: new Gauge({
+        name: "vllm:num_requests_waiting",
+        help: "Requests waiting",
+        labelNames: ["model_name"],
+        registers: [registry],
+      }),
+      kv: new Gauge({
+        name: "vllm:kv_cache_usage_perc",
+        help: "KV cache usage (0..1)",
+        labelNames: ["model_name"],
+        registers: [registry],
+      }),
+      kvOld: new Gauge({
+        name: "vllm:gpu_cache_usage_perc",
+        help: "KV cache usage (0..1)",
+        labelNames: ["model_name"],
+        registers: [registry],
+      }),
+      config: new Gauge({
+        name: "vllm:cache_config_info",
+        help: "KV cache configuration",
+        labelNames: ["model_name", "block_size"],
+        registers: [registry],
+      }),
+    }
+    : undefined;
 
   const refresh = () => {
     if (engine) {
@@ -120,6 +159,15 @@ export function createMetrics(): Metrics {
       running.set(labels, s.running);
       waiting.set(labels, s.waiting);
       kvUsage.set(labels, s.kvUsage);
+      blockSize.set(labels, s.blockSize);
+      if (vllm) {
+        const model = { model_name: labels.model };
+        vllm.running.set(model, s.running);
+        vllm.waiting.set(model, s.waiting);
+        vllm.kv.set(model, s.kvUsage);
+        vllm.kvOld.set(model, s.kvUsage);
+        vllm.config.set({ ...model, block_size: String(s.blockSize) }, 1);
+      }
       addTotal(prefixQueries, "pq", s.prefixQueriedTokens);
       addTotal(prefixHits, "ph", s.prefixHitTokens);
       for (const [reason, n] of Object.entries(s.prefixMisses)) addTotal(prefixMisses, `pm:${reason}`, n, { reason });
