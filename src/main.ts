@@ -21,6 +21,7 @@ import { loadWeights } from "./checkpoint/load_weights.ts";
 import { createLogger, type Logger } from "./obs/logger.ts";
 import { createMetrics, type Metrics } from "./obs/metrics.ts";
 import { createTracing } from "./obs/tracing.ts";
+import { createOtlpExporter, type OtlpConfig, otlpConfigFromEnv } from "./obs/otlp.ts";
 import { createProgress, startTicker } from "./obs/progress.ts";
 import { acquirePort } from "./server/ports.ts";
 import { openResponseStore, PURGE_INTERVAL_MS, type ResponseStore } from "./store/response_store.ts";
@@ -265,6 +266,12 @@ function onSignals(
 }
 
 async function serve(config: ServerConfig, logger: Logger): Promise<void> {
+  let otlp: OtlpConfig | undefined;
+  try {
+    otlp = otlpConfigFromEnv(Deno.env.toObject());
+  } catch (err) {
+    fail((err as Error).message);
+  }
   await ensureNativeLibrary(config, logger);
   const selector = new BackendSelector();
   const probes = await probeForServe(config, selector);
@@ -285,8 +292,7 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
   };
   const metrics = createMetrics({ vllmNames: config.metricsVllmNames });
   const tracing = createTracing({
-    endpoint: Deno.env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")?.replace(/\/v1\/traces\/?$/, "") ??
-      Deno.env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    exporter: otlp ? await createOtlpExporter(otlp) : undefined,
     serviceName: Deno.env.get("OTEL_SERVICE_NAME") ?? "gpt-oss-deno",
     version: VERSION,
     sampleRate: config.traceSampleRate,
@@ -294,6 +300,7 @@ async function serve(config: ServerConfig, logger: Logger): Promise<void> {
   });
   logger.info("tracing", {
     enabled: tracing.enabled,
+    ...(otlp ? { protocol: otlp.protocol, endpoint: otlp.url } : {}),
     sample_rate: config.traceSampleRate,
     slow_ms: config.traceSlowMs,
   });

@@ -63,7 +63,11 @@ Deno.test("tail sampling: error and slow traces always arrive whole; with share 
   // slow (threshold a day), on the second everything is (threshold 0 ms). Each is stopped (which flushes its spans)
   // before what it exported is checked, so an absent trace is absent for good.
   const receiver = startReceiver();
-  const env = { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_SERVICE_NAME: "obs-test" };
+  const env = {
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+    OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+    OTEL_SERVICE_NAME: "obs-test",
+  };
   const never = await startServer([...common, "--trace-sample-rate", "0", "--trace-slow-ms", "86400000"], { env });
   let failingTrace: string, fastTrace: string;
   try {
@@ -118,7 +122,7 @@ Deno.test("tail sampling: error and slow traces always arrive whole; with share 
 Deno.test("share 1 exports every trace; /metrics in both formats matches what was done, with trace-id exemplars", async () => {
   const receiver = startReceiver();
   const server = await startServer([...common, "--trace-sample-rate", "1", "--api-key", "k1", "--admin-key", "adm1"], {
-    env: { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url },
+    env: { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_EXPORTER_OTLP_PROTOCOL: "http/json" },
   });
   const auth = { authorization: "Bearer k1" };
   try {

@@ -1,11 +1,10 @@
 /**
  * Tracing: application code uses only `@opentelemetry/api` (a Tracer passed in). This module wires the npm SDK for
- * main.ts: OTLP/HTTP export and tail sampling decided when a trace's root span ends — every trace with an error,
+ * main.ts: OTLP export (otlp.ts: gRPC, HTTP protobuf or JSON) and tail sampling decided when a trace's root span ends — every trace with an error,
  * every request slower than a threshold, and a share of the rest by trace id; a kept trace is exported whole.
  * Without an endpoint no SDK is created and the API's no-op tracer costs next to nothing.
  */
 import { SpanStatusCode, trace, type Tracer } from "@opentelemetry/api";
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import {
   AlwaysOnSampler,
@@ -101,21 +100,16 @@ export interface Tracing {
 
 /** Options of {@link createTracing}. */
 export interface TracingOptions extends TailSamplingOptions {
-  /** OTEL_EXPORTER_OTLP_ENDPOINT (the base URL; spans go to `${endpoint}/v1/traces`); none = tracing off. */
-  readonly endpoint: string | undefined;
   readonly serviceName: string;
   readonly version: string;
-  /** For tests: export somewhere else than OTLP. */
+  /** Where spans go (otlp.ts makes it from the environment); none = tracing off. */
   readonly exporter?: SpanExporter;
 }
 
 /** Creates the tracer: the SDK with tail sampling when an endpoint is set, the API's no-op tracer otherwise. */
 export function createTracing(options: TracingOptions): Tracing {
-  if (!options.endpoint && !options.exporter) {
-    return { tracer: trace.getTracer("gpt-oss-deno"), enabled: false, shutdown: () => Promise.resolve() };
-  }
-  const exporter = options.exporter ??
-    new OTLPTraceExporter({ url: `${options.endpoint!.replace(/\/+$/, "")}/v1/traces` });
+  const exporter = options.exporter;
+  if (!exporter) return { tracer: trace.getTracer("gpt-oss-deno"), enabled: false, shutdown: () => Promise.resolve() };
   const sampler = new TailSamplingProcessor(
     new BatchSpanProcessor({ exporter, scheduledDelayMillis: 500 }),
     options,
