@@ -6,8 +6,13 @@
  * deploy/alerts.yml loaded, every target is up and the gateway gauges answer queries; promtool checks the rules and our
  * /metrics text. The Kubernetes manifests parse and say what the server needs (probe paths, grace > drain).
  */
-import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import { parseAllDocuments } from "yaml";
+import { Deployment } from "kubernetes-models/apps/v1";
+import { PersistentVolumeClaim, Service } from "kubernetes-models/v1";
+import { PodDisruptionBudget } from "kubernetes-models/policy/v1";
+import { HorizontalPodAutoscaler } from "kubernetes-models/autoscaling/v2";
+import { PodMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
 import { freePort, type ServerProcess, startServer } from "./helpers/server.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -206,7 +211,17 @@ async function checkPrometheus(replicas: ServerProcess[]): Promise<void> {
   }
 }
 
-Deno.test("Kubernetes manifests parse; probes use /live and /ready; grace period exceeds the drain timeout", () => {
+/** Validators generated from the Kubernetes (and prometheus-operator) OpenAPI schemas, by apiVersion/kind. */
+const VALIDATORS: Record<string, (object: never) => { validate(): void }> = {
+  "apps/v1/Deployment": (o) => new Deployment(o),
+  "v1/Service": (o) => new Service(o),
+  "v1/PersistentVolumeClaim": (o) => new PersistentVolumeClaim(o),
+  "policy/v1/PodDisruptionBudget": (o) => new PodDisruptionBudget(o),
+  "autoscaling/v2/HorizontalPodAutoscaler": (o) => new HorizontalPodAutoscaler(o),
+  "monitoring.coreos.com/v1/PodMonitor": (o) => new PodMonitor(o),
+};
+
+Deno.test("Kubernetes manifests validate against the API schemas; probes use /live and /ready; grace > drain", () => {
   const docs = [...Deno.readDirSync(`${ROOT}deploy/k8s`)].flatMap((e) =>
     parseAllDocuments(Deno.readTextFileSync(`${ROOT}deploy/k8s/${e.name}`)).map((d) => {
       assertEquals(d.errors, [], `${e.name}: YAML errors`);
@@ -218,7 +233,26 @@ Deno.test("Kubernetes manifests parse; probes use /live and /ready; grace period
       };
     })
   );
-  for (const d of docs) assert(d.apiVersion && d.kind && d.metadata?.name, `incomplete object ${JSON.stringify(d)}`);
+  for (const d of docs) {
+    assert(d.apiVersion && d.kind && d.metadata?.name, `incomplete object ${JSON.stringify(d)}`);
+    const validator = VALIDATORS[`${d.apiVersion}/${d.kind}`];
+    // The Inference Extension's InferencePool has no published model package: its fields are checked below.
+    if (d.kind === "InferencePool") continue;
+    assert(validator, `no schema for ${d.apiVersion}/${d.kind}`);
+    validator(d as never).validate(); // throws, naming the field, on a schema violation
+  }
+  // The validators do reject: a port given as a word fails.
+  const broken = structuredClone(docs.find((d) => d.kind === "Deployment")!) as never as {
+    spec: { template: { spec: { containers: { ports: { containerPort: unknown }[] }[] } } };
+  };
+  broken.spec.template.spec.containers[0].ports[0].containerPort = "eight thousand";
+  assertThrows(() => new Deployment(broken as never).validate(), /containerPort must be integer/);
+  const pool = docs.find((d) => d.kind === "InferencePool")!;
+  // deno-lint-ignore no-explicit-any
+  const poolSpec = pool.spec as any;
+  assertEquals(poolSpec.selector.matchLabels, { app: "gpt-oss-deno" });
+  assertEquals(poolSpec.targetPorts, [{ number: 8000 }]);
+  assert(docs.some((d) => d.kind === "Service" && d.metadata.name === poolSpec.endpointPickerRef.name));
   const deployment = docs.find((d) => d.kind === "Deployment" && d.metadata.name === "gpt-oss-deno")!;
   // deno-lint-ignore no-explicit-any
   const pod = (deployment.spec as any).template.spec;
