@@ -3,6 +3,7 @@
  * that says how to build it; building is {@link buildNativeLibrary} (`deno task build:native`, or `serve` when the
  * CPU library is missing and a compiler is there — it logs that it does).
  */
+import { createHash } from "node:crypto";
 import { BackendError } from "../../errors.ts";
 import { GPTOSS_ABI_VERSION, type GptossLibrary, SYMBOLS } from "./ffi.ts";
 
@@ -31,6 +32,36 @@ export async function buildNativeLibrary(): Promise<void> {
   }
 }
 
+/**
+ * A path dlopen can open for `path`: itself when it is a file on disk, else (a library embedded in a compiled binary,
+ * readable only through Deno's file APIs) a copy in `cacheRoot`/gpt-oss-deno/lib named by its content hash, written
+ * once (atomically: a temp file renamed) and reused.
+ */
+export function extractForDlopen(path: string, cacheRoot = defaultCacheRoot()): string {
+  const bytes = Deno.readFileSync(path);
+  const hash = createHash("sha256").update(bytes).digest("hex").slice(0, 16);
+  const dir = `${cacheRoot}/gpt-oss-deno/lib`;
+  const target = `${dir}/${hash}-${path.split("/").pop()}`;
+  try {
+    if (Deno.statSync(target).size === bytes.length) return target;
+  } catch { /* not extracted yet */ }
+  Deno.mkdirSync(dir, { recursive: true });
+  const temp = `${target}.${Deno.pid}.tmp`;
+  Deno.writeFileSync(temp, bytes, { mode: 0o755 });
+  Deno.renameSync(temp, target);
+  return target;
+}
+
+function defaultCacheRoot(): string {
+  const home = Deno.env.get("HOME");
+  return Deno.env.get("XDG_CACHE_HOME") ?? (home ? `${home}/.cache` : Deno.makeTempDirSync());
+}
+
+function open(path: string): GptossLibrary {
+  // In a compiled binary the file exists for Deno (embedded) but not for the dynamic loader: load a copy.
+  return Deno.dlopen(Deno.build.standalone ? extractForDlopen(path) : path, SYMBOLS);
+}
+
 /** Loads a library and checks its ABI version; never builds. */
 export function loadNativeLibrary(options: { path?: string } = {}): GptossLibrary {
   const path = options.path ?? NATIVE_LIBRARY_PATH;
@@ -40,7 +71,7 @@ export function loadNativeLibrary(options: { path?: string } = {}): GptossLibrar
   }
   let library: GptossLibrary;
   try {
-    library = Deno.dlopen(path, SYMBOLS);
+    library = open(path);
   } catch (err) {
     throw new BackendError(`Cannot load the native library "${path}": ${(err as Error).message}`, "load", {
       cause: err,
