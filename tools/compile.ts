@@ -39,11 +39,16 @@ export function compileArgs(output: string, include = includeList()): string[] {
 
 if (import.meta.main) {
   const output = Deno.args[0] ?? "build/gpt-oss-deno";
-  const result = await new Deno.Command(Deno.execPath(), { args: compileArgs(output), cwd: ROOT, stderr: "piped" })
+  const result = await new Deno.Command(Deno.execPath(), {
+    args: compileArgs(output),
+    cwd: ROOT,
+    stderr: "piped",
+    env: { NO_COLOR: "1" }, // plain text to quote from
+  })
     .output();
   const stderr = new TextDecoder().decode(result.stderr);
   if (!result.success) {
-    const lines = stderr.split("\n").map((l) => l.replace(/\x1b\[[0-9;]*m/g, "").trim());
+    const lines = stderr.split("\n").map((l) => l.trim());
     const error = lines.find((l) => /^error/i.test(l)) ?? "deno compile exited with an error";
     // The cause that says why (e.g. the runtime download that this machine cannot reach), on the same line.
     const cause = lines.find((l) => /sending request|download|dns error|denort/i.test(l) && !/^Download /.test(l));
