@@ -19,6 +19,7 @@ const LAYERS: Record<string, number> = {
   cli: 1,
   obs: 2,
   harmony: 2,
+  structured: 2,
   backends: 3,
   model: 4,
   checkpoint: 5,

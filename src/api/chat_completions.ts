@@ -22,6 +22,7 @@ import {
   submitChoices,
 } from "./serving.ts";
 import { jsonResponse, mergeStreams, sseResponse } from "./sse.ts";
+import { chatStructuredSpec, structuredGuides } from "./structured.ts";
 import { StopStringMatcher } from "./stop_strings.ts";
 import { nowMs, type RequestTelemetry } from "./telemetry.ts";
 
@@ -265,11 +266,31 @@ interface ChatRun {
   readonly deps: ChatDeps;
 }
 
+/**
+ * Adds grammar guides when the request asks for structured output (response_format, guided_json/choice): compiled
+ * before anything is queued, so a bad schema is a 400 and nothing runs.
+ */
+async function constrain(p: Prepared, deps: ChatDeps): Promise<Prepared> {
+  const spec = chatStructuredSpec(p.request);
+  if (!spec) return p;
+  if (p.engineRequests[0].guide) {
+    throw new InvalidRequestError(
+      "response_format cannot be combined with a forced tool call (tool_choice required or named)",
+      "tool_choice",
+    );
+  }
+  const guides = await structuredGuides(p.model, spec, p.engineRequests.length, {
+    maxReasoningTokens: p.request.max_reasoning_tokens,
+    onForcedClose: () => deps.telemetry.metrics?.countForcedReasoningClose(),
+  });
+  return { ...p, engineRequests: p.engineRequests.map((r, i) => ({ ...r, guide: guides[i] })) };
+}
+
 /** Handles one request; `signal` aborts when the client goes away. */
-export function chatCompletions(json: unknown, signal: AbortSignal, deps: ChatDeps): Response {
+export async function chatCompletions(json: unknown, signal: AbortSignal, deps: ChatDeps): Promise<Response> {
   const startedMs = nowMs();
   const telemetry = deps.telemetry;
-  const p = telemetry.child("prompt.build", () => prepare(json, deps));
+  const p = await constrain(telemetry.child("prompt.build", () => prepare(json, deps)), deps);
   telemetry.setAttributes({
     "gen_ai.request.model": p.model.modelId,
     "gen_ai.request.max_tokens": p.engineRequests[0].maxTokens,
@@ -284,7 +305,13 @@ export function chatCompletions(json: unknown, signal: AbortSignal, deps: ChatDe
     linkAbort(requestController.signal, choice.controller);
   }
   // Each choice has its own controller (a stop string ends one choice); the request's aborts them all.
-  const streams = submitChoices(p.model.engine, p.engineRequests, choices.map((c) => c.controller), "messages");
+  let streams: AsyncIterable<TokenEvent>[];
+  try {
+    streams = submitChoices(p.model.engine, p.engineRequests, choices.map((c) => c.controller), "messages");
+  } catch (err) {
+    for (const r of p.engineRequests) r.guide?.dispose?.(); // idempotent: the engine may have freed some already
+    throw err;
+  }
   const run: ChatRun = {
     id: newId("chatcmpl-"),
     created: Math.floor(Date.now() / 1000),

@@ -82,6 +82,12 @@ export const ChatCompletionRequestSchema = z.object({
     exclude: z.boolean().optional(),
   }).loose().optional(),
   include_reasoning: z.boolean().optional(),
+  /** Extension: analysis tokens before `<|end|>` is forced (structured outputs need the analysis to end). */
+  max_reasoning_tokens: z.number().int().min(0).optional(),
+  /** vLLM's guided decoding names (guided_regex is refused with a 400). */
+  guided_json: z.unknown().optional(),
+  guided_choice: z.array(z.string()).min(1).optional(),
+  guided_regex: z.unknown().optional(),
   max_completion_tokens: z.number().int().min(1).nullable().optional(),
   logprobs: z.boolean().nullable().optional(),
   top_logprobs: z.number().int().min(0).max(20).nullable().optional(),

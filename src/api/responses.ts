@@ -32,6 +32,7 @@ import {
   submitChoices,
 } from "./serving.ts";
 import { jsonResponse, type SendEvent, sseResponse } from "./sse.ts";
+import { structuredGuides, type StructuredSpec } from "./structured.ts";
 import { nowMs, type RequestTelemetry } from "./telemetry.ts";
 
 /** Background generations of this process, by response id (for cancel). */
@@ -120,6 +121,26 @@ interface Prepared {
   readonly echo: Record<string, unknown>;
 }
 
+/** text.format json_schema / json_object: the grammar guide (the analysis stays free; see src/structured). */
+async function withStructuredGuide(
+  request: EngineRequest,
+  spec: StructuredSpec,
+  model: ServingModel,
+  json: unknown,
+  deps: ResponsesDeps,
+): Promise<EngineRequest> {
+  if (request.guide) {
+    throw new InvalidRequestError("text.format cannot be combined with a forced tool call", "tool_choice");
+  }
+  // Extension, as on chat completions: analysis tokens before <|end|> is forced.
+  const maxReasoningTokens = (json as { max_reasoning_tokens?: unknown }).max_reasoning_tokens;
+  const [guide] = await structuredGuides(model, spec, 1, {
+    maxReasoningTokens: typeof maxReasoningTokens === "number" ? maxReasoningTokens : undefined,
+    onForcedClose: () => deps.telemetry.metrics?.countForcedReasoningClose(),
+  });
+  return { ...request, guide };
+}
+
 async function prepare(json: unknown, deps: ResponsesDeps): Promise<Prepared> {
   const request = parseResponsesRequest(json);
   const model = requireModel(deps.state, request.model);
@@ -132,7 +153,16 @@ async function prepare(json: unknown, deps: ResponsesDeps): Promise<Prepared> {
   const turn = input.items.map((item) => ({ item }));
   checkCallIds(earlier, turn);
   const effort = request.reasoning?.effort ?? deps.config.scheduler.defaultReasoningEffort;
+  const format = request.text?.format as { type: string; name?: string; description?: string; schema?: unknown };
+  const structured = format?.type === "json_schema"
+    ? { schema: format.schema, param: "text.format" }
+    : format?.type === "json_object"
+    ? { schema: undefined, param: "text.format" }
+    : undefined;
   const promptIds = renderResponsesPrompt(model.tokenizer, [...earlier, ...turn], {
+    responseFormat: format?.type === "json_schema"
+      ? { name: format.name ?? "response", description: format.description, schema: format.schema }
+      : undefined,
     tools: tools.map((t) => ({
       name: t.name,
       description: t.description ?? "",
@@ -145,7 +175,7 @@ async function prepare(json: unknown, deps: ResponsesDeps): Promise<Prepared> {
   });
   const maxTokens = request.max_output_tokens ??
     defaultMaxTokens(deps.config.scheduler, model.engine, promptIds.length);
-  const engineRequest: EngineRequest = {
+  let engineRequest: EngineRequest = {
     id: newId("req-"),
     promptIds,
     maxTokens,
@@ -155,6 +185,7 @@ async function prepare(json: unknown, deps: ResponsesDeps): Promise<Prepared> {
       ? toolChoiceGuide(model.tokenizer, toolChoice, tools.map((t) => t.name))
       : undefined,
   };
+  if (structured) engineRequest = await withStructuredGuide(engineRequest, structured, model, json, deps);
   const echo = {
     background: request.background ?? false,
     instructions: request.instructions ?? null,
@@ -165,7 +196,7 @@ async function prepare(json: unknown, deps: ResponsesDeps): Promise<Prepared> {
     reasoning: { effort, summary: null },
     store: request.store ?? true,
     temperature: request.temperature ?? 1,
-    text: { format: { type: "text" } },
+    text: { format: format ?? { type: "text" } },
     tool_choice: request.tool_choice ?? "auto",
     tools: request.tools ?? [],
     top_p: request.top_p ?? 1,

@@ -95,12 +95,15 @@ export function parseResponsesRequest(json: unknown): ResponsesRequest {
       "include",
     );
   }
-  const format = request.text?.format?.type;
-  if (format !== undefined && format !== "text") {
+  const format = request.text?.format;
+  if (format !== undefined && !["text", "json_object", "json_schema"].includes(format.type)) {
     throw new InvalidRequestError(
-      `text.format "${format}" is not supported yet (structured outputs); use "text"`,
+      `text.format "${format.type}" is not supported: use text, json_object or json_schema`,
       "text.format",
     );
+  }
+  if (format?.type === "json_schema" && (format as { schema?: unknown }).schema === undefined) {
+    throw new InvalidRequestError("text.format.schema is required for json_schema", "text.format");
   }
   if (request.truncation === "auto") {
     throw new InvalidRequestError('truncation "auto" is not supported: use "disabled"', "truncation");

@@ -485,7 +485,7 @@ export class Engine implements EngineApi {
         ? seq.sampler.acceptDeviceSample(step.sampled[i], last)
         : typeof forced === "number"
         ? seq.sampler.force(forced, last!)
-        : seq.sampler.sample(last!, forced?.allowed);
+        : seq.sampler.sample(last!, forced === undefined ? undefined : "mask" in forced ? forced.mask : forced.allowed);
       seq.tokens.push(sampled.tokenId);
       generated++;
       if (seq.promptLogprobs && seq.numComputed >= seq.promptLength) {
@@ -525,6 +525,7 @@ export class Engine implements EngineApi {
   #finish(seq: Sequence, reason: FinishReason): void {
     if (seq.finished) return;
     seq.finished = true;
+    seq.request.guide?.dispose?.(); // a grammar matcher's memory is WebAssembly's: freed by hand
     for (const list of [this.#waiting, this.#running]) {
       const index = list.indexOf(seq);
       if (index >= 0) list.splice(index, 1);

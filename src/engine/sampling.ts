@@ -202,7 +202,7 @@ export class Sampler {
    * ids and anything outside `allowed` (guided decoding) applied, then min-p: ids with (z − max) / T < ln(min_p)
    * (probability below min_p × the top one) set to −∞.
    */
-  prepare(logits: Float32Array, allowed?: ReadonlySet<number>): Float32Array {
+  prepare(logits: Float32Array, allowed?: ReadonlySet<number> | Int32Array): Float32Array {
     const p = this.#params;
     if (this.#scratch.length < logits.length) this.#scratch = new Float32Array(logits.length);
     const z = this.#scratch.subarray(0, logits.length);
@@ -215,7 +215,9 @@ export class Sampler {
     }
     for (const [id, bias] of p.logitBias) if (id >= 0 && id < z.length) z[id] += bias;
     if (this.#masked) z.fill(-Infinity, this.#masked[0], this.#masked[1] + 1);
-    if (allowed) {
+    if (allowed instanceof Int32Array) {
+      for (let id = 0; id < z.length; id++) if (((allowed[id >> 5] >>> (id & 31)) & 1) === 0) z[id] = -Infinity;
+    } else if (allowed) {
       const kept = [...allowed].filter((id) => id >= 0 && id < z.length).map((id) => [id, z[id]] as const);
       z.fill(-Infinity);
       for (const [id, logit] of kept) z[id] = logit;
@@ -229,8 +231,11 @@ export class Sampler {
     return z;
   }
 
-  /** Picks the next token from one row of logits (not modified); only among `allowed` when given (guided decoding). */
-  sample(logits: Float32Array, allowed?: ReadonlySet<number>): SampledToken {
+  /**
+   * Picks the next token from one row of logits (not modified); only among `allowed` (a set, or a bitmask:
+   * bit id & 31 of word id >> 5) when given (guided decoding).
+   */
+  sample(logits: Float32Array, allowed?: ReadonlySet<number> | Int32Array): SampledToken {
     const z = this.prepare(logits, allowed);
     const tokenId = sampleRow(z, this.nextDraw(), this.#masked, this.#sampleScratch);
     this.observe(tokenId);

@@ -206,6 +206,7 @@ Deno.test("toolChoiceGuide() forces the named call after the analysis message, a
     while ((step = guide.next([...generated, ...out])) !== undefined) {
       if (typeof step === "number") out.push(step);
       else {
+        assert("allowed" in step, "the tool guide gives sets, not masks");
         const options = [...step.allowed].sort((a, b) => a - b);
         assert(options.length >= 2, "a branch offers at least two tokens");
         branchSizes.push(options.length);

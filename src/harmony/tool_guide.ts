@@ -9,13 +9,22 @@
 import type { Tokenizer } from "./tokenizer.ts";
 import { CHANNEL, CONSTRAIN, END, MESSAGE, START } from "./tokens.ts";
 
-/** What a guide wants at the next position: a forced token, a set to sample within, or nothing (sample freely). */
-export type GuideStep = number | { readonly allowed: ReadonlySet<number> } | undefined;
+/**
+ * What a guide wants at the next position: a forced token, a set to sample within, a bitmask over the vocabulary
+ * (bit id & 31 of word id >> 5: a grammar's allowed tokens), or nothing (sample freely).
+ */
+export type GuideStep =
+  | number
+  | { readonly allowed: ReadonlySet<number> }
+  | { readonly mask: Int32Array }
+  | undefined;
 
 /** Chooses forced tokens while a request generates. */
 export interface TokenGuide {
   /** The constraint on the next token, given what was generated so far (each call sees one more token). */
   next(generated: readonly number[]): GuideStep;
+  /** Frees what the guide holds outside the JS heap; the engine calls it once when the request ends. */
+  dispose?(): void;
 }
 
 function endsWith(ids: readonly number[], suffix: readonly number[]): boolean {

@@ -56,6 +56,8 @@ export interface Metrics {
   }): void;
   countStatus(status: number): void;
   countRecovery(kind: string): void;
+  /** A reasoning budget closed an analysis message (structured outputs). */
+  countForcedReasoningClose(): void;
   /** Text for a scrape; `openMetrics` selects the format (exemplars only there). */
   render(openMetrics: boolean): Promise<{ contentType: string; body: string }>;
 }
@@ -108,6 +110,7 @@ export function createMetrics(options: { vllmNames?: boolean } = {}): Metrics {
   const prefixMisses = counter("gptoss_prefix_cache_miss_blocks", "Prefix-cache block misses by reason", ["reason"]);
   const admissions = counter("gptoss_admission_decisions", "Admission decisions", ["decision", "reason"]);
   const preemptions = counter("gptoss_preemptions", "Requests preempted for recompute");
+  const forcedCloses = counter("gptoss_reasoning_forced_closes", "Analysis messages closed by max_reasoning_tokens");
   const gauge = (name: string, help: string, extra: string[] = []) =>
     new Gauge({ name, help, labelNames: [...names, ...extra], registers: [registry] });
   const running = gauge("gptoss_requests_running", "Requests being generated");
@@ -213,6 +216,9 @@ export function createMetrics(options: { vllmNames?: boolean } = {}): Metrics {
     },
     countRecovery(kind) {
       recoveries.inc({ ...labels, kind });
+    },
+    countForcedReasoningClose() {
+      forcedCloses.inc(labels);
     },
     render(openMetrics) {
       // One registry, two formats: switch the content type for the duration of one scrape, one scrape at a time.
