@@ -9,6 +9,7 @@
  * here first), so the engine can ask for a mask between a step's logits and its sample. Pinned version: 0.1.27.
  */
 import { createRequire } from "node:module";
+import { Ajv2020 } from "ajv/dist/2020.js";
 import { InvalidRequestError } from "../errors.ts";
 import type { Tokenizer } from "../harmony/tokenizer.ts";
 import { FIRST_SPECIAL_ID, RETURN } from "../harmony/tokens.ts";
@@ -89,16 +90,23 @@ export class StructuredOutputs {
     }
     const started = performance.now();
     const compiled = (async () => {
+      if (schema !== undefined) checkSchema(schema, param);
+      const fatal: string[] = [];
       try {
-        const handle = schema === undefined
-          ? await this.#compiler.compileBuiltinJSONGrammar()
-          : await this.#compiler.compileJSONSchema(key, false, undefined, undefined, true);
+        const handle = await quietly(
+          fatal,
+          () =>
+            schema === undefined
+              ? this.#compiler.compileBuiltinJSONGrammar()
+              : this.#compiler.compileJSONSchema(key, false, undefined, undefined, true),
+        );
         this.compileTimesMs.push({ key: key.slice(0, 80), ms: performance.now() - started });
         return { key, handle };
       } catch (err) {
         this.#cache.delete(key);
-        const reason = err instanceof Error ? err.message : String(err);
-        throw new InvalidRequestError(`The schema cannot be used: ${reason.split("\n")[0]}`, param);
+        const reason = fatal.find((line) => line.includes("[FATAL]"))?.replace(/^.*?\d+: /, "") ??
+          (err instanceof Error ? err.message : String(err)).split("\n")[0];
+        throw new InvalidRequestError(`The schema cannot be used: ${reason}`, param);
       }
     })();
     this.#cache.set(key, compiled);
@@ -125,5 +133,37 @@ export class StructuredOutputs {
       },
       dispose: () => matcher.dispose(),
     };
+  }
+}
+
+/** Rejects what is not a JSON Schema (by the draft 2020-12 meta-schema, references resolved) before xgrammar sees it. */
+function checkSchema(schema: unknown, param: string): void {
+  if (typeof schema !== "object" && typeof schema !== "boolean") {
+    throw new InvalidRequestError("The schema must be a JSON object", param);
+  }
+  try {
+    new Ajv2020({ strict: false, validateFormats: false }).compile(schema as object);
+  } catch (err) {
+    throw new InvalidRequestError(`The schema is invalid: ${(err as Error).message}`, param);
+  }
+}
+
+/**
+ * Runs a grammar compilation with xgrammar's own fatal messages kept out of the server's stderr: its WebAssembly
+ * prints "[FATAL] …" and "Aborted()" through console.error before it throws. Those lines go to `fatal` (for the 400's
+ * message); anything else passes through. The compilation runs synchronously inside the call, so nothing else logs
+ * in between.
+ */
+async function quietly<T>(fatal: string[], run: () => Promise<T>): Promise<T> {
+  const original = console.error;
+  console.error = (...args: unknown[]) => {
+    const text = args.map(String).join(" ");
+    if (/^\[FATAL\]|^Aborted\(/.test(text)) fatal.push(text);
+    else original(...args);
+  };
+  try {
+    return await run();
+  } finally {
+    console.error = original;
   }
 }
