@@ -205,3 +205,48 @@ Deno.test("in process: the prompt keeps # Response Formats; bad schemas and guid
   }
   assertEquals(engine.submitted.length, 1, "no bad request reached the engine");
 });
+
+Deno.test("strict tools: a forced call's arguments validate against its parameters (chat and Responses)", async () => {
+  const parameters = {
+    type: "object",
+    properties: { city: { type: "string", maxLength: 12 }, days: { type: "integer", minimum: 1, maximum: 7 } },
+    required: ["city", "days"],
+    additionalProperties: false,
+  };
+  const ajv = new Ajv2020();
+  let calls = 0;
+  for (const seed of SEEDS) {
+    const { json } = await chat(server, {
+      messages: [{ role: "user", content: "Weather?" }],
+      seed,
+      tools: [{ type: "function", function: { name: "get_weather", parameters, strict: true } }],
+      tool_choice: { type: "function", function: { name: "get_weather" } },
+      max_reasoning_tokens: 4,
+      max_tokens: 400,
+    });
+    for (const call of json.choices[0].message.tool_calls ?? []) {
+      calls++;
+      const args = JSON.parse(call.function.arguments);
+      assert(ajv.validate(parameters, args), `${call.function.arguments}: ${ajv.errorsText()}`);
+    }
+  }
+  console.log(`strict tools: ${calls} complete calls of ${SEEDS.length} requests, all valid`);
+  assert(calls >= 1, "at least one forced call completed within the token budget");
+  const response = await fetch(`${server.baseUrl}/v1/responses`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      model: DEMO,
+      input: "Weather?",
+      seed: 1,
+      max_output_tokens: 400,
+      max_reasoning_tokens: 4,
+      tools: [{ type: "function", name: "get_weather", parameters }], // strict by default on the Responses API
+      tool_choice: { type: "function", name: "get_weather" },
+    }),
+  });
+  const body = await response.json();
+  const items = body.output.filter((o: { type: string }) => o.type === "function_call");
+  assertEquals(items.length, 1, JSON.stringify(body.output));
+  assert(ajv.validate(parameters, JSON.parse(items[0].arguments)), items[0].arguments);
+});

@@ -22,7 +22,8 @@ import {
   submitChoices,
 } from "./serving.ts";
 import { jsonResponse, mergeStreams, sseResponse } from "./sse.ts";
-import { chatStructuredSpec, structuredGuides } from "./structured.ts";
+import { chatStructuredSpec, strictToolGuides, structuredGuides } from "./structured.ts";
+import { reasoningBudgetGuide } from "../structured/budget.ts";
 import { StopStringMatcher } from "./stop_strings.ts";
 import { nowMs, type RequestTelemetry } from "./telemetry.ts";
 
@@ -272,7 +273,22 @@ interface ChatRun {
  */
 async function constrain(p: Prepared, deps: ChatDeps): Promise<Prepared> {
   const spec = chatStructuredSpec(p.request);
-  if (!spec) return p;
+  if (!spec) {
+    const budget = p.request.max_reasoning_tokens;
+    let guides = p.engineRequests.map((r) =>
+      budget === undefined
+        ? r.guide
+        : reasoningBudgetGuide(p.model.tokenizer, p.model.engine.vocabSize, budget, r.guide, () =>
+          deps.telemetry.metrics?.countForcedReasoningClose())
+    );
+    const strict = (p.request.tools ?? []).flatMap((t, i) =>
+      t.function.strict === true && p.request.tool_choice !== "none"
+        ? [{ name: t.function.name, parameters: t.function.parameters, param: `tools[${i}].function.parameters` }]
+        : []
+    );
+    if (strict.length > 0) guides = await strictToolGuides(p.model, strict, guides);
+    return { ...p, engineRequests: p.engineRequests.map((r, i) => ({ ...r, guide: guides[i] })) };
+  }
   if (p.engineRequests[0].guide) {
     throw new InvalidRequestError(
       "response_format cannot be combined with a forced tool call (tool_choice required or named)",

@@ -32,7 +32,8 @@ import {
   submitChoices,
 } from "./serving.ts";
 import { jsonResponse, type SendEvent, sseResponse } from "./sse.ts";
-import { structuredGuides, type StructuredSpec } from "./structured.ts";
+import { strictToolGuides, structuredGuides, type StructuredSpec } from "./structured.ts";
+import { reasoningBudgetGuide } from "../structured/budget.ts";
 import { nowMs, type RequestTelemetry } from "./telemetry.ts";
 
 /** Background generations of this process, by response id (for cancel). */
@@ -141,6 +142,39 @@ async function withStructuredGuide(
   return { ...request, guide };
 }
 
+/** The request with its grammar guide: text.format's, or strict tools' arguments (none when neither applies). */
+async function constrained(
+  engineRequest: EngineRequest,
+  structured: StructuredSpec | undefined,
+  request: ResponsesRequest,
+  tools: FunctionTool[],
+  model: ServingModel,
+  json: unknown,
+  deps: ResponsesDeps,
+): Promise<EngineRequest> {
+  if (structured) return await withStructuredGuide(engineRequest, structured, model, json, deps);
+  const budget = (json as { max_reasoning_tokens?: unknown }).max_reasoning_tokens;
+  if (typeof budget === "number") {
+    const guide = reasoningBudgetGuide(
+      model.tokenizer,
+      model.engine.vocabSize,
+      budget,
+      engineRequest.guide,
+      () => deps.telemetry.metrics?.countForcedReasoningClose(),
+    );
+    engineRequest = { ...engineRequest, guide };
+  }
+  // Function tools are strict unless they say otherwise (OpenAI's Responses default): arguments follow `parameters`.
+  const strict = request.tool_choice === "none"
+    ? []
+    : tools.flatMap((t, i) =>
+      t.strict !== false ? [{ name: t.name, parameters: t.parameters, param: `tools[${i}].parameters` }] : []
+    );
+  if (strict.length === 0) return engineRequest;
+  const [guide] = await strictToolGuides(model, strict, [engineRequest.guide]);
+  return { ...engineRequest, guide };
+}
+
 async function prepare(json: unknown, deps: ResponsesDeps): Promise<Prepared> {
   const request = parseResponsesRequest(json);
   const model = requireModel(deps.state, request.model);
@@ -185,7 +219,7 @@ async function prepare(json: unknown, deps: ResponsesDeps): Promise<Prepared> {
       ? toolChoiceGuide(model.tokenizer, toolChoice, tools.map((t) => t.name))
       : undefined,
   };
-  if (structured) engineRequest = await withStructuredGuide(engineRequest, structured, model, json, deps);
+  engineRequest = await constrained(engineRequest, structured, request, tools, model, json, deps);
   const echo = {
     background: request.background ?? false,
     instructions: request.instructions ?? null,

@@ -1,13 +1,16 @@
 /**
  * Structured outputs for the endpoints: which constraint a request asks for (`response_format` json_schema /
  * json_object, Responses `text.format`, or vLLM's `guided_json` / `guided_choice`), compiled once per schema
- * (src/structured/xgrammar.ts caches them), and one grammar guide per choice. Where it is refused: `guided_regex`
- * (the grammar engine build we use has no regex front end), and together with a forced tool call.
+ * (src/structured/xgrammar.ts caches them), and one grammar guide per choice; tools declared `strict: true` get
+ * their arguments constrained to their `parameters`. Refused: `guided_regex` (the grammar engine build we use has no
+ * regex front end), and a response format together with a forced tool call.
  */
 import { InvalidRequestError } from "../errors.ts";
 import type { TokenGuide } from "../harmony/tool_guide.ts";
 import type { Tokenizer } from "../harmony/tokenizer.ts";
+import { CALL } from "../harmony/tokens.ts";
 import { structuredGuide } from "../structured/guide.ts";
+import { strictToolGuide } from "../structured/tool_arguments.ts";
 import { StructuredOutputs } from "../structured/xgrammar.ts";
 import type { ServingModel } from "./serving.ts";
 
@@ -86,4 +89,28 @@ export async function structuredGuides(
       maxReasoningTokens: options.maxReasoningTokens,
       onForcedClose: options.onForcedClose,
     })));
+}
+
+/** A tool declared with `strict: true`. */
+export interface StrictTool {
+  readonly name: string;
+  readonly parameters: unknown;
+  /** The request field to name in errors (`tools[2].function.parameters`). */
+  readonly param: string;
+}
+
+/** Wraps each choice's guide (or none) so that strict tools' arguments follow their schemas. */
+export async function strictToolGuides(
+  model: ServingModel,
+  tools: readonly StrictTool[],
+  inner: readonly (TokenGuide | undefined)[],
+): Promise<TokenGuide[]> {
+  const engine = await engineFor(model);
+  const grammars = await Promise.all(tools.map((t) => engine.compile(t.parameters ?? { type: "object" }, t.param)));
+  return await Promise.all(inner.map(async (guide) => {
+    const matchers = new Map(
+      await Promise.all(tools.map(async (t, i) => [t.name, await engine.matcher(grammars[i], CALL)] as const)),
+    );
+    return strictToolGuide(model.tokenizer, matchers, guide);
+  }));
 }

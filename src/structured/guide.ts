@@ -27,7 +27,7 @@ export interface StructuredGuide extends TokenGuide {
 }
 
 /** Plain text and `<|end|>`: what an analysis message may contain. */
-function analysisMask(vocabSize: number): Int32Array {
+export function analysisMask(vocabSize: number): Int32Array {
   const mask = new Int32Array(Math.ceil(vocabSize / 32));
   for (let id = 0; id < Math.min(FIRST_SPECIAL_ID, vocabSize); id++) mask[id >> 5] |= 1 << (id & 31);
   mask[END >> 5] |= 1 << (END & 31);

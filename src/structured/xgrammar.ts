@@ -40,8 +40,10 @@ export interface GrammarMatcher {
   accept(tokenId: number): boolean;
   /** The allowed next tokens: bit (id & 31) of word (id >> 5). */
   mask(): Int32Array;
-  /** The grammar is complete (it accepted its stop token, `<|return|>`). */
+  /** The grammar is complete (it accepted its stop token). */
   readonly terminated: boolean;
+  /** Back to the start, for another use of the same grammar. */
+  reset(): void;
   dispose(): void;
 }
 
@@ -114,9 +116,9 @@ export class StructuredOutputs {
     return compiled;
   }
 
-  /** A fresh matcher for a compiled grammar. */
-  async matcher(grammar: CompiledGrammar): Promise<GrammarMatcher> {
-    const matcher = await this.#xg.GrammarMatcher.createGrammarMatcher(grammar.handle);
+  /** A fresh matcher for a compiled grammar; `stopToken` ends it (default `<|return|>`; tool arguments: `<|call|>`). */
+  async matcher(grammar: CompiledGrammar, stopToken = RETURN): Promise<GrammarMatcher> {
+    const matcher = await this.#xg.GrammarMatcher.createGrammarMatcher(grammar.handle, [stopToken]);
     const words = Math.ceil(this.#vocabSize / 32);
     const vocabSize = this.#vocabSize;
     return {
@@ -131,6 +133,7 @@ export class StructuredOutputs {
       get terminated() {
         return matcher.isTerminated();
       },
+      reset: () => matcher.reset(),
       dispose: () => matcher.dispose(),
     };
   }
