@@ -62,7 +62,7 @@ function probeCuda(): ProbeResult {
   try {
     library = loadNativeLibrary({ path: CUDA_LIBRARY_PATH });
   } catch (err) {
-    return result(false, `${(err as Error).message} (build it with: deno task build:cuda)`);
+    return result(false, (err as Error).message); // it says how to build the library when that is what is missing
   }
   try {
     const out = new BigUint64Array(1);
