@@ -35,6 +35,7 @@ if podman run -d --rm --name gptoss-image-check --network host gpt-oss-deno:cpu 
 fi
 echo "podman run failed: $(tail -1 /tmp/podman-run.err); running the image's filesystem with chroot instead" >&2
 root=$(mktemp -d)
+chmod 755 "$root" # the image's user must be able to enter its own root
 id=$(podman create gpt-oss-deno:cpu)
 podman export "$id" | tar -C "$root" -x
 podman rm "$id" >/dev/null
