@@ -10,6 +10,7 @@ import { parseArgs } from "node:util";
 import { Sampler } from "../src/engine/sampling.ts";
 import { Tokenizer } from "../src/harmony/tokenizer.ts";
 import { VOCAB_SIZE } from "../src/harmony/tokens.ts";
+import { RemoteGrammars } from "../src/structured/remote.ts";
 import { StructuredOutputs } from "../src/structured/xgrammar.ts";
 import { CORPUS } from "../tests/fixtures/structured_schemas.ts";
 import { startServer } from "../tests/helpers/server.ts";
@@ -23,7 +24,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 const tokenizer = new Tokenizer();
 
 let t0 = performance.now();
-const engine = await StructuredOutputs.create(tokenizer, VOCAB_SIZE);
+const engine = await StructuredOutputs.create(StructuredOutputs.encodeVocab(tokenizer, VOCAB_SIZE));
 console.log(`vocabulary indexed for xgrammar in ${(performance.now() - t0).toFixed(0)} ms`);
 const compileMs: number[] = [];
 for (const entry of CORPUS) {
@@ -69,6 +70,27 @@ console.log(
   } ms (median of ${maskMs.length})`,
 );
 matcher.dispose();
+
+// The same through the grammar worker, as the server runs it (one message per token: accept + next mask).
+const remote = new RemoteGrammars(tokenizer, VOCAB_SIZE);
+const key = await remote.compile(CORPUS.find((e) => e.name === "order")!.schema, "bench");
+const far = await remote.matcher(key);
+const roundTripMs: number[] = [];
+let next = await far.advance([]);
+for (let step = 0; step < 200 && !next.terminated; step++) {
+  let token = 0;
+  while (((next.mask[token >> 5] >>> (token & 31)) & 1) === 0) token++;
+  t0 = performance.now();
+  next = await far.advance([token]);
+  roundTripMs.push(performance.now() - t0);
+}
+console.log(
+  `through the worker: ${
+    median(roundTripMs).toFixed(2)
+  } ms per token (accept + mask + transfer), overlapped with the model's step in the server`,
+);
+far.dispose();
+remote.close();
 
 // Tokens/s over HTTP.
 const cache = await Deno.makeTempDir({ prefix: "gptoss-structured-bench-" });

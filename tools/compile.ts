@@ -10,7 +10,8 @@ const ROOT = fileURLToPath(new URL("../", import.meta.url));
 
 /** What the binary embeds, relative to the repository root (optional native libraries only when built). */
 export function includeList(exists: (path: string) => boolean = (p) => existsAt(`${ROOT}${p}`)): string[] {
-  const always = ["kernels/webgpu", "configs"];
+  // The grammar worker is loaded by URL at run time (new Worker), so it is included by name.
+  const always = ["kernels/webgpu", "configs", "src/structured/grammar_worker.ts"];
   const libraries = ["build/libgptoss_cpu.so", "build/libgptoss_cuda.so"].filter(exists);
   return [...always, ...libraries];
 }

@@ -11,7 +11,7 @@ import type { Tokenizer } from "../harmony/tokenizer.ts";
 import { CALL } from "../harmony/tokens.ts";
 import { structuredGuide } from "../structured/guide.ts";
 import { strictToolGuide } from "../structured/tool_arguments.ts";
-import { StructuredOutputs } from "../structured/xgrammar.ts";
+import { RemoteGrammars } from "../structured/remote.ts";
 import type { ServingModel } from "./serving.ts";
 
 /** What to constrain the answer to: a JSON Schema, or (schema undefined) any JSON object/value. */
@@ -21,13 +21,13 @@ export interface StructuredSpec {
   readonly param: string;
 }
 
-/** One engine per tokenizer, made on first use (≈0.5 s to index the vocabulary). */
-const engines = new WeakMap<Tokenizer, Promise<StructuredOutputs>>();
+/** One grammar worker per tokenizer, started on first use (≈0.5 s to index the vocabulary there). */
+const engines = new WeakMap<Tokenizer, RemoteGrammars>();
 
-function engineFor(model: ServingModel): Promise<StructuredOutputs> {
+function engineFor(model: ServingModel): RemoteGrammars {
   let engine = engines.get(model.tokenizer);
   if (!engine) {
-    engine = StructuredOutputs.create(model.tokenizer, model.engine.vocabSize);
+    engine = new RemoteGrammars(model.tokenizer, model.engine.vocabSize);
     engines.set(model.tokenizer, engine);
   }
   return engine;
@@ -79,7 +79,7 @@ export async function structuredGuides(
   count: number,
   options: { maxReasoningTokens?: number; onForcedClose?: () => void },
 ): Promise<TokenGuide[]> {
-  const engine = await engineFor(model);
+  const engine = engineFor(model);
   const grammar = await engine.compile(spec.schema, spec.param);
   return await Promise.all(Array.from({ length: count }, async () =>
     structuredGuide({
@@ -105,7 +105,7 @@ export async function strictToolGuides(
   tools: readonly StrictTool[],
   inner: readonly (TokenGuide | undefined)[],
 ): Promise<TokenGuide[]> {
-  const engine = await engineFor(model);
+  const engine = engineFor(model);
   const grammars = await Promise.all(tools.map((t) => engine.compile(t.parameters ?? { type: "object" }, t.param)));
   return await Promise.all(inner.map(async (guide) => {
     const matchers = new Map(

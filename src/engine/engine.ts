@@ -408,9 +408,17 @@ export class Engine implements EngineApi {
     this.#admit(limits, pressure);
     const runnable = this.#allocate(limits);
     if (runnable.length === 0) return;
-    const step = await forwardStep(this.#model, this.#pool, this.#build(runnable), {
+    const batch = this.#build(runnable);
+    // Guides that need time (a grammar's next mask, computed in a worker) get ready while the step runs.
+    const preparing = runnable.flatMap(({ seq, samples }) =>
+      samples && !seq.finished && seq.request.guide?.prepare
+        ? [seq.request.guide.prepare(seq.tokens.slice(seq.promptLength))]
+        : []
+    );
+    const step = await forwardStep(this.#model, this.#pool, batch, {
       masked: reservedIdRange(this.#model.config.vocabSize),
     });
+    await Promise.all(preparing);
     this.stats.steps++;
     this.stats.lastBatchSize = runnable.length;
     this.stats.maxBatchSize = Math.max(this.stats.maxBatchSize, runnable.length);

@@ -23,6 +23,11 @@ export type GuideStep =
 export interface TokenGuide {
   /** The constraint on the next token, given what was generated so far (each call sees one more token). */
   next(generated: readonly number[]): GuideStep;
+  /**
+   * Gets ready to answer {@link next} for `generated` (e.g. a grammar's mask computed in a worker); the engine calls
+   * it while the step's forward pass runs and awaits it before sampling. Never rejects.
+   */
+  prepare?(generated: readonly number[]): Promise<void>;
   /** Frees what the guide holds outside the JS heap; the engine calls it once when the request ends. */
   dispose?(): void;
 }

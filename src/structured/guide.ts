@@ -4,11 +4,14 @@
  * grammar, `<|return|>` allowed only where the grammar is complete. A reasoning budget closes the analysis (`<|end|>`
  * forced) after `maxReasoningTokens`; 0 skips it (the answer comes first). Tool calls are not offered here: a request
  * with a response format gets its answer on the final channel.
+ *
+ * The grammar lives in a worker: `prepare` (called by the engine while the step runs) feeds it the answer's new tokens
+ * and fetches the next mask; `next` then answers at once.
  */
 import type { GuideStep, TokenGuide } from "../harmony/tool_guide.ts";
 import type { Tokenizer } from "../harmony/tokenizer.ts";
-import { CHANNEL, END, FIRST_SPECIAL_ID, MESSAGE, START } from "../harmony/tokens.ts";
-import type { GrammarMatcher } from "./xgrammar.ts";
+import { CHANNEL, END, FIRST_SPECIAL_ID, MESSAGE, RETURN, START } from "../harmony/tokens.ts";
+import type { GrammarMatcher } from "./remote.ts";
 
 /** Options of {@link structuredGuide}. */
 export interface StructuredGuideOptions {
@@ -44,25 +47,28 @@ export function structuredGuide(options: StructuredGuideOptions): StructuredGuid
   let after: "analysis" | "final" = budget === 0 ? "final" : "analysis";
   let seen = 0;
   let disposed = false;
+  let grammar: { mask: Int32Array; terminated: boolean } | undefined; // the mask for the next answer token
+  let broken = false;
   const free = analysisMask(options.vocabSize);
 
-  const consume = (id: number) => {
+  /** Moves the phase over one generated id; returns it when it belongs to the answer (the grammar's input). */
+  const consume = (id: number): number | undefined => {
     if (state.phase === "header") {
       // A token we forced; after the last one, the message's body begins.
       if (queue.length === 0) state.phase = after;
-      return;
+      return undefined;
     }
     if (state.phase === "analysis") {
       if (id !== END) {
         state.reasoningTokens++;
-        return;
+        return undefined;
       }
       state.phase = "header";
       queue = [START, ...tokenizer.encode("assistant"), ...finalHeader];
       after = "final";
-      return;
+      return undefined;
     }
-    matcher.accept(id);
+    return id;
   };
 
   return {
@@ -72,8 +78,21 @@ export function structuredGuide(options: StructuredGuideOptions): StructuredGuid
       disposed = true;
       matcher.dispose();
     },
+    async prepare(generated) {
+      const answer: number[] = [];
+      for (; seen < generated.length; seen++) {
+        const id = consume(generated[seen]);
+        if (id !== undefined) answer.push(id);
+      }
+      if (state.phase !== "final" || (grammar?.terminated ?? false)) return;
+      try {
+        grammar = await matcher.advance(answer);
+      } catch {
+        broken = true; // the grammar worker failed: the answer ends here rather than run unconstrained
+      }
+    },
     next(generated): GuideStep {
-      for (; seen < generated.length; seen++) consume(generated[seen]);
+      for (; seen < generated.length; seen++) consume(generated[seen]); // without prepare(): phases only
       if (queue.length > 0) {
         const id = queue[0];
         queue = queue.slice(1);
@@ -87,7 +106,9 @@ export function structuredGuide(options: StructuredGuideOptions): StructuredGuid
         }
         return { mask: free };
       }
-      return matcher.terminated ? undefined : { mask: matcher.mask() };
+      if (broken) return RETURN;
+      if (!grammar || grammar.terminated) return undefined;
+      return { mask: grammar.mask };
     },
   };
 }

@@ -34,8 +34,13 @@ export interface CompiledGrammar {
   readonly handle: Xg;
 }
 
-/** One request's grammar state: accepts tokens and masks the next one. */
-export interface GrammarMatcher {
+/** The cache key of a grammar. */
+export function grammarKey(schema: unknown): string {
+  return schema === undefined ? "json_object" : JSON.stringify(schema);
+}
+
+/** One request's grammar state, used where the grammar lives (the worker): accepts tokens, masks the next one. */
+export interface SyncMatcher {
   /** Feeds a sampled token; false when the grammar rejects it. */
   accept(tokenId: number): boolean;
   /** The allowed next tokens: bit (id & 31) of word (id >> 5). */
@@ -61,14 +66,8 @@ export class StructuredOutputs {
     this.#vocabSize = vocabSize;
   }
 
-  /** Loads xgrammar and builds its view of the vocabulary (≈0.5 s for 201,088 tokens). */
-  static async create(tokenizer: Tokenizer, vocabSize: number, cacheSize = 64): Promise<StructuredOutputs> {
-    const g = globalThis as Record<string, unknown>;
-    g.require ??= createRequire(import.meta.url);
-    g.__filename ??= import.meta.filename;
-    g.__dirname ??= import.meta.dirname;
-    await import("@mlc-ai/web-xgrammar");
-    const xg = g.xgrammar as Xg;
+  /** The vocabulary as xgrammar reads a byte-level BPE one: each token's bytes in GPT-2's printable alphabet. */
+  static encodeVocab(tokenizer: Tokenizer, vocabSize: number): string[] {
     const map = byteToUnicode();
     const vocab: string[] = new Array(vocabSize);
     for (let id = 0; id < vocabSize; id++) {
@@ -76,14 +75,25 @@ export class StructuredOutputs {
       // Special and reserved ids get "": xgrammar never allows them inside the grammar (the stop token aside).
       vocab[id] = bytes ? Array.from(bytes, (b) => map[b]).join("") : "";
     }
-    const info = await xg.TokenizerInfo.createTokenizerInfo(vocab, "byte_level", false, vocabSize, [RETURN]);
+    return vocab;
+  }
+
+  /** Loads xgrammar and indexes the vocabulary (≈0.5 s for 201,088 tokens). */
+  static async create(vocab: readonly string[], cacheSize = 64): Promise<StructuredOutputs> {
+    const g = globalThis as Record<string, unknown>;
+    g.require ??= createRequire(import.meta.url);
+    g.__filename ??= import.meta.filename;
+    g.__dirname ??= import.meta.dirname;
+    await import("@mlc-ai/web-xgrammar");
+    const xg = g.xgrammar as Xg;
+    const info = await xg.TokenizerInfo.createTokenizerInfo([...vocab], "byte_level", false, vocab.length, [RETURN]);
     const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, true);
-    return new StructuredOutputs(xg, compiler, vocabSize, cacheSize);
+    return new StructuredOutputs(xg, compiler, vocab.length, cacheSize);
   }
 
   /** A grammar for a JSON Schema, or for any JSON value (`schema` undefined). 400 naming `param` when invalid. */
   compile(schema: unknown, param: string): Promise<CompiledGrammar> {
-    const key = schema === undefined ? "json_object" : JSON.stringify(schema);
+    const key = grammarKey(schema);
     const cached = this.#cache.get(key);
     if (cached) {
       this.#cache.delete(key); // LRU: most recent last
@@ -92,7 +102,7 @@ export class StructuredOutputs {
     }
     const started = performance.now();
     const compiled = (async () => {
-      if (schema !== undefined) checkSchema(schema, param);
+      if (schema !== undefined) checkSchema(schema, param); // (done again here for direct users of this class)
       const fatal: string[] = [];
       try {
         const handle = await quietly(
@@ -117,7 +127,7 @@ export class StructuredOutputs {
   }
 
   /** A fresh matcher for a compiled grammar; `stopToken` ends it (default `<|return|>`; tool arguments: `<|call|>`). */
-  async matcher(grammar: CompiledGrammar, stopToken = RETURN): Promise<GrammarMatcher> {
+  async matcher(grammar: CompiledGrammar, stopToken = RETURN): Promise<SyncMatcher> {
     const matcher = await this.#xg.GrammarMatcher.createGrammarMatcher(grammar.handle, [stopToken]);
     const words = Math.ceil(this.#vocabSize / 32);
     const vocabSize = this.#vocabSize;
@@ -140,7 +150,7 @@ export class StructuredOutputs {
 }
 
 /** Rejects what is not a JSON Schema (by the draft 2020-12 meta-schema, references resolved) before xgrammar sees it. */
-function checkSchema(schema: unknown, param: string): void {
+export function checkSchema(schema: unknown, param: string): void {
   if (typeof schema !== "object" && typeof schema !== "boolean") {
     throw new InvalidRequestError("The schema must be a JSON object", param);
   }
