@@ -134,6 +134,7 @@ export class StructuredOutputs {
     return {
       accept: (tokenId) => matcher.acceptToken(tokenId),
       mask: () => {
+        if (matcher.isTerminated()) return new Int32Array(words); // nothing may follow (asking would abort)
         const vector = matcher.handle.GetNextTokenBitmask(vocabSize);
         const out = new Int32Array(words);
         for (let i = 0; i < words; i++) out[i] = vector.get(i);
