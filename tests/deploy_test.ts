@@ -174,6 +174,16 @@ async function checkPrometheus(replicas: ServerProcess[]): Promise<void> {
     .filter((line) => line.trim() && !/^vllm:\S+ metric names should not contain ':'$/.test(line.trim()));
   assertEquals(problems, [], "promtool check metrics");
 
+  // Every metric the dashboard and the alerts query is one the server exports.
+  const exported = new Set(
+    [...text.matchAll(/^([a-zA-Z_:][a-zA-Z0-9_:]*?)(?:_bucket|_sum|_count)?[{ ]/gm)].map((m) => m[1]),
+  );
+  const queried = [
+    ...Deno.readTextFileSync(`${ROOT}deploy/grafana-dashboard.json`).matchAll(/\b(gptoss_[a-z_]+?)(?:_bucket)?\{/g),
+    ...Deno.readTextFileSync(`${ROOT}deploy/alerts.yml`).matchAll(/\b(gptoss_[a-z_]+?)(?:_bucket)?[{)]/g),
+  ].map((m) => m[1]);
+  assert(queried.length > 10);
+  assertEquals(queried.filter((name) => !exported.has(name)), [], "queried metrics the server does not export");
   const dir = await Deno.makeTempDir({ prefix: "gptoss-prom-" });
   const port = freePort();
   const targets = replicas.map((r) => `"127.0.0.1:${r.port}"`).join(", ");
