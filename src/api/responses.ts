@@ -277,6 +277,16 @@ async function generate(
   run.finish(cancelled());
 }
 
+/** Queues the generation; a refused one (429, context) frees its grammar guide at once. */
+function submit(p: Prepared, controller: AbortController): AsyncIterable<TokenEvent>[] {
+  try {
+    return submitChoices(p.model.engine, [p.engineRequest], [controller], "input");
+  } catch (err) {
+    p.engineRequest.guide?.dispose?.();
+    throw err;
+  }
+}
+
 /** POST /v1/responses. */
 export async function createResponse(json: unknown, signal: AbortSignal, deps: ResponsesDeps): Promise<Response> {
   const startedMs = nowMs();
@@ -295,7 +305,7 @@ export async function createResponse(json: unknown, signal: AbortSignal, deps: R
   });
   if (p.request.background) return await startBackground(p, run, deps, startedMs);
   linkAbort(signal, controller);
-  const [stream] = submitChoices(p.model.engine, [p.engineRequest], [controller], "input");
+  const [stream] = submit(p, controller);
   const finish = async () => {
     run.report(deps.telemetry, startedMs);
     // Stored only when it ran to its end: a client that left mid-answer leaves no half conversation behind.
@@ -335,7 +345,7 @@ async function startBackground(
 ): Promise<Response> {
   const store = deps.store;
   if (!store) throw new InvalidRequestError("background responses need the response store (--response-store)");
-  const [stream] = submitChoices(p.model.engine, [p.engineRequest], [run.controller], "input");
+  const [stream] = submit(p, run.controller);
   run.status = "queued";
   await store.put(record(p, run, deps));
   const queued = run.responseJson();

@@ -24,6 +24,7 @@ export class RemoteGrammars {
   readonly #worker: Worker;
   readonly #pending = new Map<number, (reply: WorkerReply) => void>();
   #nextId = 1;
+  #failed: string | undefined;
   readonly ready: Promise<void>;
 
   constructor(tokenizer: Tokenizer, vocabSize: number) {
@@ -33,11 +34,19 @@ export class RemoteGrammars {
       this.#pending.delete(event.data.id);
       resolve?.(event.data);
     };
+    // A worker that dies must not take the server with it, nor leave a step waiting for a mask forever.
+    this.#worker.onerror = (event: ErrorEvent) => {
+      event.preventDefault();
+      this.#failed = `the grammar worker failed: ${event.message}`;
+      for (const [id, resolve] of this.#pending) resolve({ id, error: this.#failed });
+      this.#pending.clear();
+    };
     this.ready = this.#call({ op: "init", vocab: StructuredOutputs.encodeVocab(tokenizer, vocabSize) }).then(() => {});
   }
 
   #call(body: Body): Promise<WorkerReply> {
     const id = this.#nextId++;
+    if (this.#failed) return Promise.resolve({ id, error: this.#failed });
     const reply = new Promise<WorkerReply>((resolve) => this.#pending.set(id, resolve));
     this.#worker.postMessage({ id, ...body });
     return reply;
