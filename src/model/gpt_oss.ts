@@ -84,14 +84,14 @@ export async function forward(
 }
 
 /** The step's token rows: ids, positions, attention segments and which rows' logits are wanted. */
-interface StepLayout {
+export interface StepLayout {
   readonly ids: Int32Array;
   readonly positions: Int32Array;
   readonly batch: AttentionBatch;
   readonly logitRows: number[];
 }
 
-function layoutStep(pool: KvPool, sequences: readonly StepSequence[], numTokens: number): StepLayout {
+export function layoutStep(pool: KvPool, sequences: readonly StepSequence[], numTokens: number): StepLayout {
   const ids = new Int32Array(numTokens);
   const positions = new Int32Array(numTokens);
   const segments: BatchSegment[] = [];
@@ -123,7 +123,7 @@ function layoutStep(pool: KvPool, sequences: readonly StepSequence[], numTokens:
 }
 
 /** A step's device tensors, freed together at its end. */
-class StepTensors {
+export class StepTensors {
   readonly #backend: Backend;
   readonly #all: DeviceTensor[] = [];
   constructor(backend: Backend) {
@@ -288,7 +288,7 @@ export async function forwardStep(
 }
 
 /** Each sequence's rows of the read logits (empty where none were wanted or read). */
-function splitRows(
+export function splitRows(
   sequences: readonly StepSequence[],
   result: Float32Array | undefined,
   vocab: number,
