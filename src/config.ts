@@ -60,6 +60,7 @@ const SettingsLayerSchema = z.object({
   dtype: z.enum(DTYPE_CHOICES),
   weightsDtype: z.enum(WEIGHTS_DTYPE_CHOICES),
   threads: positiveInt,
+  tensorParallelSize: positiveInt,
   apiKey: z.string().min(1),
   adminKey: z.string().min(1),
   logLevel: z.enum(LOG_LEVELS),
@@ -98,6 +99,8 @@ export interface ServerConfig {
   readonly weightsDtype: (typeof WEIGHTS_DTYPE_CHOICES)[number];
   /** Native CPU threads; undefined = OMP_NUM_THREADS if set, else one per physical core. */
   readonly threads: number | undefined;
+  /** Ranks the model is split over (tensor parallelism; CPU ranks in one process for now). */
+  readonly tensorParallelSize: number;
   readonly apiKey: string | undefined;
   readonly adminKey: string | undefined;
   readonly logLevel: LogLevel;
@@ -143,6 +146,7 @@ export const DEFAULTS = {
   backend: "auto",
   dtype: "auto",
   weightsDtype: "bf16",
+  tensorParallelSize: 1,
   logLevel: "info",
   logFormat: "json",
   drainTimeoutMs: 30_000,
@@ -209,6 +213,12 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
     "Native CPU: q8 = 8-bit matmul weights and activations (faster, not exact)",
   ),
   spec("threads", "threads", { kind: "int", min: 1, max: 4096 }, "Native CPU threads (default: physical cores)"),
+  spec(
+    "tensor-parallel-size",
+    "tensorParallelSize",
+    { kind: "int", min: 1, max: 64 },
+    "Split the model over N ranks (native or reference backend; threads shared among them)",
+  ),
   spec("config", "config", STRING, "Settings file (default configs/server.json)"),
   spec("api-key", "apiKey", STRING, "Require a bearer key on every endpoint but /health (several: comma-separated)"),
   spec("admin-key", "adminKey", STRING, "Key for /admin endpoints"),
@@ -437,6 +447,7 @@ export function loadServerConfig(sources: ConfigSources): ServerConfig {
     dtype: final.dtype,
     weightsDtype: final.weightsDtype,
     threads: final.threads,
+    tensorParallelSize: final.tensorParallelSize,
     apiKey: final.apiKey,
     adminKey: final.adminKey,
     logLevel: final.logLevel,

@@ -63,6 +63,7 @@ Deno.test("every serve flag parses into its setting", () => {
     [["--log-content"], (c) => c.logContent, true],
     [["--weights-dtype", "q8"], (c) => c.weightsDtype, "q8"],
     [["--threads", "3"], (c) => c.threads, 3],
+    [["--tensor-parallel-size", "2"], (c) => c.tensorParallelSize, 2],
     [["--response-store", "/tmp/r.sqlite"], (c) => c.responseStore, "/tmp/r.sqlite"],
     [["--response-ttl", "60"], (c) => c.responseTtlSeconds, 60],
     [["--metrics-vllm-names"], (c) => c.metricsVllmNames, true],

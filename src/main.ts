@@ -18,6 +18,9 @@ import { chooseModel, type ModelChoice } from "./checkpoint/choose.ts";
 import { createModel } from "./model/gpt_oss.ts";
 import type { Preset } from "./tools/synthetic.ts";
 import { loadWeights } from "./checkpoint/load_weights.ts";
+import { loadTensorParallelModel } from "./checkpoint/load_sharded.ts";
+import { createNativeBackend } from "./backends/native/native_backend.ts";
+import { createReferenceBackend } from "./backends/reference/reference_backend.ts";
 import { createLogger, type Logger } from "./obs/logger.ts";
 import { createMetrics, type Metrics } from "./obs/metrics.ts";
 import { createTracing } from "./obs/tracing.ts";
@@ -55,6 +58,26 @@ function terminalWriter(): ((text: string) => void) | undefined {
   return (text) => Deno.stderr.writeSync(encoder.encode(text));
 }
 
+/**
+ * `--tensor-parallel-size N`: N backends of the selected kind (the threads shared among them), the selected one
+ * disposed. CPU ranks only for now: CUDA ranks need NCCL.
+ */
+function tensorParallelBackends(config: ServerConfig, selected: Backend): Backend[] {
+  const size = config.tensorParallelSize;
+  if (selected.name === "reference") return Array.from({ length: size }, () => createReferenceBackend());
+  if (selected.name !== "native") {
+    fail(`--tensor-parallel-size ${size} runs on the native or reference backend (got ${selected.name})`);
+  }
+  selected.dispose();
+  const threads = Math.max(1, Math.floor((config.threads ?? navigator.hardwareConcurrency) / size));
+  return Array.from({ length: size }, () =>
+    createNativeBackend({
+      ...nativeOptionsFromEnv(Deno.env.toObject()),
+      numThreads: threads,
+      weights: config.weightsDtype,
+    }));
+}
+
 /** Loads the chosen checkpoint onto the backend and starts the engine; updates `state` as it goes. */
 async function loadModel(
   choice: ModelChoice,
@@ -72,8 +95,14 @@ async function loadModel(
   const checkpoint = Checkpoint.open(choice.dir, { mmap: true, populate: true });
   try {
     const progress = createProgress({ event: "model.load", logger, terminal: terminalWriter() });
-    const weights = await loadWeights(checkpoint, backend, (p) => progress(p.bytesDone, p.bytesTotal));
-    const model = createModel(checkpoint.config, weights, backend);
+    const model = config.tensorParallelSize > 1
+      ? loadTensorParallelModel(checkpoint, tensorParallelBackends(config, backend))
+      : createModel(
+        checkpoint.config,
+        await loadWeights(checkpoint, backend, (p) => progress(p.bytesDone, p.bytesTotal)),
+        backend,
+      );
+    if (model.parallel) logger.info("model.tensor_parallel", { ranks: model.parallel.ranks.length });
     const stops = model.config.vocabSize > ASSISTANT_STOP_IDS[0]
       ? [...ASSISTANT_STOP_IDS]
       : model.config.eosTokenId !== undefined

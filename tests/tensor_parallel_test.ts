@@ -4,7 +4,7 @@
  * ids over 8 decode steps, on the reference backend and (where it loads) the native one. Uneven splits are refused in
  * one line.
  */
-import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import type { Backend } from "../src/backends/backend.ts";
 import { createNativeBackend } from "../src/backends/native/native_backend.ts";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
@@ -15,6 +15,7 @@ import { createModel, forward, kvPoolSpec, type Model, type StepSequence } from 
 import { forwardTensorParallel, HostCommunicator, shardConfig } from "../src/model/tensor_parallel.ts";
 import { loadWeights } from "../src/checkpoint/load_weights.ts";
 import { argmax, assertLogitsClose, GOLDEN_ROOT, goldenCases, goldenLogits } from "./helpers/golden.ts";
+import { type ServerProcess, startServer } from "./helpers/server.ts";
 
 const BLOCKS = { blockSize: 16, numFullBlocks: 8, numSlidingBlocks: 8 };
 
@@ -103,5 +104,39 @@ Deno.test("uneven splits are refused in one line naming what does not divide", (
     assertThrows(() => shardConfig(checkpoint.config, 4), /does not divide the key\/value heads \(2\)/);
   } finally {
     checkpoint.close();
+  }
+});
+
+Deno.test("a server with --tensor-parallel-size 2 answers as the single-rank one: same seeded tokens, alone or batched", async () => {
+  const cache = await Deno.makeTempDir({ prefix: "gptoss-tp-" });
+  const backend = native.available ? "native" : "reference";
+  const args = (tp: number) => [
+    ...["--port", "0", "--model-cache-dir", cache, "--current-date", "2025-06-28", "--response-store", "off"],
+    ...["--backend", backend, "--tensor-parallel-size", String(tp)],
+  ];
+  const [one, two] = await Promise.all([startServer(args(1)), startServer(args(2))]);
+  try {
+    const ask = (server: ServerProcess, seed: number) =>
+      fetch(`${server.baseUrl}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({
+          model: "gpt-oss-tiny-random",
+          prompt: `Story ${seed}`,
+          max_tokens: 12,
+          seed,
+          return_token_ids: true,
+        }),
+      }).then(async (r) => (await r.json()).choices[0].token_ids as number[]);
+    const seeds = [1, 2, 3, 4];
+    const alone: number[][] = [];
+    for (const seed of seeds) alone.push(await ask(one, seed));
+    const batched = await Promise.all(seeds.map((seed) => ask(two, seed)));
+    assertEquals(batched, alone);
+    assertEquals(alone.every((ids) => ids.length === 12), true);
+    assert(two.logLines.some((l) => l.includes('"event":"model.tensor_parallel","ranks":2')));
+  } finally {
+    await Promise.all([one.stop(), two.stop()]);
+    await Deno.remove(cache, { recursive: true });
   }
 });

@@ -9,6 +9,8 @@
  */
 import type { Backend, DeviceTensor, DType } from "../backends/backend.ts";
 import type { LayerWeights, ModelWeights } from "../model/weights.ts";
+import { createModel, type Model } from "../model/gpt_oss.ts";
+import { HostCommunicator, shardConfig } from "../model/tensor_parallel.ts";
 import type { Checkpoint } from "./checkpoint.ts";
 
 const BACKEND_DTYPE = { BF16: "bf16", U8: "u8", F32: "f32", I32: "i32" } as const;
@@ -90,4 +92,12 @@ export function loadShardedWeights(checkpoint: Checkpoint, backend: Backend, ran
     norm: up(read("model.norm.weight")),
     lmHead: up(sliceAxis(read("lm_head.weight"), 0, v0, v1), "matmul"),
   };
+}
+
+/** A tensor-parallel model over `backends` (one rank each): shards loaded, ranks built, a host communicator. */
+export function loadTensorParallelModel(checkpoint: Checkpoint, backends: readonly Backend[]): Model {
+  const size = backends.length;
+  const rankConfig = shardConfig(checkpoint.config, size);
+  const ranks = backends.map((b, r) => createModel(rankConfig, loadShardedWeights(checkpoint, b, r, size), b));
+  return { ...ranks[0], config: checkpoint.config, parallel: { ranks, comm: new HostCommunicator(size) } };
 }

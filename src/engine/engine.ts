@@ -7,14 +7,8 @@
 import { pushAll } from "../formats/json_depth.ts";
 import type { KvPool } from "../backends/backend.ts";
 import { ContextOverflowError, InvalidRequestError, OverloadedError } from "../errors.ts";
-import {
-  forwardStep,
-  kvPoolSpec,
-  type LogitsWanted,
-  type Model,
-  type StepResult,
-  type StepSequence,
-} from "../model/gpt_oss.ts";
+import { createKvPoolFor, runStep } from "../model/tensor_parallel.ts";
+import { kvPoolSpec, type LogitsWanted, type Model, type StepResult, type StepSequence } from "../model/gpt_oss.ts";
 import type { Logger } from "../obs/logger.ts";
 import {
   emptyEngineStats,
@@ -148,7 +142,7 @@ export class Engine implements EngineApi {
       maxKvLayerBytes: model.backend.limits?.maxKvLayerBytes,
     });
     this.#blocks = new KvBlockManager(sizing);
-    this.#pool = model.backend.createKvPool(kvPoolSpec(model.config, sizing));
+    this.#pool = createKvPoolFor(model, kvPoolSpec(model.config, sizing));
   }
 
   /** The model's context length as served. */
@@ -415,7 +409,7 @@ export class Engine implements EngineApi {
         ? [seq.request.guide.prepare(seq.tokens.slice(seq.promptLength))]
         : []
     );
-    const step = await forwardStep(this.#model, this.#pool, batch, {
+    const step = await runStep(this.#model, this.#pool, batch, {
       masked: reservedIdRange(this.#model.config.vocabSize),
     });
     await Promise.all(preparing);
@@ -461,7 +455,7 @@ export class Engine implements EngineApi {
    */
   #build(runnable: readonly PlannedRun[]): StepSequence[] {
     const backend = this.#model.backend;
-    const device = backend.samplesOnDevice === true && backend.ops.sample !== undefined;
+    const device = backend.samplesOnDevice === true && backend.ops.sample !== undefined && !this.#model.parallel;
     return runnable.map(({ seq, numTokens, samples, logits }) => {
       const onDevice = device && samples && logits === "last" && !seq.request.guide && !seq.finished &&
         !seq.sampler.needsPrepass;

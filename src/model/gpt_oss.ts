@@ -8,6 +8,7 @@ import { SAMPLE_PARAMS } from "../backends/backend.ts";
 import type { ModelConfig } from "./config.ts";
 import { buildRopeTables } from "./rope.ts";
 import type { ModelWeights } from "./weights.ts";
+import type { Communicator } from "./tensor_parallel.ts";
 
 /** A model ready to run: config, weights on a backend, RoPE tables. */
 export interface Model {
@@ -17,6 +18,11 @@ export interface Model {
   /** [headDim/2] f32 on the backend */
   readonly ropeInvFreq: DeviceTensor;
   readonly ropeConcentration: number;
+  /**
+   * Tensor parallelism: the ranks that run this model's steps, each on its own backend with its shard
+   * (model/tensor_parallel.ts); `backend` and `weights` are then rank 0's.
+   */
+  readonly parallel?: { readonly ranks: readonly Model[]; readonly comm: Communicator };
 }
 
 /** Wraps loaded weights into a model (builds the RoPE tables). */
