@@ -61,6 +61,7 @@ const SettingsLayerSchema = z.object({
   weightsDtype: z.enum(WEIGHTS_DTYPE_CHOICES),
   threads: positiveInt,
   tensorParallelSize: positiveInt,
+  pipelineParallelSize: positiveInt,
   apiKey: z.string().min(1),
   adminKey: z.string().min(1),
   logLevel: z.enum(LOG_LEVELS),
@@ -101,6 +102,8 @@ export interface ServerConfig {
   readonly threads: number | undefined;
   /** Ranks the model is split over (tensor parallelism; CPU ranks in one process for now). */
   readonly tensorParallelSize: number;
+  /** Stages the layers are split over (pipeline parallelism; CPU stages in one process for now). */
+  readonly pipelineParallelSize: number;
   readonly apiKey: string | undefined;
   readonly adminKey: string | undefined;
   readonly logLevel: LogLevel;
@@ -147,6 +150,7 @@ export const DEFAULTS = {
   dtype: "auto",
   weightsDtype: "bf16",
   tensorParallelSize: 1,
+  pipelineParallelSize: 1,
   logLevel: "info",
   logFormat: "json",
   drainTimeoutMs: 30_000,
@@ -218,6 +222,12 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
     "tensorParallelSize",
     { kind: "int", min: 1, max: 64 },
     "Split the model over N ranks (native or reference backend; threads shared among them)",
+  ),
+  spec(
+    "pipeline-parallel-size",
+    "pipelineParallelSize",
+    { kind: "int", min: 1, max: 64 },
+    "Split the layers over N stages (native or reference backend; threads shared among them)",
   ),
   spec("config", "config", STRING, "Settings file (default configs/server.json)"),
   spec("api-key", "apiKey", STRING, "Require a bearer key on every endpoint but /health (several: comma-separated)"),
@@ -448,6 +458,7 @@ export function loadServerConfig(sources: ConfigSources): ServerConfig {
     weightsDtype: final.weightsDtype,
     threads: final.threads,
     tensorParallelSize: final.tensorParallelSize,
+    pipelineParallelSize: final.pipelineParallelSize,
     apiKey: final.apiKey,
     adminKey: final.adminKey,
     logLevel: final.logLevel,

@@ -64,6 +64,7 @@ Deno.test("every serve flag parses into its setting", () => {
     [["--weights-dtype", "q8"], (c) => c.weightsDtype, "q8"],
     [["--threads", "3"], (c) => c.threads, 3],
     [["--tensor-parallel-size", "2"], (c) => c.tensorParallelSize, 2],
+    [["--pipeline-parallel-size", "2"], (c) => c.pipelineParallelSize, 2],
     [["--response-store", "/tmp/r.sqlite"], (c) => c.responseStore, "/tmp/r.sqlite"],
     [["--response-ttl", "60"], (c) => c.responseTtlSeconds, 60],
     [["--metrics-vllm-names"], (c) => c.metricsVllmNames, true],

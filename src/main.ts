@@ -18,7 +18,7 @@ import { chooseModel, type ModelChoice } from "./checkpoint/choose.ts";
 import { createModel } from "./model/gpt_oss.ts";
 import type { Preset } from "./tools/synthetic.ts";
 import { loadWeights } from "./checkpoint/load_weights.ts";
-import { loadTensorParallelModel } from "./checkpoint/load_sharded.ts";
+import { loadPipelineModel, loadTensorParallelModel } from "./checkpoint/load_sharded.ts";
 import { createNativeBackend } from "./backends/native/native_backend.ts";
 import { createReferenceBackend } from "./backends/reference/reference_backend.ts";
 import { createLogger, type Logger } from "./obs/logger.ts";
@@ -59,14 +59,16 @@ function terminalWriter(): ((text: string) => void) | undefined {
 }
 
 /**
- * `--tensor-parallel-size N`: N backends of the selected kind (the threads shared among them), the selected one
- * disposed. CPU ranks only for now: CUDA ranks need NCCL.
+ * `--tensor-parallel-size N` / `--pipeline-parallel-size N`: N backends of the selected kind (the threads shared among
+ * them), the selected one disposed. CPU ranks only for now: CUDA ranks need NCCL.
  */
-function tensorParallelBackends(config: ServerConfig, selected: Backend): Backend[] {
-  const size = config.tensorParallelSize;
+function groupBackends(config: ServerConfig, selected: Backend, size: number): Backend[] {
+  if (config.tensorParallelSize > 1 && config.pipelineParallelSize > 1) {
+    fail("--tensor-parallel-size and --pipeline-parallel-size cannot both be above 1 (yet)");
+  }
   if (selected.name === "reference") return Array.from({ length: size }, () => createReferenceBackend());
   if (selected.name !== "native") {
-    fail(`--tensor-parallel-size ${size} runs on the native or reference backend (got ${selected.name})`);
+    fail(`Tensor and pipeline parallelism run on the native or reference backend here (got ${selected.name})`);
   }
   selected.dispose();
   const threads = Math.max(1, Math.floor((config.threads ?? navigator.hardwareConcurrency) / size));
@@ -76,6 +78,25 @@ function tensorParallelBackends(config: ServerConfig, selected: Backend): Backen
       numThreads: threads,
       weights: config.weightsDtype,
     }));
+}
+
+/** The model on the selected backend, or on a tensor-parallel / pipeline group of backends of its kind. */
+async function buildModel(checkpoint: Checkpoint, config: ServerConfig, backend: Backend, logger: Logger) {
+  if (config.tensorParallelSize > 1) {
+    const model = loadTensorParallelModel(checkpoint, groupBackends(config, backend, config.tensorParallelSize));
+    logger.info("model.tensor_parallel", { ranks: config.tensorParallelSize });
+    return model;
+  }
+  if (config.pipelineParallelSize > 1) {
+    const model = loadPipelineModel(checkpoint, groupBackends(config, backend, config.pipelineParallelSize));
+    if (model.parallel?.kind === "pipeline") {
+      logger.info("model.pipeline_parallel", { stages: model.parallel.stages.map((m) => m.config.numHiddenLayers) });
+    }
+    return model;
+  }
+  const progress = createProgress({ event: "model.load", logger, terminal: terminalWriter() });
+  const weights = await loadWeights(checkpoint, backend, (p) => progress(p.bytesDone, p.bytesTotal));
+  return createModel(checkpoint.config, weights, backend);
 }
 
 /** Loads the chosen checkpoint onto the backend and starts the engine; updates `state` as it goes. */
@@ -94,15 +115,7 @@ async function loadModel(
   const tokenizer = new Tokenizer();
   const checkpoint = Checkpoint.open(choice.dir, { mmap: true, populate: true });
   try {
-    const progress = createProgress({ event: "model.load", logger, terminal: terminalWriter() });
-    const model = config.tensorParallelSize > 1
-      ? loadTensorParallelModel(checkpoint, tensorParallelBackends(config, backend))
-      : createModel(
-        checkpoint.config,
-        await loadWeights(checkpoint, backend, (p) => progress(p.bytesDone, p.bytesTotal)),
-        backend,
-      );
-    if (model.parallel) logger.info("model.tensor_parallel", { ranks: model.parallel.ranks.length });
+    const model = await buildModel(checkpoint, config, backend, logger);
     const stops = model.config.vocabSize > ASSISTANT_STOP_IDS[0]
       ? [...ASSISTANT_STOP_IDS]
       : model.config.eosTokenId !== undefined

@@ -11,6 +11,7 @@ import type { Backend, DeviceTensor, DType } from "../backends/backend.ts";
 import type { LayerWeights, ModelWeights } from "../model/weights.ts";
 import { createModel, type Model } from "../model/gpt_oss.ts";
 import { HostCommunicator, shardConfig } from "../model/tensor_parallel.ts";
+import { stageConfig, stageLayers } from "../model/pipeline_parallel.ts";
 import type { Checkpoint } from "./checkpoint.ts";
 
 const BACKEND_DTYPE = { BF16: "bf16", U8: "u8", F32: "f32", I32: "i32" } as const;
@@ -37,8 +38,25 @@ function sliceAxis(t: Slice, axis: number, r0: number, r1: number): Slice {
   return { dtype: t.dtype, shape, data };
 }
 
-/** Loads rank `rank` of `size`; the model config must be divisible (model/tensor_parallel.ts shardConfig checks). */
-export function loadShardedWeights(checkpoint: Checkpoint, backend: Backend, rank: number, size: number): ModelWeights {
+/** What a pipeline stage loads: its layers, and the embedding / final norm and lm_head only where used. */
+export interface StagePart {
+  readonly first: number;
+  readonly count: number;
+  readonly embedding: boolean;
+  readonly head: boolean;
+}
+
+/**
+ * Loads rank `rank` of `size` (the model config must be divisible: model/tensor_parallel.ts shardConfig checks), or
+ * with `stage` only a pipeline stage's part (rank 0 of 1: whole tensors).
+ */
+export function loadShardedWeights(
+  checkpoint: Checkpoint,
+  backend: Backend,
+  rank: number,
+  size: number,
+  stage?: StagePart,
+): ModelWeights {
   const c = checkpoint.config;
   const read = (name: string): Slice => {
     const spec = checkpoint.spec(name);
@@ -59,7 +77,10 @@ export function loadShardedWeights(checkpoint: Checkpoint, backend: Backend, ran
   const [b0, b1] = part(c.intermediateSize / 32);
   const [v0, v1] = part(c.vocabSize);
   const layers: LayerWeights[] = [];
-  for (let n = 0; n < c.numHiddenLayers; n++) {
+  const first = stage?.first ?? 0, count = stage?.count ?? c.numHiddenLayers;
+  // A stage that never embeds (or never computes logits) holds a 1-element stand-in for those tensors.
+  const unused = () => backend.upload({ dtype: "bf16", shape: [1], data: new Uint8Array(2) });
+  for (let n = first; n < first + count; n++) {
     const p = `model.layers.${n}.`;
     const x = (name: string) => read(p + name);
     layers.push({
@@ -87,10 +108,10 @@ export function loadShardedWeights(checkpoint: Checkpoint, backend: Backend, ran
     });
   }
   return {
-    embedding: up(read("model.embed_tokens.weight")),
+    embedding: stage?.embedding === false ? unused() : up(read("model.embed_tokens.weight")),
     layers,
-    norm: up(read("model.norm.weight")),
-    lmHead: up(sliceAxis(read("lm_head.weight"), 0, v0, v1), "matmul"),
+    norm: stage?.head === false ? unused() : up(read("model.norm.weight")),
+    lmHead: stage?.head === false ? unused() : up(sliceAxis(read("lm_head.weight"), 0, v0, v1), "matmul"),
   };
 }
 
@@ -99,5 +120,21 @@ export function loadTensorParallelModel(checkpoint: Checkpoint, backends: readon
   const size = backends.length;
   const rankConfig = shardConfig(checkpoint.config, size);
   const ranks = backends.map((b, r) => createModel(rankConfig, loadShardedWeights(checkpoint, b, r, size), b));
-  return { ...ranks[0], config: checkpoint.config, parallel: { ranks, comm: new HostCommunicator(size) } };
+  return {
+    ...ranks[0],
+    config: checkpoint.config,
+    parallel: { kind: "tensor", ranks, comm: new HostCommunicator(size) },
+  };
+}
+
+/** A pipeline of `backends.length` stages, each with its run of layers (the first also embeds, the last has lm_head). */
+export function loadPipelineModel(checkpoint: Checkpoint, backends: readonly Backend[]): Model {
+  const config = checkpoint.config;
+  const ranges = stageLayers(config.numHiddenLayers, backends.length);
+  const stages = backends.map((b, s) => {
+    const { first, count } = ranges[s];
+    const part = { first, count, embedding: s === 0, head: s === backends.length - 1 };
+    return createModel(stageConfig(config, first, count), loadShardedWeights(checkpoint, b, 0, 1, part), b);
+  });
+  return { ...stages[0], config, parallel: { kind: "pipeline", stages } };
 }

@@ -7,7 +7,7 @@
 import { pushAll } from "../formats/json_depth.ts";
 import type { KvPool } from "../backends/backend.ts";
 import { ContextOverflowError, InvalidRequestError, OverloadedError } from "../errors.ts";
-import { createKvPoolFor, runStep } from "../model/tensor_parallel.ts";
+import { createKvPoolFor, runStep } from "../model/parallel.ts";
 import { kvPoolSpec, type LogitsWanted, type Model, type StepResult, type StepSequence } from "../model/gpt_oss.ts";
 import type { Logger } from "../obs/logger.ts";
 import {

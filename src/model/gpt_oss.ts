@@ -19,10 +19,13 @@ export interface Model {
   readonly ropeInvFreq: DeviceTensor;
   readonly ropeConcentration: number;
   /**
-   * Tensor parallelism: the ranks that run this model's steps, each on its own backend with its shard
-   * (model/tensor_parallel.ts); `backend` and `weights` are then rank 0's.
+   * Several devices: the tensor-parallel ranks (each with a shard of every layer) or the pipeline stages (each with
+   * some layers) that run this model's steps, each on its own backend (tensor_parallel.ts, pipeline_parallel.ts);
+   * `backend` and `weights` are then the first one's.
    */
-  readonly parallel?: { readonly ranks: readonly Model[]; readonly comm: Communicator };
+  readonly parallel?:
+    | { readonly kind: "tensor"; readonly ranks: readonly Model[]; readonly comm: Communicator }
+    | { readonly kind: "pipeline"; readonly stages: readonly Model[] };
 }
 
 /** Wraps loaded weights into a model (builds the RoPE tables). */

@@ -6,19 +6,9 @@
  * slices all-gathered. The arithmetic is the single-device forward's, summed in a different order: f32 tolerance.
  * The weights are sharded by checkpoint/load_sharded.ts.
  */
-import type { DeviceTensor, KvPool, KvPoolSpec } from "../backends/backend.ts";
+import type { DeviceTensor, KvPool } from "../backends/backend.ts";
 import type { ModelConfig } from "./config.ts";
-import {
-  forwardStep,
-  kvPoolSpec,
-  layoutStep,
-  type Model,
-  splitRows,
-  type StepLayout,
-  type StepResult,
-  type StepSequence,
-  StepTensors,
-} from "./gpt_oss.ts";
+import { layoutStep, type Model, splitRows, type StepLayout, type StepSequence, StepTensors } from "./gpt_oss.ts";
 
 /** The collective operations tensor parallelism needs; one implementation per transport (host memory, NCCL). */
 export interface Communicator {
@@ -83,8 +73,8 @@ async function allReduce(ranks: readonly Model[], parts: readonly DeviceTensor[]
   ranks.forEach((m, r) => m.backend.write(parts[r], sum));
 }
 
-/** One rank's step tensors. */
-function rankTensors(model: Model, layout: StepLayout, tensors: StepTensors) {
+/** One rank's (or pipeline stage's) step tensors. */
+export function rankTensors(model: Model, layout: StepLayout, tensors: StepTensors) {
   const { config } = model;
   const t = layout.batch.numTokens;
   return {
@@ -147,7 +137,7 @@ export async function forwardTensorParallel(
 }
 
 /** rmsnorm → q/k/v (this rank's heads) → rope → attention → o_proj's partial sum into `delta`. */
-function attentionPart(
+export function attentionPart(
   m: Model,
   pool: KvPool,
   layout: StepLayout,
@@ -175,7 +165,7 @@ function attentionPart(
 }
 
 /** x += the reduced attention; rmsnorm → router (replicated) → this rank's share of every expert into `delta`. */
-function expertPart(m: Model, t: ReturnType<typeof rankTensors>, layer: number): void {
+export function expertPart(m: Model, t: ReturnType<typeof rankTensors>, layer: number): void {
   const { config, weights, backend } = m;
   const ops = backend.ops, w = weights.layers[layer];
   ops.add(t.x, t.x, t.delta);
@@ -187,40 +177,4 @@ function expertPart(m: Model, t: ReturnType<typeof rankTensors>, layer: number):
     intermediateSize: config.intermediateSize,
     swigluLimit: config.swigluLimit,
   });
-}
-
-/** A tensor-parallel group's KV pool: one pool per rank, each with its heads. */
-interface GroupPool extends KvPool {
-  readonly ranks: readonly KvPool[];
-}
-
-/** The KV pool for a model: its backend's, or one per rank for a tensor-parallel group (`spec` is the whole model's). */
-export function createKvPoolFor(model: Model, spec: KvPoolSpec): KvPool {
-  if (!model.parallel) return model.backend.createKvPool(spec);
-  const ranks = model.parallel.ranks.map((m) =>
-    m.backend.createKvPool(kvPoolSpec(m.config, {
-      blockSize: spec.blockSize,
-      numFullBlocks: spec.numFullBlocks,
-      numSlidingBlocks: spec.numSlidingBlocks,
-    }))
-  );
-  const pool: GroupPool = { spec, sizeBytes: ranks.reduce((s, p) => s + p.sizeBytes, 0), ranks };
-  return pool;
-}
-
-/** One step of a model, single-device or tensor-parallel (no device sampling across ranks: rows come back). */
-export async function runStep(
-  model: Model,
-  pool: KvPool,
-  sequences: readonly StepSequence[],
-  options: { masked?: readonly [number, number] } = {},
-): Promise<StepResult> {
-  if (!model.parallel) return await forwardStep(model, pool, sequences, options);
-  const logits = await forwardTensorParallel(
-    model.parallel.ranks,
-    (pool as GroupPool).ranks,
-    sequences,
-    model.parallel.comm,
-  );
-  return { logits, sampled: new Int32Array(sequences.length).fill(-1) };
 }

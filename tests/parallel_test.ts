@@ -1,8 +1,9 @@
 /**
- * Tensor parallelism on ranks in one process: TP = 2 (each rank its own backend, shard and KV pool, partial sums
- * all-reduced on the host) reproduces TP = 1 and OpenAI's golden logits within the f32 tolerance, with the same greedy
- * ids over 8 decode steps, on the reference backend and (where it loads) the native one. Uneven splits are refused in
- * one line.
+ * Several ranks in one process. Tensor parallelism: TP = 2 (each rank its own backend, shard and KV pool, partial
+ * sums all-reduced on the host) reproduces TP = 1 and OpenAI's golden logits within the f32 tolerance, with the same
+ * greedy ids over 8 decode steps, on the reference backend and (where it loads) the native one. Pipeline parallelism:
+ * PP = 2 (two stages of two layers, micro-batches flowing between them) the same, batched too. Uneven splits are
+ * refused in one line; servers with either flag answer as a single-rank one.
  */
 import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
 import type { Backend } from "../src/backends/backend.ts";
@@ -10,7 +11,10 @@ import { createNativeBackend } from "../src/backends/native/native_backend.ts";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
 import { probeBackends } from "../src/backends/select.ts";
 import { Checkpoint } from "../src/checkpoint/checkpoint.ts";
-import { loadShardedWeights } from "../src/checkpoint/load_sharded.ts";
+import { loadPipelineModel, loadShardedWeights } from "../src/checkpoint/load_sharded.ts";
+import { forwardPipeline } from "../src/model/pipeline_parallel.ts";
+import { createKvPoolFor, runStep } from "../src/model/parallel.ts";
+import type { GroupPool } from "../src/model/parallel.ts";
 import { createModel, forward, kvPoolSpec, type Model, type StepSequence } from "../src/model/gpt_oss.ts";
 import { forwardTensorParallel, HostCommunicator, shardConfig } from "../src/model/tensor_parallel.ts";
 import { loadWeights } from "../src/checkpoint/load_weights.ts";
@@ -39,18 +43,26 @@ async function run(
   return { prefill, ids };
 }
 
-async function check(makeBackend: () => Backend, label: string): Promise<void> {
+async function check(makeBackend: () => Backend, label: string, kind: "tensor" | "pipeline" = "tensor"): Promise<void> {
   const checkpoint = Checkpoint.open(`${GOLDEN_ROOT}tiny`, { mmap: true });
   try {
     const config = checkpoint.config;
     const single = makeBackend();
     const whole: Model = createModel(config, await loadWeights(checkpoint, single), single);
     const wholePool = single.createKvPool(kvPoolSpec(config, BLOCKS));
-    const rankConfig = shardConfig(config, 2);
     const backends = [makeBackend(), makeBackend()];
-    const ranks = backends.map((b, r) => createModel(rankConfig, loadShardedWeights(checkpoint, b, r, 2), b));
-    const pools = backends.map((b) => b.createKvPool(kvPoolSpec(rankConfig, BLOCKS)));
-    const comm = new HostCommunicator(2);
+    let groupStep: (seq: StepSequence) => Promise<Float32Array>;
+    if (kind === "tensor") {
+      const rankConfig = shardConfig(config, 2);
+      const ranks = backends.map((b, r) => createModel(rankConfig, loadShardedWeights(checkpoint, b, r, 2), b));
+      const pools = backends.map((b) => b.createKvPool(kvPoolSpec(rankConfig, BLOCKS)));
+      const comm = new HostCommunicator(2);
+      groupStep = async (seq) => (await forwardTensorParallel(ranks, pools, [seq], comm))[0];
+    } else {
+      const group = loadPipelineModel(checkpoint, backends);
+      const pool = createKvPoolFor(group, kvPoolSpec(config, BLOCKS));
+      groupStep = async (seq) => (await runStep(group, pool, [seq])).logits[0];
+    }
     for (const c of goldenCases("tiny")) {
       const steps = Math.min(8, c.greedy_ids.length);
       const one = await run(
@@ -59,18 +71,13 @@ async function check(makeBackend: () => Backend, label: string): Promise<void> {
         config.vocabSize,
         steps,
       );
-      const two = await run(
-        async (seq) => (await forwardTensorParallel(ranks, pools, [seq], comm))[0],
-        c.input_ids,
-        config.vocabSize,
-        steps,
-      );
+      const two = await run(groupStep, c.input_ids, config.vocabSize, steps);
       const expected = goldenLogits("tiny", c);
       const rows = c.logits_positions === "all"
         ? two.prefill
         : two.prefill.subarray(two.prefill.length - config.vocabSize);
-      assertLogitsClose(rows, expected, `${label} TP=2 ${c.name} vs golden`);
-      assertLogitsClose(two.prefill, one.prefill, `${label} TP=2 vs TP=1 ${c.name}`);
+      assertLogitsClose(rows, expected, `${label} ${kind} ×2 ${c.name} vs golden`);
+      assertLogitsClose(two.prefill, one.prefill, `${label} ${kind} ×2 vs one rank ${c.name}`);
       assertEquals(two.ids, one.ids, `${label} ${c.name} greedy ids`);
       assertEquals(two.ids, c.greedy_ids.slice(0, steps));
     }
@@ -94,6 +101,45 @@ Deno.test({
   },
 });
 
+Deno.test("PP=2 (two stages of two layers) on the reference backend reproduces PP=1 and the golden logits", async () => {
+  await check(() => createReferenceBackend(), "reference", "pipeline");
+});
+
+Deno.test({
+  name: "PP=2 on native CPU contexts reproduces PP=1 and the golden logits",
+  ignore: !native.available,
+  fn: async () => {
+    await check(() => createNativeBackend({ numThreads: 1 }), "native", "pipeline");
+  },
+});
+
+Deno.test("PP=2 with several sequences in a step (micro-batches overlap across stages) gives each its own logits", async () => {
+  const checkpoint = Checkpoint.open(`${GOLDEN_ROOT}tiny`, { mmap: true });
+  try {
+    const config = checkpoint.config;
+    const group = loadPipelineModel(checkpoint, [createReferenceBackend(), createReferenceBackend()]);
+    const pool = createKvPoolFor(group, kvPoolSpec(config, BLOCKS)) as GroupPool;
+    const cases = goldenCases("tiny");
+    // Each sequence its own blocks: 2 blocks of 16 positions each.
+    const seqs = cases.map((c, i) => {
+      const table = Int32Array.from([2 * i, 2 * i + 1]);
+      return {
+        tokenIds: c.input_ids,
+        startPosition: 0,
+        fullBlocks: table,
+        slidingBlocks: table,
+        logits: c.logits_positions,
+      };
+    });
+    const parallel = group.parallel!;
+    assertEquals(parallel.kind, "pipeline");
+    const logits = await forwardPipeline((parallel as { stages: readonly Model[] }).stages, pool.ranks, seqs);
+    cases.forEach((c, i) => assertLogitsClose(logits[i], goldenLogits("tiny", c), `batched ${c.name}`));
+  } finally {
+    checkpoint.close();
+  }
+});
+
 Deno.test("uneven splits are refused in one line naming what does not divide", () => {
   const checkpoint = Checkpoint.open(`${GOLDEN_ROOT}tiny`, { mmap: true });
   try {
@@ -107,14 +153,18 @@ Deno.test("uneven splits are refused in one line naming what does not divide", (
   }
 });
 
-Deno.test("a server with --tensor-parallel-size 2 answers as the single-rank one: same seeded tokens, alone or batched", async () => {
+Deno.test("servers with --tensor-parallel-size 2 and --pipeline-parallel-size 2 answer as a single-rank one", async () => {
   const cache = await Deno.makeTempDir({ prefix: "gptoss-tp-" });
   const backend = native.available ? "native" : "reference";
-  const args = (tp: number) => [
+  const args = (...extra: string[]) => [
     ...["--port", "0", "--model-cache-dir", cache, "--current-date", "2025-06-28", "--response-store", "off"],
-    ...["--backend", backend, "--tensor-parallel-size", String(tp)],
+    ...["--backend", backend, ...extra],
   ];
-  const [one, two] = await Promise.all([startServer(args(1)), startServer(args(2))]);
+  const [one, two, staged] = await Promise.all([
+    startServer(args()),
+    startServer(args("--tensor-parallel-size", "2")),
+    startServer(args("--pipeline-parallel-size", "2")),
+  ]);
   try {
     const ask = (server: ServerProcess, seed: number) =>
       fetch(`${server.baseUrl}/v1/completions`, {
@@ -133,10 +183,12 @@ Deno.test("a server with --tensor-parallel-size 2 answers as the single-rank one
     for (const seed of seeds) alone.push(await ask(one, seed));
     const batched = await Promise.all(seeds.map((seed) => ask(two, seed)));
     assertEquals(batched, alone);
+    assertEquals(await Promise.all(seeds.map((seed) => ask(staged, seed))), alone);
     assertEquals(alone.every((ids) => ids.length === 12), true);
     assert(two.logLines.some((l) => l.includes('"event":"model.tensor_parallel","ranks":2')));
+    assert(staged.logLines.some((l) => l.includes('"event":"model.pipeline_parallel","stages":[2,2]')));
   } finally {
-    await Promise.all([one.stop(), two.stop()]);
+    await Promise.all([one.stop(), two.stop(), staged.stop()]);
     await Deno.remove(cache, { recursive: true });
   }
 });
