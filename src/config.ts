@@ -12,6 +12,7 @@ export const PROFILE_NAMES = ["latency_first", "quality_first"] as const;
 export const BACKEND_CHOICES = ["auto", "reference", "webgpu", "native", "cuda"] as const;
 export const DTYPE_CHOICES = ["auto", "f32", "f16"] as const;
 export const WEIGHTS_DTYPE_CHOICES = ["bf16", "q8"] as const;
+export const GPU_MODES = ["single", "auto"] as const;
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
 export const LOG_FORMATS = ["json", "pretty"] as const;
 export const REASONING_EFFORTS = ["low", "medium", "high"] as const;
@@ -62,6 +63,9 @@ const SettingsLayerSchema = z.object({
   threads: positiveInt,
   tensorParallelSize: positiveInt,
   pipelineParallelSize: positiveInt,
+  gpuMode: z.enum(GPU_MODES),
+  largeRequestTokens: positiveInt,
+  largeRequestKvMb: positiveInt,
   apiKey: z.string().min(1),
   adminKey: z.string().min(1),
   logLevel: z.enum(LOG_LEVELS),
@@ -104,6 +108,12 @@ export interface ServerConfig {
   readonly tensorParallelSize: number;
   /** Stages the layers are split over (pipeline parallelism; CPU stages in one process for now). */
   readonly pipelineParallelSize: number;
+  /** "auto": with a tensor-parallel group, a single-rank engine too, and large requests routed to the group. */
+  readonly gpuMode: (typeof GPU_MODES)[number];
+  /** Large-request routing: prompts longer than this go to the group. */
+  readonly largeRequestTokens: number;
+  /** Large-request routing: requests whose KV cache would exceed this many MB go to the group. */
+  readonly largeRequestKvMb: number;
   readonly apiKey: string | undefined;
   readonly adminKey: string | undefined;
   readonly logLevel: LogLevel;
@@ -151,6 +161,9 @@ export const DEFAULTS = {
   weightsDtype: "bf16",
   tensorParallelSize: 1,
   pipelineParallelSize: 1,
+  gpuMode: "single",
+  largeRequestTokens: 8000,
+  largeRequestKvMb: 6000,
   logLevel: "info",
   logFormat: "json",
   drainTimeoutMs: 30_000,
@@ -228,6 +241,24 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
     "pipelineParallelSize",
     { kind: "int", min: 1, max: 64 },
     "Split the layers over N stages (native or reference backend; threads shared among them)",
+  ),
+  spec(
+    "gpu-mode",
+    "gpuMode",
+    { kind: "choice", choices: GPU_MODES },
+    "auto: with --tensor-parallel-size, ordinary requests on one rank, large ones on the group",
+  ),
+  spec(
+    "large-request-tokens",
+    "largeRequestTokens",
+    { kind: "int", min: 1, max: 1 << 30 },
+    "With --gpu-mode auto: prompts longer than this go to the group (default 8000)",
+  ),
+  spec(
+    "large-request-kv-mb",
+    "largeRequestKvMb",
+    { kind: "int", min: 1, max: 1 << 30 },
+    "With --gpu-mode auto: requests whose KV cache would exceed this many MB go to the group (default 6000)",
   ),
   spec("config", "config", STRING, "Settings file (default configs/server.json)"),
   spec("api-key", "apiKey", STRING, "Require a bearer key on every endpoint but /health (several: comma-separated)"),
@@ -459,6 +490,9 @@ export function loadServerConfig(sources: ConfigSources): ServerConfig {
     threads: final.threads,
     tensorParallelSize: final.tensorParallelSize,
     pipelineParallelSize: final.pipelineParallelSize,
+    gpuMode: final.gpuMode,
+    largeRequestTokens: final.largeRequestTokens,
+    largeRequestKvMb: final.largeRequestKvMb,
     apiKey: final.apiKey,
     adminKey: final.adminKey,
     logLevel: final.logLevel,

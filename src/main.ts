@@ -10,12 +10,15 @@ import { BackendSelector, nativeOptionsFromEnv, probeBackends, type ProbeResult 
 import { helpText, parseCommandLine } from "./cli.ts";
 import { loadServerConfig, redactConfig, type ServerConfig } from "./config.ts";
 import { Engine } from "./engine/engine.ts";
+import type { EngineApi } from "./engine/engine_api.ts";
+import { kvBytesPerPosition } from "./engine/kv_sizing.ts";
+import { RoutingEngine } from "./engine/router.ts";
 import { CheckpointError, ConfigFileError, PortBusyError, UsageError } from "./errors.ts";
 import { Tokenizer } from "./harmony/tokenizer.ts";
 import { ASSISTANT_STOP_IDS } from "./harmony/tokens.ts";
 import { Checkpoint, modelFootprint } from "./checkpoint/checkpoint.ts";
 import { chooseModel, type ModelChoice } from "./checkpoint/choose.ts";
-import { createModel } from "./model/gpt_oss.ts";
+import { createModel, type Model } from "./model/gpt_oss.ts";
 import type { Preset } from "./tools/synthetic.ts";
 import { loadWeights } from "./checkpoint/load_weights.ts";
 import { loadPipelineModel, loadTensorParallelModel } from "./checkpoint/load_sharded.ts";
@@ -62,7 +65,7 @@ function terminalWriter(): ((text: string) => void) | undefined {
  * `--tensor-parallel-size N` / `--pipeline-parallel-size N`: N backends of the selected kind (the threads shared among
  * them), the selected one disposed. CPU ranks only for now: CUDA ranks need NCCL.
  */
-function groupBackends(config: ServerConfig, selected: Backend, size: number): Backend[] {
+function groupBackends(config: ServerConfig, selected: Backend, size: number, disposeSelected = true): Backend[] {
   if (config.tensorParallelSize > 1 && config.pipelineParallelSize > 1) {
     fail("--tensor-parallel-size and --pipeline-parallel-size cannot both be above 1 (yet)");
   }
@@ -70,7 +73,7 @@ function groupBackends(config: ServerConfig, selected: Backend, size: number): B
   if (selected.name !== "native") {
     fail(`Tensor and pipeline parallelism run on the native or reference backend here (got ${selected.name})`);
   }
-  selected.dispose();
+  if (disposeSelected) selected.dispose();
   const threads = Math.max(1, Math.floor((config.threads ?? navigator.hardwareConcurrency) / size));
   return Array.from({ length: size }, () =>
     createNativeBackend({
@@ -99,6 +102,47 @@ async function buildModel(checkpoint: Checkpoint, config: ServerConfig, backend:
   return createModel(checkpoint.config, weights, backend);
 }
 
+/**
+ * The engine for a model. With `--gpu-mode auto` and a tensor-parallel group, also a single-rank engine: ordinary
+ * requests go there and large ones (`--large-request-tokens`, `--large-request-kv-mb`) to the group (engine/router.ts).
+ */
+async function engineFor(
+  model: Model,
+  checkpoint: Checkpoint,
+  config: ServerConfig,
+  logger: Logger,
+  metrics: Metrics,
+): Promise<EngineApi> {
+  const make = (m: Model, name: string) =>
+    new Engine(m, {
+      limits: config.scheduler,
+      maxQueuedRequests: config.scheduler.maxQueuedRequests,
+      maxQueuedTokens: config.scheduler.maxQueuedTokens,
+      maxModelLen: m.config.maxPositionEmbeddings,
+      kvCacheBytes: config.kvCacheBytes,
+      logger: logger.child({ component: "engine", engine: name }),
+    });
+  if (config.gpuMode !== "auto" || model.parallel?.kind !== "tensor") return make(model, "main");
+  const ranks = model.parallel.ranks;
+  const backend = groupBackends(config, ranks[0].backend, 1, false)[0];
+  const single = createModel(checkpoint.config, await loadWeights(checkpoint, backend), backend);
+  const perPosition = kvBytesPerPosition(checkpoint.config, 4);
+  logger.info("routing", {
+    single: "cpu:0",
+    group: ranks.length,
+    large_request_tokens: config.largeRequestTokens,
+    large_request_kv_mb: config.largeRequestKvMb,
+  });
+  return new RoutingEngine({
+    singles: [{ name: "single", devices: ["cpu:0"], engine: make(single, "single") }],
+    group: { name: `tp${ranks.length}`, devices: ranks.map((_, i) => `cpu:rank${i}`), engine: make(model, "group") },
+    largeRequestTokens: config.largeRequestTokens,
+    largeRequestKvMb: config.largeRequestKvMb,
+    kvBytesPerToken: perPosition.full + perPosition.sliding,
+    onRoute: (lane, reason) => metrics.countRoute(lane, reason),
+  });
+}
+
 /** Loads the chosen checkpoint onto the backend and starts the engine; updates `state` as it goes. */
 async function loadModel(
   choice: ModelChoice,
@@ -121,14 +165,7 @@ async function loadModel(
       : model.config.eosTokenId !== undefined
       ? [model.config.eosTokenId]
       : [];
-    const engine = new Engine(model, {
-      limits: config.scheduler,
-      maxQueuedRequests: config.scheduler.maxQueuedRequests,
-      maxQueuedTokens: config.scheduler.maxQueuedTokens,
-      maxModelLen: model.config.maxPositionEmbeddings,
-      kvCacheBytes: config.kvCacheBytes,
-      logger: logger.child({ component: "engine" }),
-    });
+    const engine = await engineFor(model, checkpoint, config, logger, metrics);
     state.model = {
       modelId: state.modelId!,
       backend: backend.name,

@@ -192,3 +192,33 @@ Deno.test("servers with --tensor-parallel-size 2 and --pipeline-parallel-size 2 
     await Deno.remove(cache, { recursive: true });
   }
 });
+
+Deno.test("--gpu-mode auto: ordinary requests on one rank, long prompts on the tensor-parallel group (/stats, /metrics)", async () => {
+  const cache = await Deno.makeTempDir({ prefix: "gptoss-route-" });
+  const server = await startServer([
+    ...["--port", "0", "--model-cache-dir", cache, "--response-store", "off"],
+    ...["--backend", native.available ? "native" : "reference", "--tensor-parallel-size", "2", "--gpu-mode", "auto"],
+    ...["--large-request-tokens", "100"],
+  ]);
+  try {
+    const complete = (prompt: number[]) =>
+      fetch(`${server.baseUrl}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "gpt-oss-tiny-random", prompt, max_tokens: 4 }),
+      }).then((r) => r.json());
+    await complete(Array.from({ length: 20 }, (_, i) => 1000 + i));
+    await complete(Array.from({ length: 300 }, (_, i) => 1000 + i));
+    const stats = await (await fetch(`${server.baseUrl}/stats`)).json();
+    assertEquals(stats.gpu_routing.decisions, { default: 1, "large:prompt_tokens": 1 });
+    assertEquals(stats.gpu_routing.groups.map((g: { name: string; requests: number }) => [g.name, g.requests]), [
+      ["single", 1],
+      ["tp2", 1],
+    ]);
+    const metrics = await (await fetch(`${server.baseUrl}/metrics`)).text();
+    assert(/gptoss_routing_decisions_total\{[^}]*lane="tp2",reason="large:prompt_tokens"\} 1/.test(metrics), metrics);
+  } finally {
+    await server.stop();
+    await Deno.remove(cache, { recursive: true });
+  }
+});

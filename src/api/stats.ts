@@ -53,6 +53,21 @@ export function statsBody(
     http_requests_in_flight: server.inFlight,
     engine: snapshot ? statsJson(snapshot.stats) : null,
     prefix_cache_hit_rate: snapshot ? snapshot.memory.prefixCache.hitRate : null,
+    ...(snapshot?.routing
+      ? {
+        gpu_routing: {
+          groups: snapshot.routing.groups.map((g) => ({
+            name: g.name,
+            devices: g.devices,
+            requests: g.requests,
+            prompt_tokens: g.promptTokens,
+            running: g.running,
+            waiting: g.waiting,
+          })),
+          decisions: snapshot.routing.decisions,
+        },
+      }
+      : {}),
   };
 }
 

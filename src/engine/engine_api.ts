@@ -113,10 +113,25 @@ export interface EngineMemory {
   readonly prefixCache: PrefixCacheStats & { readonly hitRate: number };
 }
 
+/** Where requests went when several engines serve one model (engine/router.ts). */
+export interface RoutingStats {
+  readonly groups: readonly {
+    readonly name: string;
+    readonly devices: readonly string[];
+    readonly requests: number;
+    readonly promptTokens: number;
+    readonly running: number;
+    readonly waiting: number;
+  }[];
+  /** Requests by the reason of their route (`default`, `large:prompt_tokens`, `large:kv_mb`). */
+  readonly decisions: Readonly<Record<string, number>>;
+}
+
 /** A copy of the engine's state at one moment (camelCase data; the wire shapes are the API's). */
 export interface EngineSnapshot {
   readonly stats: EngineStats;
   readonly memory: EngineMemory;
+  readonly routing?: RoutingStats;
 }
 
 /** The engine as the API sees it. */

@@ -58,6 +58,8 @@ export interface Metrics {
   countRecovery(kind: string): void;
   /** A reasoning budget closed an analysis message (structured outputs). */
   countForcedReasoningClose(): void;
+  /** Large-request routing sent a request to `lane` for `reason`. */
+  countRoute(lane: string, reason: string): void;
   /** Text for a scrape; `openMetrics` selects the format (exemplars only there). */
   render(openMetrics: boolean): Promise<{ contentType: string; body: string }>;
 }
@@ -110,6 +112,10 @@ export function createMetrics(options: { vllmNames?: boolean } = {}): Metrics {
   const prefixMisses = counter("gptoss_prefix_cache_miss_blocks", "Prefix-cache block misses by reason", ["reason"]);
   const admissions = counter("gptoss_admission_decisions", "Admission decisions", ["decision", "reason"]);
   const preemptions = counter("gptoss_preemptions", "Requests preempted for recompute");
+  const routes = counter("gptoss_routing_decisions", "Requests by engine (lane) and routing reason", [
+    "lane",
+    "reason",
+  ]);
   const forcedCloses = counter("gptoss_reasoning_forced_closes", "Analysis messages closed by max_reasoning_tokens");
   const gauge = (name: string, help: string, extra: string[] = []) =>
     new Gauge({ name, help, labelNames: [...names, ...extra], registers: [registry] });
@@ -219,6 +225,9 @@ export function createMetrics(options: { vllmNames?: boolean } = {}): Metrics {
     },
     countForcedReasoningClose() {
       forcedCloses.inc(labels);
+    },
+    countRoute(lane, reason) {
+      routes.inc({ ...labels, lane, reason });
     },
     render(openMetrics) {
       // One registry, two formats: switch the content type for the duration of one scrape, one scrape at a time.
