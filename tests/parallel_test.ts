@@ -140,6 +140,16 @@ Deno.test("PP=2 with several sequences in a step (micro-batches overlap across s
   }
 });
 
+Deno.test("HostCommunicator: all-reduce in rank order, all-gather by columns, broadcast, barrier", async () => {
+  const comm = new HostCommunicator(3);
+  const parts = [Float32Array.of(1, 2), Float32Array.of(10, 20), Float32Array.of(100, 200)];
+  assertEquals([...comm.allReduceSum(parts)], [111, 222]);
+  // Two rows of widths 1, 1, 1 per rank: row r takes each rank's r-th value.
+  assertEquals([...comm.allGatherColumns(parts, 2)], [1, 10, 100, 2, 20, 200]);
+  assertEquals(comm.broadcast(parts, 1).map((p) => [...p]), [[10, 20], [10, 20], [10, 20]]);
+  await comm.barrier();
+});
+
 Deno.test("uneven splits are refused in one line naming what does not divide", () => {
   const checkpoint = Checkpoint.open(`${GOLDEN_ROOT}tiny`, { mmap: true });
   try {

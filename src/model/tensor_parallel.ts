@@ -17,6 +17,10 @@ export interface Communicator {
   allReduceSum(parts: readonly Float32Array[]): Float32Array;
   /** The ranks' parts side by side in each of `rows` rows (a vocabulary split's logits). */
   allGatherColumns(parts: readonly Float32Array[], rows: number): Float32Array;
+  /** Root's part, for every rank. */
+  broadcast(parts: readonly Float32Array[], root: number): Float32Array[];
+  /** Resolves once every rank has reached it. */
+  barrier(): Promise<void>;
 }
 
 /** Ranks in one process: the collectives are sums and copies in host memory. */
@@ -27,6 +31,15 @@ export class HostCommunicator implements Communicator {
     const out = new Float32Array(parts[0]);
     for (let r = 1; r < parts.length; r++) for (let i = 0; i < out.length; i++) out[i] += parts[r][i];
     return out;
+  }
+
+  broadcast(parts: readonly Float32Array[], root: number): Float32Array[] {
+    return parts.map(() => new Float32Array(parts[root]));
+  }
+
+  /** One process drives every rank in turn: they are always together. */
+  barrier(): Promise<void> {
+    return Promise.resolve();
   }
 
   allGatherColumns(parts: readonly Float32Array[], rows: number): Float32Array {
