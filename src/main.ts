@@ -6,6 +6,7 @@ import { createApp } from "./api/app.ts";
 import type { ServingState } from "./api/serving.ts";
 import type { Backend } from "./backends/backend.ts";
 import { buildNativeLibrary, nativeLibraryExists } from "./backends/native/library.ts";
+import { ensureRuntimeDir } from "./backends/webgpu/device.ts";
 import { BackendSelector, nativeOptionsFromEnv, probeBackends, type ProbeResult } from "./backends/select.ts";
 import { helpText, parseCommandLine } from "./cli.ts";
 import { loadServerConfig, redactConfig, type ServerConfig } from "./config.ts";
@@ -434,23 +435,6 @@ async function makeModel(flags: Readonly<Record<string, string | boolean>>): Pro
   const { generateCheckpoint } = await import("./tools/synthetic.ts");
   await generateCheckpoint(preset, out, { seed, onProgress: progress });
   logger.info("make_model.done", { preset, out, seed, ms: Math.round(performance.now() - started) });
-}
-
-/**
- * Mesa's Vulkan loader (WebGPU on lavapipe) writes two lines to stderr when XDG_RUNTIME_DIR is unset, which breaks
- * the one-line errors and the JSON-only log: give this process a private runtime directory before any probe.
- */
-function ensureRuntimeDir(): void {
-  if (Deno.env.get("XDG_RUNTIME_DIR")) return;
-  const dir = Deno.makeTempDirSync({ prefix: "gpt-oss-deno-runtime-" }); // mode 0700
-  Deno.env.set("XDG_RUNTIME_DIR", dir);
-  globalThis.addEventListener("unload", () => {
-    try {
-      Deno.removeSync(dir, { recursive: true });
-    } catch {
-      // already gone
-    }
-  });
 }
 
 async function main(): Promise<void> {

@@ -6,6 +6,7 @@ import { Checkpoint, modelFootprint } from "../src/checkpoint/checkpoint.ts";
 import { presetConfig } from "../src/tools/synthetic.ts";
 import { GOLDEN_ROOT } from "./helpers/golden.ts";
 import { runCli } from "./helpers/server.ts";
+import { ensureRuntimeDir } from "../src/backends/webgpu/device.ts";
 
 const GIB = 1024 ** 3;
 
@@ -81,6 +82,7 @@ Deno.test("auto skips a candidate the model does not fit on; an explicit choice 
   );
 });
 
+ensureRuntimeDir(); // Mesa's Vulkan loader wants one (else it complains on stderr)
 const gpu = await (globalThis.navigator as Navigator & { gpu?: GPU }).gpu?.requestAdapter();
 if (!gpu?.info.isFallbackAdapter) {
   console.log("skip: serve --backend webgpu host-memory refusal (no software WebGPU adapter here)");

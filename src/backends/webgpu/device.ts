@@ -17,6 +17,7 @@ export interface WebGpuInfo {
  * tests/backend_conformance_test.ts.)
  */
 export async function requestWebGpu(): Promise<{ device: GPUDevice; info: WebGpuInfo } | undefined> {
+  ensureRuntimeDir();
   const gpu = (globalThis.navigator as Navigator & { gpu?: GPU }).gpu;
   const adapter = await gpu?.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) return undefined;
@@ -73,4 +74,22 @@ export function webGpuFitRefusal(
       `${gib(context.kvCacheBytes)} exceed the ${gib(context.hostMemoryBytes)} of host memory its buffers live in`;
   }
   return undefined;
+}
+
+/**
+ * Mesa's Vulkan loader (WebGPU on lavapipe) writes two lines to stderr when XDG_RUNTIME_DIR is unset, which breaks
+ * the one-line errors and the JSON-only log: give this process a private runtime directory before any probe (every WebGPU request does: tests and benches
+ * too).
+ */
+export function ensureRuntimeDir(): void {
+  if (Deno.env.get("XDG_RUNTIME_DIR")) return;
+  const dir = Deno.makeTempDirSync({ prefix: "gpt-oss-deno-runtime-" }); // mode 0700
+  Deno.env.set("XDG_RUNTIME_DIR", dir);
+  globalThis.addEventListener("unload", () => {
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch {
+      // already gone
+    }
+  });
 }
