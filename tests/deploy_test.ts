@@ -88,7 +88,11 @@ async function oneRequest(base: string, n: number): Promise<Outcome> {
         return { kind: "aborted" };
       }
     }
-    const ok = text.trimEnd().endsWith("data: [DONE]") && events >= 24;
+    // Well-formed: every event is JSON, one says finish_reason "length" (24 tokens asked, EOS ignored), then [DONE].
+    // (Chunks are not counted: a character split across tokens comes in one chunk.)
+    const payloads = text.split("\n\n").filter((e) => e.startsWith("data: {")).map((e) => JSON.parse(e.slice(6)));
+    const finished = payloads.some((p) => p.choices?.[0]?.finish_reason === "length");
+    const ok = text.trimEnd().endsWith("data: [DONE]") && finished;
     return ok ? { kind: "ok" } : { kind: "failed", detail: `malformed stream: ${text.slice(-300)}` };
   } catch (err) {
     return abort ? { kind: "aborted" } : { kind: "failed", detail: String(err) };
