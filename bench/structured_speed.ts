@@ -7,7 +7,7 @@
  *     the issue's number is on the mini preset: `deno task make-model --preset mini --out DIR`). The ratio is the goal.
  */
 import { parseArgs } from "node:util";
-import { Sampler } from "../src/engine/sampling.ts";
+import { DEFAULT_SAMPLING, Sampler } from "../src/engine/sampling.ts";
 import { Tokenizer } from "../src/harmony/tokenizer.ts";
 import { VOCAB_SIZE } from "../src/harmony/tokens.ts";
 import { RemoteGrammars } from "../src/structured/remote.ts";
@@ -41,18 +41,7 @@ console.log(
 // Mask per token: walk a grammar with the first allowed token each time.
 const grammar = await engine.compile(CORPUS.find((e) => e.name === "order")!.schema, "bench");
 const matcher = await engine.matcher(grammar);
-const sampler = new Sampler({
-  temperature: 0,
-  topP: 1,
-  topK: 0,
-  minP: 0,
-  presencePenalty: 0,
-  frequencyPenalty: 0,
-  repetitionPenalty: 1,
-  logitBias: new Map(),
-  seed: 1,
-  logprobs: undefined,
-}, { vocabSize: VOCAB_SIZE, promptIds: [] });
+const sampler = new Sampler({ ...DEFAULT_SAMPLING, temperature: 0, seed: 1 }, { vocabSize: VOCAB_SIZE, promptIds: [] });
 const logits = new Float32Array(VOCAB_SIZE).map((_, i) => Math.sin(i));
 const maskMs: number[] = [], applyMs: number[] = [];
 for (let step = 0; step < 200 && !matcher.terminated; step++) {

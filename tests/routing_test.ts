@@ -9,6 +9,7 @@ import type { ServingState } from "../src/api/serving.ts";
 import { loadServerConfig } from "../src/config.ts";
 import type { EngineRequest } from "../src/engine/engine_api.ts";
 import { RoutingEngine } from "../src/engine/router.ts";
+import { DEFAULT_SAMPLING } from "../src/engine/sampling.ts";
 import { Tokenizer } from "../src/harmony/tokenizer.ts";
 import { createLogger } from "../src/obs/logger.ts";
 import { FakeEngine } from "./helpers/fake_engine.ts";
@@ -17,18 +18,7 @@ const request = (id: string, promptTokens: number, maxTokens = 8): EngineRequest
   id,
   promptIds: Array.from({ length: promptTokens }, (_, i) => i % 1000),
   maxTokens,
-  sampling: {
-    temperature: 0,
-    topP: 1,
-    topK: 0,
-    minP: 0,
-    presencePenalty: 0,
-    frequencyPenalty: 0,
-    repetitionPenalty: 1,
-    logitBias: new Map(),
-    seed: 1,
-    logprobs: undefined,
-  },
+  sampling: { ...DEFAULT_SAMPLING, temperature: 0, seed: 1 },
   stopTokenIds: new Set(),
 });
 

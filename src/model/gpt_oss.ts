@@ -151,55 +151,81 @@ export class StepTensors {
 
 /** The transformer stack: embeds the step's tokens and runs every layer; returns the residual stream [T, H]. */
 function runLayers(model: Model, pool: KvPool, layout: StepLayout, tensors: StepTensors): DeviceTensor {
-  const { config, weights, backend } = model;
-  const ops = backend.ops;
-  const t = layout.batch.numTokens, hidden = config.hiddenSize;
-  const qWidth = config.numAttentionHeads * config.headDim, kvWidth = config.numKeyValueHeads * config.headDim;
-  const topK = config.numExpertsPerTok;
-  const tokenIds = tensors.alloc([t], "i32", layout.ids); // [T]
-  const positionIds = tensors.alloc([t], "i32", layout.positions); // [T]
-  const x = tensors.alloc([t, hidden], "f32"); // [T, H] residual stream
-  const normed = tensors.alloc([t, hidden], "f32"); // [T, H]
-  const q = tensors.alloc([t, qWidth], "f32"); // [T, nh·d]
-  const k = tensors.alloc([t, kvWidth], "f32"); // [T, nkv·d]
-  const v = tensors.alloc([t, kvWidth], "f32"); // [T, nkv·d]
-  const attn = tensors.alloc([t, qWidth], "f32"); // [T, nh·d]
-  const delta = tensors.alloc([t, hidden], "f32"); // [T, H] block output before the residual add
-  const routerLogits = tensors.alloc([t, config.numLocalExperts], "f32"); // [T, E]
-  const expertIds = tensors.alloc([t, topK], "i32"); // [T, k]
-  const expertWeights = tensors.alloc([t, topK], "f32"); // [T, k]
-
-  ops.embed(x, weights.embedding, tokenIds);
-  for (let layer = 0; layer < config.numHiddenLayers; layer++) {
-    const w = weights.layers[layer];
-    ops.rmsnorm(normed, x, w.inputNorm, config.rmsNormEps);
-    ops.matmul(q, normed, w.qWeight, w.qBias);
-    ops.matmul(k, normed, w.kWeight, w.kBias);
-    ops.matmul(v, normed, w.vWeight, w.vBias);
-    ops.rope(q, k, positionIds, model.ropeInvFreq, model.ropeConcentration);
-    ops.attention(attn, q, k, v, {
-      batch: layout.batch,
-      pool,
-      layer,
-      sinks: w.sinks,
-      numHeads: config.numAttentionHeads,
-      numKeyValueHeads: config.numKeyValueHeads,
-      headDim: config.headDim,
-      window: config.layerIsSliding[layer] ? config.slidingWindow : 0,
-    });
-    ops.matmul(delta, attn, w.oWeight, w.oBias);
-    ops.add(x, x, delta);
-    ops.rmsnorm(normed, x, w.postAttentionNorm, config.rmsNormEps);
-    ops.matmul(routerLogits, normed, w.routerWeight, w.routerBias);
-    ops.moeRoute(expertIds, expertWeights, routerLogits, topK);
-    ops.moeMlp(delta, normed, expertIds, expertWeights, {
-      weights: w.experts,
-      intermediateSize: config.intermediateSize,
-      swigluLimit: config.swigluLimit,
-    });
-    ops.add(x, x, delta);
+  const t = layerTensors(model, layout, tensors);
+  const ops = model.backend.ops;
+  ops.embed(t.x, model.weights.embedding, t.tokenIds);
+  for (let layer = 0; layer < model.config.numHiddenLayers; layer++) {
+    attentionBlock(model, pool, layout, t, layer);
+    expertBlock(model, t, layer);
+    ops.add(t.x, t.x, t.delta);
   }
-  return x;
+  return t.x;
+}
+
+/** A step's activations for one model (or one rank's or stage's shard of it). */
+export function layerTensors(model: Model, layout: StepLayout, tensors: StepTensors) {
+  const { config } = model;
+  const t = layout.batch.numTokens;
+  return {
+    tokenIds: tensors.alloc([t], "i32", layout.ids),
+    positions: tensors.alloc([t], "i32", layout.positions),
+    x: tensors.alloc([t, config.hiddenSize], "f32"),
+    normed: tensors.alloc([t, config.hiddenSize], "f32"),
+    q: tensors.alloc([t, config.numAttentionHeads * config.headDim], "f32"),
+    k: tensors.alloc([t, config.numKeyValueHeads * config.headDim], "f32"),
+    v: tensors.alloc([t, config.numKeyValueHeads * config.headDim], "f32"),
+    attn: tensors.alloc([t, config.numAttentionHeads * config.headDim], "f32"),
+    delta: tensors.alloc([t, config.hiddenSize], "f32"),
+    routerLogits: tensors.alloc([t, config.numLocalExperts], "f32"),
+    expertIds: tensors.alloc([t, config.numExpertsPerTok], "i32"),
+    expertWeights: tensors.alloc([t, config.numExpertsPerTok], "f32"),
+  };
+}
+
+/** The step's activations of a layer. */
+export type LayerTensors = ReturnType<typeof layerTensors>;
+
+/** rmsnorm → q/k/v → rope → attention → o_proj into `delta` (a rank's heads: a partial sum; its bias on rank 0). */
+export function attentionBlock(
+  m: Model,
+  pool: KvPool,
+  layout: StepLayout,
+  t: LayerTensors,
+  layer: number,
+): void {
+  const { config, weights, backend } = m;
+  const ops = backend.ops, w = weights.layers[layer];
+  ops.rmsnorm(t.normed, t.x, w.inputNorm, config.rmsNormEps);
+  ops.matmul(t.q, t.normed, w.qWeight, w.qBias);
+  ops.matmul(t.k, t.normed, w.kWeight, w.kBias);
+  ops.matmul(t.v, t.normed, w.vWeight, w.vBias);
+  ops.rope(t.q, t.k, t.positions, m.ropeInvFreq, m.ropeConcentration);
+  ops.attention(t.attn, t.q, t.k, t.v, {
+    batch: layout.batch,
+    pool,
+    layer,
+    sinks: w.sinks,
+    numHeads: config.numAttentionHeads,
+    numKeyValueHeads: config.numKeyValueHeads,
+    headDim: config.headDim,
+    window: config.layerIsSliding[layer] ? config.slidingWindow : 0,
+  });
+  ops.matmul(t.delta, t.attn, w.oWeight, w.oBias);
+}
+
+/** x += the attention's `delta`; rmsnorm → router → the experts into `delta` (a rank's share: a partial sum). */
+export function expertBlock(m: Model, t: LayerTensors, layer: number): void {
+  const { config, weights, backend } = m;
+  const ops = backend.ops, w = weights.layers[layer];
+  ops.add(t.x, t.x, t.delta);
+  ops.rmsnorm(t.normed, t.x, w.postAttentionNorm, config.rmsNormEps);
+  ops.matmul(t.routerLogits, t.normed, w.routerWeight, w.routerBias);
+  ops.moeRoute(t.expertIds, t.expertWeights, t.routerLogits, config.numExpertsPerTok);
+  ops.moeMlp(t.delta, t.normed, t.expertIds, t.expertWeights, {
+    weights: w.experts,
+    intermediateSize: config.intermediateSize,
+    swigluLimit: config.swigluLimit,
+  });
 }
 
 /** Logits of the wanted rows: gather, final norm, lm_head; [R, V]. */

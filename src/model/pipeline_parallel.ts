@@ -7,9 +7,18 @@
  */
 import type { KvPool, KvPoolSpec } from "../backends/backend.ts";
 import type { ModelConfig } from "./config.ts";
-import { kvPoolSpec, layoutStep, type Model, splitRows, type StepSequence, StepTensors } from "./gpt_oss.ts";
+import {
+  attentionBlock,
+  expertBlock,
+  kvPoolSpec,
+  layerTensors,
+  layoutStep,
+  type Model,
+  splitRows,
+  type StepSequence,
+  StepTensors,
+} from "./gpt_oss.ts";
 import type { GroupPool } from "./parallel.ts";
-import { attentionPart, expertPart, rankTensors } from "./tensor_parallel.ts";
 
 /** The layers [first, first + count) of a model as a stage's config. */
 export function stageConfig(config: ModelConfig, first: number, count: number): ModelConfig {
@@ -62,12 +71,12 @@ async function runMicroBatch(
       const layout = layoutStep(pools[s], sequences, numTokens);
       const tensors = new StepTensors(m.backend);
       try {
-        const t = rankTensors(m, layout, tensors);
+        const t = layerTensors(m, layout, tensors);
         if (s === 0) m.backend.ops.embed(t.x, m.weights.embedding, t.tokenIds);
         else m.backend.write(t.x, hidden!);
         for (let layer = 0; layer < m.config.numHiddenLayers; layer++) {
-          attentionPart(m, pools[s], layout, t, layer);
-          expertPart(m, t, layer);
+          attentionBlock(m, pools[s], layout, t, layer);
+          expertBlock(m, t, layer);
           m.backend.ops.add(t.x, t.x, t.delta);
         }
         if (s < stages.length - 1) {

@@ -8,7 +8,16 @@
  */
 import type { DeviceTensor, KvPool } from "../backends/backend.ts";
 import type { ModelConfig } from "./config.ts";
-import { layoutStep, type Model, splitRows, type StepLayout, type StepSequence, StepTensors } from "./gpt_oss.ts";
+import {
+  attentionBlock,
+  expertBlock,
+  layerTensors,
+  layoutStep,
+  type Model,
+  splitRows,
+  type StepSequence,
+  StepTensors,
+} from "./gpt_oss.ts";
 
 /** The collective operations tensor parallelism needs; one implementation per transport (host memory, NCCL). */
 export interface Communicator {
@@ -86,26 +95,6 @@ async function allReduce(ranks: readonly Model[], parts: readonly DeviceTensor[]
   ranks.forEach((m, r) => m.backend.write(parts[r], sum));
 }
 
-/** One rank's (or pipeline stage's) step tensors. */
-export function rankTensors(model: Model, layout: StepLayout, tensors: StepTensors) {
-  const { config } = model;
-  const t = layout.batch.numTokens;
-  return {
-    tokenIds: tensors.alloc([t], "i32", layout.ids),
-    positions: tensors.alloc([t], "i32", layout.positions),
-    x: tensors.alloc([t, config.hiddenSize], "f32"),
-    normed: tensors.alloc([t, config.hiddenSize], "f32"),
-    q: tensors.alloc([t, config.numAttentionHeads * config.headDim], "f32"),
-    k: tensors.alloc([t, config.numKeyValueHeads * config.headDim], "f32"),
-    v: tensors.alloc([t, config.numKeyValueHeads * config.headDim], "f32"),
-    attn: tensors.alloc([t, config.numAttentionHeads * config.headDim], "f32"),
-    delta: tensors.alloc([t, config.hiddenSize], "f32"),
-    routerLogits: tensors.alloc([t, config.numLocalExperts], "f32"),
-    expertIds: tensors.alloc([t, config.numExpertsPerTok], "i32"),
-    expertWeights: tensors.alloc([t, config.numExpertsPerTok], "f32"),
-  };
-}
-
 /**
  * One step on every rank (prefill chunks and decode tokens mixed, as forward()); returns each sequence's logits rows
  * over the whole vocabulary. `ranks[r]` runs on its own backend with its shard; `pools[r]` holds its heads.
@@ -120,12 +109,12 @@ export async function forwardTensorParallel(
   const layouts = pools.map((pool) => layoutStep(pool, sequences, numTokens));
   const all = ranks.map((m) => new StepTensors(m.backend));
   try {
-    const ts = ranks.map((m, r) => rankTensors(m, layouts[r], all[r]));
+    const ts = ranks.map((m, r) => layerTensors(m, layouts[r], all[r]));
     ranks.forEach((m, r) => m.backend.ops.embed(ts[r].x, m.weights.embedding, ts[r].tokenIds));
     for (let layer = 0; layer < ranks[0].config.numHiddenLayers; layer++) {
-      ranks.forEach((m, r) => attentionPart(m, pools[r], layouts[r], ts[r], layer));
+      ranks.forEach((m, r) => attentionBlock(m, pools[r], layouts[r], ts[r], layer));
       await allReduce(ranks, ts.map((t) => t.delta), comm);
-      ranks.forEach((m, r) => expertPart(m, ts[r], layer));
+      ranks.forEach((m, r) => expertBlock(m, ts[r], layer));
       await allReduce(ranks, ts.map((t) => t.delta), comm);
       ranks.forEach((m, r) => m.backend.ops.add(ts[r].x, ts[r].x, ts[r].delta));
     }
@@ -147,47 +136,4 @@ export async function forwardTensorParallel(
   } finally {
     all.forEach((t) => t.freeAll());
   }
-}
-
-/** rmsnorm → q/k/v (this rank's heads) → rope → attention → o_proj's partial sum into `delta`. */
-export function attentionPart(
-  m: Model,
-  pool: KvPool,
-  layout: StepLayout,
-  t: ReturnType<typeof rankTensors>,
-  layer: number,
-): void {
-  const { config, weights, backend } = m;
-  const ops = backend.ops, w = weights.layers[layer];
-  ops.rmsnorm(t.normed, t.x, w.inputNorm, config.rmsNormEps);
-  ops.matmul(t.q, t.normed, w.qWeight, w.qBias);
-  ops.matmul(t.k, t.normed, w.kWeight, w.kBias);
-  ops.matmul(t.v, t.normed, w.vWeight, w.vBias);
-  ops.rope(t.q, t.k, t.positions, m.ropeInvFreq, m.ropeConcentration);
-  ops.attention(t.attn, t.q, t.k, t.v, {
-    batch: layout.batch,
-    pool,
-    layer,
-    sinks: w.sinks,
-    numHeads: config.numAttentionHeads,
-    numKeyValueHeads: config.numKeyValueHeads,
-    headDim: config.headDim,
-    window: config.layerIsSliding[layer] ? config.slidingWindow : 0,
-  });
-  ops.matmul(t.delta, t.attn, w.oWeight, w.oBias); // o_proj bias on rank 0 only (zeros elsewhere)
-}
-
-/** x += the reduced attention; rmsnorm → router (replicated) → this rank's share of every expert into `delta`. */
-export function expertPart(m: Model, t: ReturnType<typeof rankTensors>, layer: number): void {
-  const { config, weights, backend } = m;
-  const ops = backend.ops, w = weights.layers[layer];
-  ops.add(t.x, t.x, t.delta);
-  ops.rmsnorm(t.normed, t.x, w.postAttentionNorm, config.rmsNormEps);
-  ops.matmul(t.routerLogits, t.normed, w.routerWeight, w.routerBias);
-  ops.moeRoute(t.expertIds, t.expertWeights, t.routerLogits, config.numExpertsPerTok);
-  ops.moeMlp(t.delta, t.normed, t.expertIds, t.expertWeights, {
-    weights: w.experts,
-    intermediateSize: config.intermediateSize,
-    swigluLimit: config.swigluLimit,
-  });
 }

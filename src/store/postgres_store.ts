@@ -1,18 +1,6 @@
 /** The PostgreSQL response store (npm:postgres): several replicas share one database, so conversations move freely. */
 import postgres from "postgres";
-import type { ResponseStore, StoredResponse } from "./response_store.ts";
-
-interface Row {
-  id: string;
-  owner: string;
-  created_at: string;
-  expires_at: string;
-  previous_response_id: string | null;
-  status: string;
-  response: unknown;
-  input_items: unknown[];
-  turn: unknown[];
-}
+import { fromRow, type ResponseRow, type ResponseStore, type StoredResponse } from "./response_store.ts";
 
 export class PostgresResponseStore implements ResponseStore {
   readonly kind = "postgres";
@@ -52,21 +40,9 @@ export class PostgresResponseStore implements ResponseStore {
   }
 
   async get(id: string, owner: string, now: number): Promise<StoredResponse | undefined> {
-    const rows = await this.sql<Row[]>`
+    const rows = await this.sql<ResponseRow[]>`
       SELECT * FROM gptoss_responses WHERE id = ${id} AND owner = ${owner} AND expires_at > ${now}`;
-    const row = rows[0];
-    if (!row) return undefined;
-    return {
-      id: row.id,
-      owner: row.owner,
-      createdAt: Number(row.created_at),
-      expiresAt: Number(row.expires_at),
-      previousResponseId: row.previous_response_id,
-      status: row.status,
-      response: row.response,
-      inputItems: row.input_items,
-      turn: row.turn,
-    };
+    return rows[0] ? fromRow(rows[0], (value) => value) : undefined;
   }
 
   async delete(id: string, owner: string): Promise<boolean> {

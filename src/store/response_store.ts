@@ -38,6 +38,34 @@ export interface ResponseStore {
   close(): Promise<void>;
 }
 
+/** A row of the responses table, as either database returns it (JSON columns as text or as parsed values). */
+export interface ResponseRow {
+  id: string;
+  owner: string;
+  created_at: number | string;
+  expires_at: number | string;
+  previous_response_id: string | null;
+  status: string;
+  response: unknown;
+  input_items: unknown;
+  turn: unknown;
+}
+
+/** A row as a StoredResponse; `json` reads a JSON column (SQLite keeps text, PostgreSQL's JSONB comes parsed). */
+export function fromRow(row: ResponseRow, json: (value: unknown) => unknown): StoredResponse {
+  return {
+    id: row.id,
+    owner: row.owner,
+    createdAt: Number(row.created_at),
+    expiresAt: Number(row.expires_at),
+    previousResponseId: row.previous_response_id,
+    status: row.status,
+    response: json(row.response),
+    inputItems: json(row.input_items) as unknown[],
+    turn: json(row.turn) as unknown[],
+  };
+}
+
 /** How often expired rows are removed in the background. */
 export const PURGE_INTERVAL_MS = 60_000;
 

@@ -2,7 +2,7 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { DatabaseSync } from "node:sqlite";
-import type { ResponseStore, StoredResponse } from "./response_store.ts";
+import { fromRow, type ResponseRow, type ResponseStore, type StoredResponse } from "./response_store.ts";
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS responses (
@@ -18,18 +18,6 @@ CREATE TABLE IF NOT EXISTS responses (
 );
 CREATE INDEX IF NOT EXISTS responses_expires ON responses (expires_at);
 `;
-
-interface Row {
-  id: string;
-  owner: string;
-  created_at: number;
-  expires_at: number;
-  previous_response_id: string | null;
-  status: string;
-  response: string;
-  input_items: string;
-  turn: string;
-}
 
 export class SqliteResponseStore implements ResponseStore {
   readonly kind = "sqlite";
@@ -64,8 +52,8 @@ export class SqliteResponseStore implements ResponseStore {
 
   get(id: string, owner: string, now: number): Promise<StoredResponse | undefined> {
     const row = this.db.prepare("SELECT * FROM responses WHERE id = ? AND owner = ? AND expires_at > ?")
-      .get(id, owner, now) as Row | undefined;
-    return Promise.resolve(row ? fromRow(row) : undefined);
+      .get(id, owner, now) as ResponseRow | undefined;
+    return Promise.resolve(row ? fromRow(row, (text) => JSON.parse(text as string)) : undefined);
   }
 
   delete(id: string, owner: string): Promise<boolean> {
@@ -87,18 +75,4 @@ export class SqliteResponseStore implements ResponseStore {
     if (this.db.isOpen) this.db.close();
     return Promise.resolve();
   }
-}
-
-function fromRow(row: Row): StoredResponse {
-  return {
-    id: row.id,
-    owner: row.owner,
-    createdAt: Number(row.created_at),
-    expiresAt: Number(row.expires_at),
-    previousResponseId: row.previous_response_id,
-    status: row.status,
-    response: JSON.parse(row.response),
-    inputItems: JSON.parse(row.input_items),
-    turn: JSON.parse(row.turn),
-  };
 }

@@ -31,12 +31,12 @@ function serveGrammars(): void {
         engine = await StructuredOutputs.create(message.vocab);
         return { id: message.id, done: true };
       case "compile":
-        await engine!.compile(message.schema, "schema"); // cached by key (LRU) for the matchers that follow
+        await engine!.compile(message.schema, "schema", true); // checked by remote.ts; cached by key for the matchers
         return { id: message.id, done: true };
       case "matcher": {
         // The key is the schema's JSON: the cache answers at once unless the grammar was evicted meanwhile.
         const schema = message.key === "json_object" ? undefined : JSON.parse(message.key);
-        const grammar: CompiledGrammar = await engine!.compile(schema, "schema");
+        const grammar: CompiledGrammar = await engine!.compile(schema, "schema", true);
         const id = nextMatcher++;
         matchers.set(id, await engine!.matcher(grammar, message.stopToken));
         return { id: message.id, matcher: id };

@@ -91,8 +91,11 @@ export class StructuredOutputs {
     return new StructuredOutputs(xg, compiler, vocab.length, cacheSize);
   }
 
-  /** A grammar for a JSON Schema, or for any JSON value (`schema` undefined). 400 naming `param` when invalid. */
-  compile(schema: unknown, param: string): Promise<CompiledGrammar> {
+  /**
+   * A grammar for a JSON Schema, or for any JSON value (`schema` undefined). 400 naming `param` when invalid
+   * (`checked`: the schema already passed checkSchema).
+   */
+  compile(schema: unknown, param: string, checked = false): Promise<CompiledGrammar> {
     const key = grammarKey(schema);
     const cached = this.#cache.get(key);
     if (cached) {
@@ -102,7 +105,7 @@ export class StructuredOutputs {
     }
     const started = performance.now();
     const compiled = (async () => {
-      if (schema !== undefined) checkSchema(schema, param); // (done again here for direct users of this class)
+      if (schema !== undefined && !checked) checkSchema(schema, param); // `checked`: the caller ran it (remote.ts)
       const fatal: string[] = [];
       try {
         const handle = await quietly(
