@@ -1,6 +1,6 @@
 /** Command-line parsing: commands, flags and the help text. Pure: main.ts passes Deno.args in. */
 import { parseArgs } from "node:util";
-import { type FlagSpec, SERVE_FLAGS } from "./config.ts";
+import { type FlagSpec, GPU_MODES, SERVE_FLAGS } from "./config.ts";
 import { UsageError } from "./errors.ts";
 import { SERVER_NAME, VERSION } from "./version.ts";
 
@@ -20,7 +20,20 @@ export const MAKE_MODEL_FLAGS: readonly FlagSpec[] = [
 ];
 
 /** Flags of `probe`. */
-export const PROBE_FLAGS: readonly FlagSpec[] = [];
+export const PROBE_FLAGS: readonly FlagSpec[] = [
+  {
+    flag: "model",
+    key: "model",
+    value: { kind: "choice", choices: ["20b", "120b", "mini"] },
+    help: "Plan the device layout for this model's shape (default 20b)",
+  },
+  {
+    flag: "gpu-mode",
+    key: "gpuMode",
+    value: { kind: "choice", choices: GPU_MODES },
+    help: "Plan for this --gpu-mode (default auto)",
+  },
+];
 
 const FLAGS_BY_COMMAND: Record<Command, readonly FlagSpec[]> = {
   "serve": SERVE_FLAGS,

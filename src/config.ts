@@ -12,7 +12,7 @@ export const PROFILE_NAMES = ["latency_first", "quality_first"] as const;
 export const BACKEND_CHOICES = ["auto", "reference", "webgpu", "native", "cuda"] as const;
 export const DTYPE_CHOICES = ["auto", "f32", "f16"] as const;
 export const WEIGHTS_DTYPE_CHOICES = ["bf16", "q8"] as const;
-export const GPU_MODES = ["single", "auto"] as const;
+export const GPU_MODES = ["single", "tensor", "pipeline", "auto"] as const;
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
 export const LOG_FORMATS = ["json", "pretty"] as const;
 export const REASONING_EFFORTS = ["low", "medium", "high"] as const;
@@ -246,7 +246,8 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
     "gpu-mode",
     "gpuMode",
     { kind: "choice", choices: GPU_MODES },
-    "auto: with --tensor-parallel-size, ordinary requests on one rank, large ones on the group",
+    "single: one device; tensor / pipeline: a group over the devices found; auto: ordinary requests on single-device " +
+      "engines, large ones on a tensor-parallel group (with --tensor-parallel-size: the group's size)",
   ),
   spec(
     "large-request-tokens",

@@ -9,7 +9,7 @@ import { buildNativeLibrary, nativeLibraryExists } from "./backends/native/libra
 import { ensureRuntimeDir } from "./backends/webgpu/device.ts";
 import { BackendSelector, nativeOptionsFromEnv, probeBackends, type ProbeResult } from "./backends/select.ts";
 import { helpText, parseCommandLine } from "./cli.ts";
-import { loadServerConfig, redactConfig, type ServerConfig } from "./config.ts";
+import { DEFAULTS, loadServerConfig, redactConfig, type ServerConfig } from "./config.ts";
 import { Engine } from "./engine/engine.ts";
 import type { EngineApi } from "./engine/engine_api.ts";
 import { kvBytesPerPosition } from "./engine/kv_sizing.ts";
@@ -20,10 +20,13 @@ import { ASSISTANT_STOP_IDS } from "./harmony/tokens.ts";
 import { Checkpoint, modelFootprint } from "./checkpoint/checkpoint.ts";
 import { chooseModel, type ModelChoice } from "./checkpoint/choose.ts";
 import { createModel, type Model } from "./model/gpt_oss.ts";
-import type { Preset } from "./tools/synthetic.ts";
 import { loadWeights } from "./checkpoint/load_weights.ts";
 import { loadPipelineModel, loadTensorParallelModel } from "./checkpoint/load_sharded.ts";
-import { createNativeBackend } from "./backends/native/native_backend.ts";
+import { createNativeBackend, CUDA_LIBRARY_PATH, loadNativeLibrary } from "./backends/native/native_backend.ts";
+import { listCudaDevices, NcclCommunicator } from "./backends/native/nccl.ts";
+import { listDevices } from "./backends/devices.ts";
+import { type GpuMode, planLayout } from "./engine/layout.ts";
+import { type Preset, presetConfig } from "./tools/synthetic.ts";
 import { createReferenceBackend } from "./backends/reference/reference_backend.ts";
 import { createLogger, type Logger } from "./obs/logger.ts";
 import { createMetrics, type Metrics } from "./obs/metrics.ts";
@@ -62,15 +65,58 @@ function terminalWriter(): ((text: string) => void) | undefined {
   return (text) => Deno.stderr.writeSync(encoder.encode(text));
 }
 
+/** Where the model runs: a group (tensor or pipeline) over some devices, single engines on others. */
+interface Layout {
+  readonly tensor: number;
+  readonly pipeline: number;
+  /** Device indices of the group's ranks (CUDA) and of the single-device engines beside it (--gpu-mode auto). */
+  readonly group: readonly number[];
+  readonly singles: readonly number[];
+}
+
 /**
- * `--tensor-parallel-size N` / `--pipeline-parallel-size N`: N backends of the selected kind (the threads shared among
- * them), the selected one disposed. CPU ranks only for now: CUDA ranks need NCCL.
+ * The layout: from --tensor-parallel-size / --pipeline-parallel-size when given (devices 0..N-1, with a single engine
+ * on device 0 under --gpu-mode auto), else, for --gpu-mode tensor|pipeline|auto, planned from the devices found.
  */
-function groupBackends(config: ServerConfig, selected: Backend, size: number, disposeSelected = true): Backend[] {
-  if (config.tensorParallelSize > 1 && config.pipelineParallelSize > 1) {
+function layoutFor(config: ServerConfig, checkpoint: Checkpoint, backend: Backend, logger: Logger): Layout {
+  const { tensorParallelSize: tensor, pipelineParallelSize: pipeline, gpuMode } = config;
+  if (tensor > 1 && pipeline > 1) {
     fail("--tensor-parallel-size and --pipeline-parallel-size cannot both be above 1 (yet)");
   }
+  const upTo = (n: number) => Array.from({ length: n }, (_, i) => i);
+  if (tensor > 1 || pipeline > 1) {
+    return { tensor, pipeline, group: upTo(Math.max(tensor, pipeline)), singles: gpuMode === "auto" ? [0] : [] };
+  }
+  const single = { tensor: 1, pipeline: 1, group: [], singles: [] };
+  if (gpuMode === "single") return single;
+  const devices = listDevices().devices.filter((d) => (d.kind === "cuda") === (backend.name === "cuda"));
+  const need = { weightBytes: modelFootprint(checkpoint.config).weightBytes, kvCacheBytes: config.kvCacheBytes };
+  const plan = planLayout(devices, checkpoint.config, need, gpuMode);
+  logger.info("layout.plan", { mode: plan.mode, singles: plan.singles, group: plan.group, notes: plan.notes });
+  if (!plan.group) return single;
+  const index = (id: string) => devices.find((d) => d.id === id)!.index;
+  const group = plan.group.devices.map(index);
+  return {
+    tensor: plan.group.kind === "tensor" ? group.length : 1,
+    pipeline: plan.group.kind === "pipeline" ? group.length : 1,
+    group,
+    singles: plan.singles.map(index),
+  };
+}
+
+/**
+ * A group of `devices.length` backends of the selected kind, the selected one disposed: CPU contexts sharing the
+ * threads, or one CUDA context per device.
+ */
+function groupBackends(
+  config: ServerConfig,
+  selected: Backend,
+  devices: readonly number[],
+  disposeSelected = true,
+): Backend[] {
+  const size = devices.length;
   if (selected.name === "reference") return Array.from({ length: size }, () => createReferenceBackend());
+  if (selected.name === "cuda") return cudaRanks(selected, devices, disposeSelected);
   if (selected.name !== "native") {
     fail(`Tensor and pipeline parallelism run on the native or reference backend here (got ${selected.name})`);
   }
@@ -84,15 +130,34 @@ function groupBackends(config: ServerConfig, selected: Backend, size: number, di
     }));
 }
 
+/** One CUDA context per device (the selected context is device 0's). */
+function cudaRanks(selected: Backend, devices: readonly number[], disposeSelected: boolean): Backend[] {
+  const library = loadNativeLibrary({ path: CUDA_LIBRARY_PATH });
+  const found = listCudaDevices(library).length;
+  if (found <= Math.max(...devices)) fail(`A group on CUDA devices ${devices.join(", ")} needs them; ${found} found`);
+  if (disposeSelected) selected.dispose();
+  const options = { ...nativeOptionsFromEnv(Deno.env.toObject()), library, name: "cuda" as const };
+  return devices.map((device) => createNativeBackend({ ...options, device }));
+}
+
 /** The model on the selected backend, or on a tensor-parallel / pipeline group of backends of its kind. */
-async function buildModel(checkpoint: Checkpoint, config: ServerConfig, backend: Backend, logger: Logger) {
-  if (config.tensorParallelSize > 1) {
-    const model = loadTensorParallelModel(checkpoint, groupBackends(config, backend, config.tensorParallelSize));
-    logger.info("model.tensor_parallel", { ranks: config.tensorParallelSize });
+async function buildModel(
+  checkpoint: Checkpoint,
+  config: ServerConfig,
+  backend: Backend,
+  layout: Layout,
+  logger: Logger,
+): Promise<Model> {
+  if (layout.tensor > 1) {
+    const ranks = groupBackends(config, backend, layout.group);
+    // GPU ranks all-reduce over NCCL on the devices; CPU ranks in host memory.
+    const comm = ranks[0].name === "cuda" ? await NcclCommunicator.create(ranks) : undefined;
+    const model = loadTensorParallelModel(checkpoint, ranks, comm);
+    logger.info("model.tensor_parallel", { ranks: layout.tensor, transport: comm?.transport ?? "host" });
     return model;
   }
-  if (config.pipelineParallelSize > 1) {
-    const model = loadPipelineModel(checkpoint, groupBackends(config, backend, config.pipelineParallelSize));
+  if (layout.pipeline > 1) {
+    const model = loadPipelineModel(checkpoint, groupBackends(config, backend, layout.group));
     if (model.parallel?.kind === "pipeline") {
       logger.info("model.pipeline_parallel", { stages: model.parallel.stages.map((m) => m.config.numHiddenLayers) });
     }
@@ -111,6 +176,7 @@ async function engineFor(
   model: Model,
   checkpoint: Checkpoint,
   config: ServerConfig,
+  layout: Layout,
   logger: Logger,
   metrics: Metrics,
 ): Promise<EngineApi> {
@@ -123,20 +189,26 @@ async function engineFor(
       kvCacheBytes: config.kvCacheBytes,
       logger: logger.child({ component: "engine", engine: name }),
     });
-  if (config.gpuMode !== "auto" || model.parallel?.kind !== "tensor") return make(model, "main");
+  if (layout.singles.length === 0 || model.parallel?.kind !== "tensor") return make(model, "main");
   const ranks = model.parallel.ranks;
-  const backend = groupBackends(config, ranks[0].backend, 1, false)[0];
-  const single = createModel(checkpoint.config, await loadWeights(checkpoint, backend), backend);
+  const kind = ranks[0].backend.name === "cuda" ? "cuda" : "cpu";
+  const singles = await Promise.all(layout.singles.map(async (device, i) => {
+    // The selected backend serves the first single engine on the CPU; GPUs get a context on their device.
+    const backend = groupBackends(config, ranks[0].backend, [device], false)[0];
+    const single = createModel(checkpoint.config, await loadWeights(checkpoint, backend), backend);
+    return { name: layout.singles.length > 1 ? `single${i}` : "single", devices: [`${kind}:${device}`], model: single };
+  }));
   const perPosition = kvBytesPerPosition(checkpoint.config, 4);
+  const groupDevices = kind === "cuda" ? layout.group.map((d) => `cuda:${d}`) : ranks.map((_, i) => `cpu:rank${i}`);
   logger.info("routing", {
-    single: "cpu:0",
-    group: ranks.length,
+    singles: singles.map((s) => s.devices[0]),
+    group: groupDevices,
     large_request_tokens: config.largeRequestTokens,
     large_request_kv_mb: config.largeRequestKvMb,
   });
   return new RoutingEngine({
-    singles: [{ name: "single", devices: ["cpu:0"], engine: make(single, "single") }],
-    group: { name: `tp${ranks.length}`, devices: ranks.map((_, i) => `cpu:rank${i}`), engine: make(model, "group") },
+    singles: singles.map((s) => ({ name: s.name, devices: s.devices, engine: make(s.model, s.name) })),
+    group: { name: `tp${ranks.length}`, devices: groupDevices, engine: make(model, "group") },
     largeRequestTokens: config.largeRequestTokens,
     largeRequestKvMb: config.largeRequestKvMb,
     kvBytesPerToken: perPosition.full + perPosition.sliding,
@@ -160,13 +232,14 @@ async function loadModel(
   const tokenizer = new Tokenizer();
   const checkpoint = Checkpoint.open(choice.dir, { mmap: true, populate: true });
   try {
-    const model = await buildModel(checkpoint, config, backend, logger);
+    const layout = layoutFor(config, checkpoint, backend, logger);
+    const model = await buildModel(checkpoint, config, backend, layout, logger);
     const stops = model.config.vocabSize > ASSISTANT_STOP_IDS[0]
       ? [...ASSISTANT_STOP_IDS]
       : model.config.eosTokenId !== undefined
       ? [model.config.eosTokenId]
       : [];
-    const engine = await engineFor(model, checkpoint, config, logger, metrics);
+    const engine = await engineFor(model, checkpoint, config, layout, logger, metrics);
     state.model = {
       modelId: state.modelId!,
       backend: backend.name,
@@ -457,7 +530,14 @@ async function main(): Promise<void> {
   ensureRuntimeDir();
   if (commandLine.command === "probe") {
     const candidates = await probeBackends();
-    console.log(JSON.stringify({ decision: candidates.find((c) => c.available)?.name, candidates }, null, 2));
+    const found = listDevices();
+    const preset = (commandLine.flags.model as Preset | undefined) ?? "20b";
+    const mode = (commandLine.flags["gpu-mode"] as GpuMode | undefined) ?? "auto";
+    const model = presetConfig(preset);
+    const need = { weightBytes: modelFootprint(model).weightBytes, kvCacheBytes: DEFAULTS.kvCacheBytes };
+    const plan = { model: preset, ...need, ...planLayout(found.devices, model, need, mode) };
+    const decision = candidates.find((c) => c.available)?.name;
+    console.log(JSON.stringify({ decision, candidates, devices: found.devices, cuda: found.cuda, plan }, null, 2));
     return;
   }
   let config: ServerConfig;

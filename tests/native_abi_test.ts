@@ -27,7 +27,9 @@ function ffiType(cType: string): string[] {
   const t = cType.replace(/\bconst\b/g, "").replace(/\s+/g, " ").trim();
   if (t.endsWith("*")) {
     // Handles and returned strings are pointers; caller-provided arrays, strings and structs are buffers.
-    return /^(gptoss_context|gptoss_tensor|gptoss_kv_pool) ?\*$/.test(t) ? ["pointer"] : ["buffer", "pointer"];
+    return /^(gptoss_context|gptoss_tensor|gptoss_kv_pool|gptoss_comm) ?\*$/.test(t)
+      ? ["pointer"]
+      : ["buffer", "pointer"];
   }
   return [
     {

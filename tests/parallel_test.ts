@@ -11,12 +11,14 @@ import { createNativeBackend } from "../src/backends/native/native_backend.ts";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
 import { probeBackends } from "../src/backends/select.ts";
 import { Checkpoint } from "../src/checkpoint/checkpoint.ts";
-import { loadPipelineModel, loadShardedWeights } from "../src/checkpoint/load_sharded.ts";
+import { loadPipelineModel, loadShardedWeights, loadTensorParallelModel } from "../src/checkpoint/load_sharded.ts";
+import { generateCheckpoint } from "../src/tools/synthetic.ts";
 import { forwardPipeline } from "../src/model/pipeline_parallel.ts";
 import { createKvPoolFor, runStep } from "../src/model/parallel.ts";
 import type { GroupPool } from "../src/model/parallel.ts";
 import { createModel, forward, kvPoolSpec, type Model, type StepSequence } from "../src/model/gpt_oss.ts";
-import { forwardTensorParallel, HostCommunicator, shardConfig } from "../src/model/tensor_parallel.ts";
+import { forwardTensorParallel, shardConfig } from "../src/model/tensor_parallel.ts";
+import { gatherColumns, HostCommunicator, sumParts } from "../src/backends/communicator.ts";
 import { loadWeights } from "../src/checkpoint/load_weights.ts";
 import { argmax, assertLogitsClose, GOLDEN_ROOT, goldenCases, goldenLogits } from "./helpers/golden.ts";
 import { type ServerProcess, startServer } from "./helpers/server.ts";
@@ -101,6 +103,51 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "at the real widths (2880 hidden, 64 heads, 8 KV heads): TP=2, TP=4 (uneven expert blocks) and PP=2 = TP=1",
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "gptoss-wide-" });
+    try {
+      await generateCheckpoint("wide", dir, { seed: 7 });
+      const checkpoint = Checkpoint.open(dir, { mmap: true });
+      const config = checkpoint.config;
+      // 90 blocks over 4 ranks: 22, 23, 22, 23.
+      assertEquals([0, 1, 2, 3].map((r) => shardConfig(config, 4, r).intermediateSize / 32), [22, 23, 22, 23]);
+      const make = () => native.available ? createNativeBackend({ numThreads: 1 }) : createReferenceBackend();
+      const made: Backend[] = [];
+      const backends = (n: number) => Array.from({ length: n }, () => made[made.push(make()) - 1]);
+      const decode = async (model: Model) => {
+        const pool = createKvPoolFor(model, kvPoolSpec(config, BLOCKS));
+        return await run(
+          async (seq) => (await runStep(model, pool, [seq])).logits[0],
+          [5, 99, 512, 7, 1000, 3],
+          1024,
+          8,
+        );
+      };
+      try {
+        const [single] = backends(1);
+        const one = await decode(createModel(config, await loadWeights(checkpoint, single), single));
+        const groups: [string, Model][] = [
+          ["TP=2", loadTensorParallelModel(checkpoint, backends(2))],
+          ["TP=4", loadTensorParallelModel(checkpoint, backends(4))],
+          ["PP=2", loadPipelineModel(checkpoint, backends(2))],
+        ];
+        for (const [label, model] of groups) {
+          const got = await decode(model);
+          assertLogitsClose(got.prefill, one.prefill, `wide ${label} vs TP=1`);
+          assertEquals(got.ids, one.ids, `wide ${label} greedy ids`);
+        }
+      } finally {
+        made.forEach((b) => b.dispose());
+        checkpoint.close();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 Deno.test("PP=2 (two stages of two layers) on the reference backend reproduces PP=1 and the golden logits", async () => {
   await check(() => createReferenceBackend(), "reference", "pipeline");
 });
@@ -141,13 +188,28 @@ Deno.test("PP=2 with several sequences in a step (micro-batches overlap across s
 });
 
 Deno.test("HostCommunicator: all-reduce in rank order, all-gather by columns, broadcast, barrier", async () => {
-  const comm = new HostCommunicator(3);
   const parts = [Float32Array.of(1, 2), Float32Array.of(10, 20), Float32Array.of(100, 200)];
-  assertEquals([...comm.allReduceSum(parts)], [111, 222]);
+  assertEquals([...sumParts(parts)], [111, 222]);
   // Two rows of widths 1, 1, 1 per rank: row r takes each rank's r-th value.
-  assertEquals([...comm.allGatherColumns(parts, 2)], [1, 10, 100, 2, 20, 200]);
-  assertEquals(comm.broadcast(parts, 1).map((p) => [...p]), [[10, 20], [10, 20], [10, 20]]);
-  await comm.barrier();
+  assertEquals([...gatherColumns(parts, 2)], [1, 10, 100, 2, 20, 200]);
+  // The same through three backends' tensors (each rank's part on its own device).
+  const backends = parts.map(() => createReferenceBackend());
+  const comm = new HostCommunicator(3);
+  const load = () =>
+    parts.map((p, r) => {
+      const t = backends[r].alloc([2, 1], "f32");
+      backends[r].write(t, p);
+      return t;
+    });
+  let tensors = load();
+  assertEquals([...await comm.allGatherColumns(backends, tensors, 2)], [1, 10, 100, 2, 20, 200]);
+  await comm.allReduceSum(backends, tensors);
+  for (const [r, b] of backends.entries()) assertEquals([...await b.read(tensors[r])], [111, 222]);
+  tensors = load();
+  await comm.broadcast(backends, tensors, 1);
+  for (const [r, b] of backends.entries()) assertEquals([...await b.read(tensors[r])], [10, 20]);
+  await comm.barrier(backends);
+  backends.forEach((b) => b.dispose());
 });
 
 Deno.test("uneven splits are refused in one line naming what does not divide", () => {

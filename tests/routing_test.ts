@@ -5,7 +5,7 @@
  */
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { createApp } from "../src/api/app.ts";
-import type { ServingState } from "../src/api/serving.ts";
+import { type ServingState, submitChoices } from "../src/api/serving.ts";
 import { loadServerConfig } from "../src/config.ts";
 import type { EngineRequest } from "../src/engine/engine_api.ts";
 import { RoutingEngine } from "../src/engine/router.ts";
@@ -86,4 +86,11 @@ Deno.test("routing: small → least-loaded single engine; long prompt or large K
     decisions: { default: 2, "large:prompt_tokens": 1, "large:kv_mb": 1 },
   });
   assertEquals(stats.engine.running, 7, "the engines' stats are summed");
+
+  // The decision is on the request's span: the API hands the router a hook that sets the span's attributes.
+  const attributes: Record<string, unknown> = {};
+  const telemetry = { setAttributes: (a: Record<string, unknown>) => Object.assign(attributes, a) };
+  const [events] = submitChoices(router, [request("traced", 3500)], [new AbortController()], "prompt", telemetry);
+  await drain(events);
+  assertEquals(attributes, { "gptoss.route.lane": "tp2", "gptoss.route.reason": "large:prompt_tokens" });
 });

@@ -23,7 +23,7 @@ extern "C" {
 #endif
 
 /** Bumped on every incompatible change; the TypeScript bindings refuse a library of another version. */
-#define GPTOSS_ABI_VERSION 3
+#define GPTOSS_ABI_VERSION 4
 
 typedef enum gptoss_status {
   GPTOSS_OK = 0,
@@ -50,6 +50,7 @@ typedef enum gptoss_dtype {
 typedef struct gptoss_context gptoss_context;
 typedef struct gptoss_tensor gptoss_tensor;
 typedef struct gptoss_kv_pool gptoss_kv_pool;
+typedef struct gptoss_comm gptoss_comm;
 
 /** Paged KV pool shape (backend.ts KvPoolSpec). `layer_windows` has num_layers entries: 0 = full attention. */
 typedef struct gptoss_kv_pool_spec {
@@ -97,6 +98,8 @@ const char* gptoss_backend_kind(void);
 #define GPTOSS_FLAG_PROFILE_STEPS 2u /* CUDA: host time per step and graph counts only (no per-op events) */
 #define GPTOSS_FLAG_NO_GRAPHS 4u     /* CUDA: never capture CUDA graphs */
 #define GPTOSS_FLAG_INT8_ACTIVATIONS 8u /* CPU, the q8 mode: MoE activations as 8-bit Q8_0 blocks (not exact digits) */
+/** CUDA: the device a context runs on, in bits 16-23 (0 = the first). The CPU library accepts only device 0. */
+#define GPTOSS_FLAG_DEVICE(index) ((uint32_t)(index) << 16)
 
 /**
  * Creates a context. num_threads <= 0: OMP_NUM_THREADS when set, else one thread per physical core. isa (CPU; NULL
@@ -200,6 +203,64 @@ gptoss_status gptoss_gather_rows(gptoss_context* ctx, gptoss_tensor* out, gptoss
 
 /** Runs everything enqueued; returns the first failure (the failing op is named by gptoss_last_error). */
 gptoss_status gptoss_flush(gptoss_context* ctx);
+
+/* ---- Devices and collectives (tensor parallelism across GPUs). The CPU library answers GPTOSS_UNSUPPORTED: its
+ * ranks live in one process and share host memory (src/backends/communicator.ts). Calls without a context report
+ * failures through gptoss_last_error(NULL) on the calling thread. ---- */
+
+/** One CUDA device as the probe lists it. */
+typedef struct gptoss_device_props {
+  char name[96];
+  uint64_t total_memory; /* bytes */
+  uint64_t free_memory;  /* bytes, now */
+  int32_t major;         /* compute capability */
+  int32_t minor;
+  int32_t multiprocessors;
+} gptoss_device_props;
+
+/** How many CUDA devices answer (0 is not a failure; no driver is GPTOSS_NO_DEVICE). */
+gptoss_status gptoss_device_count(int32_t* count);
+
+/** Name, memory and compute capability of device `index`. */
+gptoss_status gptoss_device_info(int32_t index, gptoss_device_props* out);
+
+#define GPTOSS_NCCL_UNIQUE_ID_BYTES 128
+
+/**
+ * Loads NCCL with dlopen (`path` NULL or "": libnccl.so.2 through the dynamic loader) once per process and writes its
+ * version (e.g. 22304 for 2.23.4). A missing library, a missing symbol or a version below 2.12 is GPTOSS_UNSUPPORTED
+ * with a one-line reason. A later call with another path replaces the library while no communicator is live.
+ */
+gptoss_status gptoss_nccl_open(const char* path, int32_t* version);
+
+/** A fresh NCCL unique id (GPTOSS_NCCL_UNIQUE_ID_BYTES bytes): made once, passed to every rank's gptoss_comm_init. */
+gptoss_status gptoss_nccl_unique_id(uint8_t* id, size_t length);
+
+/**
+ * Joins communicator `id` as `rank` of `size` on ctx's device. Blocks until every rank has joined: ranks driven from
+ * one process must call it concurrently (Deno: nonblocking). The communicator belongs to the context.
+ */
+gptoss_status gptoss_comm_init(gptoss_context* ctx, const uint8_t* id, size_t length, int32_t size, int32_t rank,
+                               gptoss_comm** out);
+
+/**
+ * x (f32) becomes the element-wise sum of every rank's x. Runs what ctx has enqueued first, then issues the
+ * collective on ctx's stream without waiting for it (the next flush or read does). Every rank must issue the same
+ * collectives in the same order, concurrently (the first one connects the ranks).
+ */
+gptoss_status gptoss_comm_all_reduce_sum(gptoss_context* ctx, gptoss_comm* comm, gptoss_tensor* x);
+
+/** out [T, size·n] = every rank's x [T, n] side by side, in rank order (a vocabulary split's logits). */
+gptoss_status gptoss_comm_all_gather(gptoss_context* ctx, gptoss_comm* comm, gptoss_tensor* out, gptoss_tensor* x);
+
+/** x (f32) becomes rank `root`'s x on every rank. */
+gptoss_status gptoss_comm_broadcast(gptoss_context* ctx, gptoss_comm* comm, gptoss_tensor* x, int32_t root);
+
+/** Returns once every rank has reached it and ctx's stream is idle. */
+gptoss_status gptoss_comm_barrier(gptoss_context* ctx, gptoss_comm* comm);
+
+/** Leaves and frees a communicator (also done by gptoss_context_destroy). */
+void gptoss_comm_destroy(gptoss_context* ctx, gptoss_comm* comm);
 
 #ifdef __cplusplus
 }

@@ -32,7 +32,7 @@ struct gptoss_tensor {
   int64_t numel;
   void* data;
   bool owned;
-  /** Owned memory from mmap (gptoss_tensor_copy), released with munmap; else aligned_alloc's, with free. */
+  /** Owned memory from mmap (map_weights: copies and quantized weights), released with munmap; else aligned_alloc's. */
   size_t mapped_bytes = 0;
 };
 
@@ -41,6 +41,20 @@ void release(gptoss_tensor* t) {
   if (!t->owned) return;
   if (t->mapped_bytes) munmap(t->data, t->mapped_bytes);
   else std::free(t->data);
+}
+
+/**
+ * Anonymous memory for weights the context makes (copies, quantized tensors), in whole 2 MiB pages with the
+ * huge-page hint: where transparent huge pages are "madvise" (Debian's default), memory from aligned_alloc streams
+ * through 4 KiB pages and a TLB miss every 4 KiB.
+ */
+void* map_weights(size_t bytes, size_t* length) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  *length = std::max(page, (bytes + (2u << 20) - 1) / (2u << 20) * (2u << 20));
+  void* memory = mmap(nullptr, *length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (memory == MAP_FAILED) throw std::bad_alloc();
+  madvise(memory, *length, MADV_HUGEPAGE);  // a hint, ignored where THP is off
+  return memory;
 }
 
 struct FreeDeleter {
@@ -279,6 +293,10 @@ thread_local std::string g_create_error = "no context (gptoss_context_create fai
 
 gptoss_status gptoss_context_create(int32_t num_threads, uint32_t flags, const char* isa, gptoss_context** out) {
   if (!out) return GPTOSS_INVALID_ARGUMENT;
+  if ((flags >> 16) != 0) {
+    g_create_error = "the CPU library has one device (device " + std::to_string(flags >> 16) + " asked for)";
+    return GPTOSS_INVALID_ARGUMENT;
+  }
   const char* isa_error = nullptr;
   if (!gptoss::cpu::request_isa(isa, &isa_error)) {
     g_create_error = std::string(isa_error) + " (asked for \"" + (isa ? isa : "") + "\", fixed at " +
@@ -337,8 +355,7 @@ gptoss_status gptoss_tensor_quantize(gptoss_context* ctx, const void* bf16, int6
     t->shape = {n, k};
     t->numel = n * k;
     t->owned = true;
-    t->data = std::aligned_alloc(64, ((tensor_bytes(t.get()) + 63) / 64) * 64);
-    if (!t->data) throw std::bad_alloc();
+    t->data = map_weights(tensor_bytes(t.get()), &t->mapped_bytes);
     int8_t* values = ptr<int8_t>(t.get());
     float* scales = reinterpret_cast<float*>(values + n * k);
     const uint16_t* source = static_cast<const uint16_t*>(bf16);
@@ -357,10 +374,8 @@ gptoss_status gptoss_tensor_copy(gptoss_context* ctx, int32_t dtype, int32_t ndi
   return guard(ctx, "tensor_copy", [&] {
     const size_t bytes = tensor_bytes(wrapped);
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    const size_t length = std::max(page, (bytes + (2u << 20) - 1) / (2u << 20) * (2u << 20));
-    void* memory = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (memory == MAP_FAILED) throw std::bad_alloc();
-    madvise(memory, length, MADV_HUGEPAGE);  // fewer page faults and TLB misses; a hint, ignored where THP is off
+    size_t length = 0;
+    void* memory = map_weights(bytes, &length);
     const size_t chunk = 1u << 20;
 #pragma omp parallel for schedule(static)
     for (size_t at = 0; at < bytes; at += chunk) {
@@ -665,5 +680,39 @@ gptoss_status gptoss_flush(gptoss_context* ctx) {
   });
   return status;
 }
+
+// ---- Devices and collectives: a CUDA matter. CPU ranks share host memory (src/backends/communicator.ts). ----
+
+namespace {
+gptoss_status no_devices(const char* what) {
+  g_create_error = std::string(what) + ": the CPU library has no CUDA devices or NCCL (ranks in one process use the "
+                   "host communicator)";
+  return GPTOSS_UNSUPPORTED;
+}
+gptoss_status no_collectives(gptoss_context* ctx, const char* what) {
+  if (!ctx) return GPTOSS_INVALID_ARGUMENT;
+  ctx->last_error = std::string(what) + ": the CPU library has no NCCL (ranks in one process use the host communicator)";
+  return GPTOSS_UNSUPPORTED;
+}
+}  // namespace
+
+gptoss_status gptoss_device_count(int32_t*) { return no_devices("device_count"); }
+gptoss_status gptoss_device_info(int32_t, gptoss_device_props*) { return no_devices("device_info"); }
+gptoss_status gptoss_nccl_open(const char*, int32_t*) { return no_devices("nccl_open"); }
+gptoss_status gptoss_nccl_unique_id(uint8_t*, size_t) { return no_devices("nccl_unique_id"); }
+gptoss_status gptoss_comm_init(gptoss_context* ctx, const uint8_t*, size_t, int32_t, int32_t, gptoss_comm**) {
+  return no_collectives(ctx, "comm_init");
+}
+gptoss_status gptoss_comm_all_reduce_sum(gptoss_context* ctx, gptoss_comm*, gptoss_tensor*) {
+  return no_collectives(ctx, "comm_all_reduce_sum");
+}
+gptoss_status gptoss_comm_all_gather(gptoss_context* ctx, gptoss_comm*, gptoss_tensor*, gptoss_tensor*) {
+  return no_collectives(ctx, "comm_all_gather");
+}
+gptoss_status gptoss_comm_broadcast(gptoss_context* ctx, gptoss_comm*, gptoss_tensor*, int32_t) {
+  return no_collectives(ctx, "comm_broadcast");
+}
+gptoss_status gptoss_comm_barrier(gptoss_context* ctx, gptoss_comm*) { return no_collectives(ctx, "comm_barrier"); }
+void gptoss_comm_destroy(gptoss_context*, gptoss_comm*) {}
 
 }  // extern "C"

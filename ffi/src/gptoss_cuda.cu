@@ -4,12 +4,14 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "../../kernels/cuda/common.cuh"
 #include "../include/gptoss.h"
+#include "cuda_nccl.cuh"
 #include "cuda_queue.cuh"
 
 using namespace gptoss::cuda;
@@ -32,11 +34,29 @@ struct gptoss_kv_pool {
   }
 };
 
+/** An NCCL communicator joined by one context (its rank), with scratch for the all-gather and the barrier. */
+struct gptoss_comm {
+  nccl::Comm comm = nullptr;
+  int32_t size = 0, rank = 0;
+  float* scratch = nullptr;  // all-gather staging, grown on demand
+  size_t scratch_bytes = 0;
+  bool counted = false;  // counted in the library's live communicators
+  ~gptoss_comm() {
+    if (comm) nccl::library().api.comm_destroy(comm);
+    if (scratch) cudaFree(scratch);
+    if (!counted) return;
+    std::lock_guard<std::mutex> lock(nccl::library().mutex);
+    nccl::library().live_comms--;
+  }
+};
+
 struct gptoss_context {
+  int device = 0;  // every entry point makes it current first (Deno may call from any thread)
   cudaStream_t stream = nullptr;
   std::string last_error;
   std::vector<std::unique_ptr<gptoss_tensor>> tensors;
   std::vector<std::unique_ptr<gptoss_kv_pool>> pools;
+  std::vector<std::unique_ptr<gptoss_comm>> comms;
   CommandQueue queue;
   uint32_t flags = 0;
   StepArena arena;
@@ -91,6 +111,7 @@ template <typename F>
 gptoss_status guard(gptoss_context* ctx, const char* op, F&& body) {
   if (!ctx) return GPTOSS_INVALID_ARGUMENT;
   try {
+    cuda_check(cudaSetDevice(ctx->device), "cudaSetDevice");
     body();
     return GPTOSS_OK;
   } catch (const Failure& f) {
@@ -233,8 +254,14 @@ gptoss_status gptoss_context_create(int32_t num_threads, uint32_t flags, const c
     g_create_error = std::string("no CUDA device: ") + (err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
     return GPTOSS_NO_DEVICE;
   }
+  const int device = static_cast<int>((flags >> 16) & 0xffu);
+  if (device >= count) {
+    g_create_error = "CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) + " found)";
+    return GPTOSS_INVALID_ARGUMENT;
+  }
+  cudaSetDevice(device);
   cudaDeviceProp prop{};
-  cudaGetDeviceProperties(&prop, 0);
+  cudaGetDeviceProperties(&prop, device);
   const std::string cc = std::to_string(prop.major) + "." + std::to_string(prop.minor);
   if (prop.major < 7) {
     g_create_error = std::string("CUDA device ") + prop.name + " has compute capability " + cc + ", below 7.0";
@@ -248,6 +275,7 @@ gptoss_status gptoss_context_create(int32_t num_threads, uint32_t flags, const c
     return GPTOSS_UNSUPPORTED;
   }
   auto ctx = new gptoss_context();
+  ctx->device = device;
   ctx->flags = flags;
   ctx->queue.configure(flags);
   if (cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking) != cudaSuccess ||
@@ -265,7 +293,9 @@ gptoss_status gptoss_context_create(int32_t num_threads, uint32_t flags, const c
 
 void gptoss_context_destroy(gptoss_context* ctx) {
   if (!ctx) return;
+  cudaSetDevice(ctx->device);
   if (ctx->stream) cudaStreamSynchronize(ctx->stream);
+  ctx->comms.clear();
   if (ctx->flags & (GPTOSS_FLAG_PROFILE | GPTOSS_FLAG_PROFILE_STEPS)) ctx->queue.print_profile();
   for (auto& t : ctx->tensors) cudaFree(t->device);
   ctx->pools.clear();
@@ -324,6 +354,7 @@ void gptoss_tensor_free(gptoss_context* ctx, gptoss_tensor* tensor) {
   for (auto it = ctx->tensors.begin(); it != ctx->tensors.end(); ++it) {
     if (it->get() == tensor) {
       if (!ctx->queue.empty()) gptoss_flush(ctx);  // recorded commands may still use it
+      cudaSetDevice(ctx->device);
       cudaStreamSynchronize(ctx->stream);
       cudaFree(tensor->device);
       ctx->tensors.erase(it);
@@ -539,6 +570,181 @@ gptoss_status gptoss_gather_rows(gptoss_context* ctx, gptoss_tensor* out, gptoss
 
 gptoss_status gptoss_flush(gptoss_context* ctx) {
   return guard(ctx, "flush", [&] { run_step(ctx); });
+}
+
+// ---- Devices and collectives ----
+
+gptoss_status gptoss_device_count(int32_t* count) {
+  if (!count) return GPTOSS_INVALID_ARGUMENT;
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err == cudaErrorNoDevice) n = 0;
+  else if (err != cudaSuccess) {
+    g_create_error = std::string("no CUDA driver: ") + cudaGetErrorString(err);
+    return GPTOSS_NO_DEVICE;
+  }
+  *count = n;
+  return GPTOSS_OK;
+}
+
+gptoss_status gptoss_device_info(int32_t index, gptoss_device_props* out) {
+  int32_t count = 0;
+  const gptoss_status status = gptoss_device_count(&count);
+  if (status != GPTOSS_OK) return status;
+  if (!out || index < 0 || index >= count) {
+    g_create_error = "CUDA device " + std::to_string(index) + " does not exist (" + std::to_string(count) + " found)";
+    return GPTOSS_INVALID_ARGUMENT;
+  }
+  cudaDeviceProp prop{};
+  size_t free_bytes = 0, total_bytes = 0;
+  int previous = 0;
+  cudaGetDevice(&previous);
+  cudaSetDevice(index);
+  const cudaError_t err = cudaGetDeviceProperties(&prop, index);
+  if (err == cudaSuccess) cudaMemGetInfo(&free_bytes, &total_bytes);
+  cudaSetDevice(previous);
+  if (err != cudaSuccess) {
+    g_create_error = std::string("cudaGetDeviceProperties: ") + cudaGetErrorString(err);
+    return GPTOSS_INTERNAL;
+  }
+  *out = gptoss_device_props{};
+  std::snprintf(out->name, sizeof out->name, "%s", prop.name);
+  out->total_memory = total_bytes ? total_bytes : prop.totalGlobalMem;
+  out->free_memory = free_bytes;
+  out->major = prop.major;
+  out->minor = prop.minor;
+  out->multiprocessors = prop.multiProcessorCount;
+  return GPTOSS_OK;
+}
+
+gptoss_status gptoss_nccl_open(const char* path, int32_t* version) {
+  if (!version) return GPTOSS_INVALID_ARGUMENT;
+  try {
+    *version = nccl::open(path ? path : "");
+    return GPTOSS_OK;
+  } catch (const Failure& f) {
+    g_create_error = f.message;
+    return f.status;
+  }
+}
+
+gptoss_status gptoss_nccl_unique_id(uint8_t* id, size_t length) {
+  try {
+    if (!id || length != GPTOSS_NCCL_UNIQUE_ID_BYTES) fail(GPTOSS_INVALID_ARGUMENT, "an NCCL unique id is 128 bytes");
+    nccl::UniqueId unique{};
+    nccl::check(nccl::api().get_unique_id(&unique), "ncclGetUniqueId");
+    std::memcpy(id, unique.internal, GPTOSS_NCCL_UNIQUE_ID_BYTES);
+    return GPTOSS_OK;
+  } catch (const Failure& f) {
+    g_create_error = f.message;
+    return f.status;
+  }
+}
+
+gptoss_status gptoss_comm_init(gptoss_context* ctx, const uint8_t* id, size_t length, int32_t size, int32_t rank,
+                               gptoss_comm** out) {
+  return guard(ctx, "comm_init", [&] {
+    if (!out || !id || length != GPTOSS_NCCL_UNIQUE_ID_BYTES) fail(GPTOSS_INVALID_ARGUMENT, "bad communicator arguments");
+    if (size < 1 || rank < 0 || rank >= size) {
+      fail(GPTOSS_INVALID_ARGUMENT, "rank " + std::to_string(rank) + " is not in a group of " + std::to_string(size));
+    }
+    const nccl::Api& api = nccl::api();
+    nccl::UniqueId unique{};
+    std::memcpy(unique.internal, id, GPTOSS_NCCL_UNIQUE_ID_BYTES);
+    auto comm = std::make_unique<gptoss_comm>();
+    comm->size = size;
+    comm->rank = rank;
+    nccl::check(api.comm_init_rank(&comm->comm, size, unique, rank), "ncclCommInitRank");
+    comm->counted = true;
+    {
+      std::lock_guard<std::mutex> lock(nccl::library().mutex);
+      nccl::library().live_comms++;
+    }
+    *out = comm.get();
+    ctx->comms.push_back(std::move(comm));
+  });
+}
+
+namespace {
+
+/** The communicator `comm` of ctx, after running what ctx has enqueued (collectives are ordered after it). */
+gptoss_comm* before_collective(gptoss_context* ctx, gptoss_comm* comm) {
+  bool found = false;
+  for (auto& c : ctx->comms) found = found || c.get() == comm;
+  if (!comm || !found) fail(GPTOSS_INVALID_ARGUMENT, "the communicator does not belong to this context");
+  if (!ctx->queue.empty()) run_step(ctx);
+  return comm;
+}
+
+}  // namespace
+
+gptoss_status gptoss_comm_all_reduce_sum(gptoss_context* ctx, gptoss_comm* comm, gptoss_tensor* x) {
+  return guard(ctx, "comm_all_reduce_sum", [&] {
+    need(x, "x", GPTOSS_F32);
+    before_collective(ctx, comm);
+    nccl::check(nccl::api().all_reduce(x->device, x->device, static_cast<size_t>(x->numel), nccl::kFloat32, nccl::kSum,
+                                       comm->comm, ctx->stream),
+                "ncclAllReduce");
+  });
+}
+
+gptoss_status gptoss_comm_all_gather(gptoss_context* ctx, gptoss_comm* comm, gptoss_tensor* out, gptoss_tensor* x) {
+  return guard(ctx, "comm_all_gather", [&] {
+    need(out, "out", GPTOSS_F32), need(x, "x", GPTOSS_F32);
+    before_collective(ctx, comm);
+    expect(rows(out) == rows(x) && cols(out) == cols(x) * comm->size,
+           "out " + shape_text(out) + " is not x " + shape_text(x) + " with " + std::to_string(comm->size) +
+               " ranks' columns");
+    const size_t bytes = static_cast<size_t>(out->numel) * sizeof(float);
+    if (comm->scratch_bytes < bytes) {
+      cuda_check(cudaStreamSynchronize(ctx->stream), "cudaStreamSynchronize");
+      if (comm->scratch) cudaFree(comm->scratch);
+      comm->scratch = nullptr;
+      comm->scratch_bytes = 0;
+      cuda_check(cudaMalloc(&comm->scratch, bytes), "cudaMalloc (all-gather scratch)");
+      comm->scratch_bytes = bytes;
+    }
+    nccl::check(nccl::api().all_gather(x->device, comm->scratch, static_cast<size_t>(x->numel), nccl::kFloat32,
+                                       comm->comm, ctx->stream),
+                "ncclAllGather");
+    nccl::interleave_columns<<<blocks_for(out->numel, 256, 4096), 256, 0, ctx->stream>>>(
+        dev<float>(out), comm->scratch, comm->size, rows(x), cols(x));
+    cuda_check(cudaGetLastError(), "interleave_columns");
+  });
+}
+
+gptoss_status gptoss_comm_broadcast(gptoss_context* ctx, gptoss_comm* comm, gptoss_tensor* x, int32_t root) {
+  return guard(ctx, "comm_broadcast", [&] {
+    need(x, "x", GPTOSS_F32);
+    before_collective(ctx, comm);
+    if (root < 0 || root >= comm->size) fail(GPTOSS_INVALID_ARGUMENT, "root " + std::to_string(root) + " is no rank");
+    nccl::check(nccl::api().broadcast(x->device, x->device, static_cast<size_t>(x->numel), nccl::kFloat32, root,
+                                      comm->comm, ctx->stream),
+                "ncclBroadcast");
+  });
+}
+
+gptoss_status gptoss_comm_barrier(gptoss_context* ctx, gptoss_comm* comm) {
+  return guard(ctx, "comm_barrier", [&] {
+    before_collective(ctx, comm);
+    // A one-element all-reduce every rank must join, then the stream drained: nobody returns before everyone came.
+    float* word = static_cast<float*>(ctx->arena.take(sizeof(float)));
+    nccl::check(nccl::api().all_reduce(word, word, 1, nccl::kFloat32, nccl::kSum, comm->comm, ctx->stream),
+                "ncclAllReduce (barrier)");
+    cuda_check(cudaStreamSynchronize(ctx->stream), "cudaStreamSynchronize");
+    ctx->arena.reset();
+  });
+}
+
+void gptoss_comm_destroy(gptoss_context* ctx, gptoss_comm* comm) {
+  if (!ctx || !comm) return;
+  cudaSetDevice(ctx->device);
+  for (auto it = ctx->comms.begin(); it != ctx->comms.end(); ++it) {
+    if (it->get() != comm) continue;
+    cudaStreamSynchronize(ctx->stream);
+    ctx->comms.erase(it);
+    return;
+  }
 }
 
 }  // extern "C"

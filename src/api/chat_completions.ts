@@ -323,7 +323,13 @@ export async function chatCompletions(json: unknown, signal: AbortSignal, deps: 
   // Each choice has its own controller (a stop string ends one choice); the request's aborts them all.
   let streams: AsyncIterable<TokenEvent>[];
   try {
-    streams = submitChoices(p.model.engine, p.engineRequests, choices.map((c) => c.controller), "messages");
+    streams = submitChoices(
+      p.model.engine,
+      p.engineRequests,
+      choices.map((c) => c.controller),
+      "messages",
+      telemetry,
+    );
   } catch (err) {
     for (const r of p.engineRequests) r.guide?.dispose?.(); // idempotent: the engine may have freed some already
     throw err;

@@ -167,7 +167,13 @@ function submitAll(
       };
     })
   );
-  const streams = submitChoices(model.engine, engineRequests, choices.map((c) => c.controller), "prompt");
+  const streams = submitChoices(
+    model.engine,
+    engineRequests,
+    choices.map((c) => c.controller),
+    "prompt",
+    deps.telemetry,
+  );
   return { choices, streams };
 }
 

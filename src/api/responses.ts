@@ -278,9 +278,13 @@ async function generate(
 }
 
 /** Queues the generation; a refused one (429, context) frees its grammar guide at once. */
-function submit(p: Prepared, controller: AbortController): AsyncIterable<TokenEvent>[] {
+function submit(
+  p: Prepared,
+  controller: AbortController,
+  telemetry: RequestTelemetry,
+): AsyncIterable<TokenEvent>[] {
   try {
-    return submitChoices(p.model.engine, [p.engineRequest], [controller], "input");
+    return submitChoices(p.model.engine, [p.engineRequest], [controller], "input", telemetry);
   } catch (err) {
     p.engineRequest.guide?.dispose?.();
     throw err;
@@ -305,7 +309,7 @@ export async function createResponse(json: unknown, signal: AbortSignal, deps: R
   });
   if (p.request.background) return await startBackground(p, run, deps, startedMs);
   linkAbort(signal, controller);
-  const [stream] = submit(p, controller);
+  const [stream] = submit(p, controller, deps.telemetry);
   const finish = async () => {
     run.report(deps.telemetry, startedMs);
     // Stored only when it ran to its end: a client that left mid-answer leaves no half conversation behind.
@@ -345,7 +349,7 @@ async function startBackground(
 ): Promise<Response> {
   const store = deps.store;
   if (!store) throw new InvalidRequestError("background responses need the response store (--response-store)");
-  const [stream] = submit(p, run.controller);
+  const [stream] = submit(p, run.controller, deps.telemetry);
   run.status = "queued";
   await store.put(record(p, run, deps));
   const queued = run.responseJson();

@@ -4,6 +4,7 @@ import type { EngineApi, EngineRequest, TokenEvent } from "../engine/engine_api.
 import type { SamplingParams } from "../engine/sampling.ts";
 import { ContextOverflowError, InvalidRequestError, ModelNotFoundError, NotReadyError } from "../errors.ts";
 import type { Tokenizer } from "../harmony/tokenizer.ts";
+import type { RequestTelemetry } from "./telemetry.ts";
 
 /** A model ready to serve. */
 export interface ServingModel {
@@ -92,7 +93,12 @@ export function submitChoices(
   requests: readonly EngineRequest[],
   controllers: readonly AbortController[],
   promptParam: "messages" | "prompt" | "input",
+  telemetry?: Pick<RequestTelemetry, "setAttributes">,
 ): AsyncIterable<TokenEvent>[] {
+  // A routing engine's decision (--gpu-mode auto) becomes attributes of the request's span.
+  const onRoute = telemetry &&
+    ((lane: string, reason: string) =>
+      telemetry.setAttributes({ "gptoss.route.lane": lane, "gptoss.route.reason": reason }));
   try {
     for (const r of requests) engine.validate(r);
   } catch (err) {
@@ -104,7 +110,7 @@ export function submitChoices(
     throw err;
   }
   try {
-    return requests.map((r, i) => engine.submit(r, controllers[i].signal));
+    return requests.map((r, i) => engine.submit(onRoute ? { ...r, onRoute } : r, controllers[i].signal));
   } catch (err) {
     for (const c of controllers) c.abort();
     throw err;

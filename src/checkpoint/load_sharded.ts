@@ -10,7 +10,8 @@
 import type { Backend, DeviceTensor, DType } from "../backends/backend.ts";
 import type { LayerWeights, ModelWeights } from "../model/weights.ts";
 import { createModel, type Model } from "../model/gpt_oss.ts";
-import { HostCommunicator, shardConfig } from "../model/tensor_parallel.ts";
+import { type Communicator, HostCommunicator } from "../backends/communicator.ts";
+import { expertBlocks, shardConfig } from "../model/tensor_parallel.ts";
 import { stageConfig, stageLayers } from "../model/pipeline_parallel.ts";
 import type { Checkpoint } from "./checkpoint.ts";
 
@@ -73,8 +74,8 @@ export function loadShardedWeights(
   const [q0, q1] = part(c.numAttentionHeads * c.headDim);
   const [kv0, kv1] = part(c.numKeyValueHeads * c.headDim);
   const [h0, h1] = part(c.numAttentionHeads);
-  const [i0, i1] = part(c.intermediateSize);
-  const [b0, b1] = part(c.intermediateSize / 32);
+  const [b0, b1] = expertBlocks(c, rank, size);
+  const [i0, i1] = [b0 * 32, b1 * 32];
   const [v0, v1] = part(c.vocabSize);
   const layers: LayerWeights[] = [];
   const first = stage?.first ?? 0, count = stage?.count ?? c.numHiddenLayers;
@@ -115,15 +116,23 @@ export function loadShardedWeights(
   };
 }
 
-/** A tensor-parallel model over `backends` (one rank each): shards loaded, ranks built, a host communicator. */
-export function loadTensorParallelModel(checkpoint: Checkpoint, backends: readonly Backend[]): Model {
+/**
+ * A tensor-parallel model over `backends` (one rank each): shards loaded, ranks built, joined by `comm` (default: the
+ * host communicator, for ranks in one process).
+ */
+export function loadTensorParallelModel(
+  checkpoint: Checkpoint,
+  backends: readonly Backend[],
+  comm: Communicator = new HostCommunicator(backends.length),
+): Model {
   const size = backends.length;
-  const rankConfig = shardConfig(checkpoint.config, size);
-  const ranks = backends.map((b, r) => createModel(rankConfig, loadShardedWeights(checkpoint, b, r, size), b));
+  const ranks = backends.map((b, r) =>
+    createModel(shardConfig(checkpoint.config, size, r), loadShardedWeights(checkpoint, b, r, size), b)
+  );
   return {
     ...ranks[0],
     config: checkpoint.config,
-    parallel: { kind: "tensor", ranks, comm: new HostCommunicator(size) },
+    parallel: { kind: "tensor", ranks, comm },
   };
 }
 

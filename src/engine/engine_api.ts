@@ -20,6 +20,8 @@ export interface EngineRequest {
   readonly guide?: TokenGuide;
   /** Also report the logprobs of prompt tokens 1..n−1 (completions `echo` with `logprobs`). */
   readonly promptLogprobs?: number;
+  /** Told by a routing engine where the request went and why (the API puts it on the request's span). */
+  readonly onRoute?: (lane: string, reason: string) => void;
 }
 
 /** Why a request ended. */

@@ -75,6 +75,7 @@ export class RoutingEngine implements EngineApi {
     counts.promptTokens += request.promptIds.length;
     this.#decisions[reason] = (this.#decisions[reason] ?? 0) + 1;
     this.#options.onRoute?.(lane.name, reason);
+    request.onRoute?.(lane.name, reason);
     return events;
   }
 

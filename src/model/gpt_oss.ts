@@ -8,7 +8,7 @@ import { SAMPLE_PARAMS } from "../backends/backend.ts";
 import type { ModelConfig } from "./config.ts";
 import { buildRopeTables } from "./rope.ts";
 import type { ModelWeights } from "./weights.ts";
-import type { Communicator } from "./tensor_parallel.ts";
+import type { Communicator } from "../backends/communicator.ts";
 
 /** A model ready to run: config, weights on a backend, RoPE tables. */
 export interface Model {

@@ -8,7 +8,7 @@ import { type ModelConfig, parseHfConfig } from "../model/config.ts";
 import { encodeHeader, tensorBytes, type TensorSource, writeSafetensors } from "../checkpoint/safetensors_writer.ts";
 
 /** Shapes the generator knows. */
-export const PRESETS = ["tiny", "tiny-random", "mini", "20b", "120b"] as const;
+export const PRESETS = ["tiny", "tiny-random", "mini", "20b", "120b", "wide"] as const;
 export type Preset = typeof PRESETS[number];
 
 interface PresetShape {
@@ -58,6 +58,22 @@ const SHAPES: Record<Preset, PresetShape> = {
     sliding_window: 128,
     eos_token_id: 200002,
     pad_token_id: 199999,
+  },
+  // Tests of tensor parallelism at the real widths (2,880 hidden = 90 MXFP4 blocks, 64 heads, 8 KV heads) in ~0.2 GB:
+  // two layers (one sliding, one full), 4 experts, a small vocabulary. Not offered by `make-model`.
+  "wide": {
+    vocab_size: 1024,
+    hidden_size: 2880,
+    num_hidden_layers: 2,
+    num_attention_heads: 64,
+    num_key_value_heads: 8,
+    head_dim: 64,
+    num_local_experts: 4,
+    num_experts_per_tok: 2,
+    intermediate_size: 2880,
+    sliding_window: 128,
+    eos_token_id: 1022,
+    pad_token_id: 1021,
   },
   // The 20b architecture with 4 layers: quick benchmarks at real layer size.
   "mini": {

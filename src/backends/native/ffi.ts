@@ -4,7 +4,7 @@
  */
 
 /** ABI version these bindings speak (GPTOSS_ABI_VERSION). */
-export const GPTOSS_ABI_VERSION = 3;
+export const GPTOSS_ABI_VERSION = 4;
 
 /** gptoss_status. */
 export const GPTOSS_STATUS = [
@@ -19,6 +19,15 @@ export const GPTOSS_STATUS = [
 
 /** Flags of gptoss_context_create. */
 export const GPTOSS_FLAG = { profile: 1, profileSteps: 2, noGraphs: 4, int8Activations: 8 } as const;
+
+/** GPTOSS_FLAG_DEVICE(index): the CUDA device of a context, in bits 16-23. */
+export const gptossFlagDevice = (index: number): number => (index & 0xff) << 16;
+
+/** GPTOSS_NCCL_UNIQUE_ID_BYTES. */
+export const NCCL_UNIQUE_ID_BYTES = 128;
+
+/** sizeof(gptoss_device_props): name[96], total and free memory (u64), major, minor, multiprocessors (i32), padding. */
+export const DEVICE_PROPS_BYTES = 96 + 8 + 8 + 4 * 3 + 4;
 
 /** gptoss_dtype. */
 export const GPTOSS_DTYPE = { f32: 0, bf16: 1, u8: 2, i32: 3, q8_0: 4 } as const;
@@ -53,6 +62,18 @@ export const SYMBOLS = {
   gptoss_gather_rows: { parameters: [P, P, P, P], result: "i32" },
   // The one long call: runs a whole step's commands on library threads without blocking Deno's event loop.
   gptoss_flush: { parameters: [P], result: "i32", nonblocking: true },
+  gptoss_device_count: { parameters: [B], result: "i32" },
+  gptoss_device_info: { parameters: ["i32", B], result: "i32" },
+  gptoss_nccl_open: { parameters: [B, B], result: "i32" },
+  gptoss_nccl_unique_id: { parameters: [B, "usize"], result: "i32" },
+  // Collectives block until every rank has come (joining, and the first one, which connects the ranks): ranks driven
+  // from one process call them concurrently, each on a thread of Deno's pool.
+  gptoss_comm_init: { parameters: [P, B, "usize", "i32", "i32", B], result: "i32", nonblocking: true },
+  gptoss_comm_all_reduce_sum: { parameters: [P, P, P], result: "i32", nonblocking: true },
+  gptoss_comm_all_gather: { parameters: [P, P, P, P], result: "i32", nonblocking: true },
+  gptoss_comm_broadcast: { parameters: [P, P, P, "i32"], result: "i32", nonblocking: true },
+  gptoss_comm_barrier: { parameters: [P, P], result: "i32", nonblocking: true },
+  gptoss_comm_destroy: { parameters: [P, P], result: "void" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The loaded library. */

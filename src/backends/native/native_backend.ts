@@ -18,7 +18,7 @@ import type {
   Ops,
 } from "../backend.ts";
 import { DTYPE_BYTES } from "../backend.ts";
-import { GPTOSS_DTYPE, GPTOSS_FLAG, GPTOSS_STATUS, type GptossLibrary } from "./ffi.ts";
+import { GPTOSS_DTYPE, GPTOSS_FLAG, GPTOSS_STATUS, gptossFlagDevice, type GptossLibrary } from "./ffi.ts";
 import { loadNativeLibrary } from "./library.ts";
 
 export { CUDA_LIBRARY_PATH, loadNativeLibrary, NATIVE_LIBRARY_PATH } from "./library.ts";
@@ -60,6 +60,17 @@ export interface NativeBackendOptions {
    * every integer dot, as llama.cpp does; "bf16" (default) keeps the checkpoint's weights and the exact dots.
    */
   readonly weights?: "bf16" | "q8";
+  /** CUDA: the device this context runs on (default 0). */
+  readonly device?: number;
+}
+
+/** What the NCCL communicator (./nccl.ts) needs of a backend: its library, its context and its tensors' handles. */
+export interface NativeHandles {
+  readonly library: GptossLibrary;
+  readonly context: Deno.PointerValue;
+  handle(tensor: DeviceTensor): Deno.PointerValue;
+  /** Throws the BackendError for a failed status of this context. */
+  check(status: number, op: string): void;
 }
 
 /** The handle of a tensor argument for op `op` (null for an absent optional one). */
@@ -93,12 +104,25 @@ export class NativeBackend implements Backend {
     const flags = (options.profile === "ops" ? GPTOSS_FLAG.profile : 0) |
       (options.profile === "steps" ? GPTOSS_FLAG.profileSteps : 0) |
       (options.cudaGraphs === false ? GPTOSS_FLAG.noGraphs : 0) |
-      (this.#q8 ? GPTOSS_FLAG.int8Activations : 0);
+      (this.#q8 ? GPTOSS_FLAG.int8Activations : 0) | gptossFlagDevice(options.device ?? 0);
     const isa = options.isa ? new TextEncoder().encode(`${options.isa}\0`) : null;
     this.#check(s.gptoss_context_create(options.numThreads ?? 0, flags, isa, this.#out), "context_create");
     this.#ctx = Deno.UnsafePointer.create(this.#out[0]);
     this.kind = Deno.UnsafePointerView.getCString(s.gptoss_backend_kind()!);
     this.ops = this.#makeOps();
+  }
+
+  /** This context's handles, for collectives across backends of one library (./nccl.ts). */
+  get native(): NativeHandles {
+    return {
+      library: this.#lib,
+      context: this.#ctx,
+      handle: (tensor) => {
+        if (!(tensor instanceof NativeTensor)) throw new BackendError("a tensor of another backend", "collective");
+        return tensor.handle;
+      },
+      check: (status, op) => this.#check(status, op),
+    };
   }
 
   #check(status: number, op: string): void {
