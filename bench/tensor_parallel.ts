@@ -1,11 +1,13 @@
 /**
  * Tensor and pipeline parallelism on this machine (a script, not a test):
  *   deno run -A bench/tensor_parallel.ts --model DIR [--modes tp1,tp2,tp4,pp2] [--backend native|reference]
- *     [--threads 1] [--save FILE | --against FILE]
+ *     [--threads 1 | --total-threads 2] [--save FILE | --against FILE]
  * On a checkpoint with the real hidden sizes (mini: 2880 hidden, 64 heads, 8 KV heads, 32 experts, 4 layers; or the
  * 20b preset), each mode prefills the same 32-token prompt and decodes 8 tokens greedily; every mode's logits must
  * agree with TP = 1's within the f32 tolerance (1e-3 + 1e-5·|ref|) and its ids must be equal. TP = 4 splits the
  * experts' 90 MXFP4 blocks unevenly (22, 23, 22, 23). Decode tokens/s per mode, and the bytes each all-reduce moves.
+ * --threads: per rank; --total-threads: shared by a mode's ranks (every mode then uses the same cores: the
+ * communicator's overhead shows as the ratio to TP = 1).
  * A model too big to hold twice (the 20b here: 24 GB) runs one mode per process: `--modes tp1 --save F`, then
  * `--modes tp2 --against F`. With 2 cores no speed-up is expected: the point is the communicator's overhead.
  */
@@ -26,14 +28,19 @@ const { values } = parseArgs({
     modes: { type: "string", default: "tp1,tp2,tp4,pp2" },
     backend: { type: "string", default: "native" },
     threads: { type: "string", default: "1" },
+    "total-threads": { type: "string" },
     save: { type: "string" },
     against: { type: "string" },
   },
 });
 if (!values.model) throw new Error("Give --model DIR (e.g. the mini preset)");
+const total = values["total-threads"] ? Number(values["total-threads"]) : undefined;
 const threads = Number(values.threads);
-const make = (): Backend =>
-  values.backend === "native" ? createNativeBackend({ numThreads: threads }) : createReferenceBackend();
+/** A backend for one of `ranks` ranks. */
+const make = (ranks: number): Backend =>
+  values.backend === "native"
+    ? createNativeBackend({ numThreads: total ? Math.max(1, Math.floor(total / ranks)) : threads })
+    : createReferenceBackend();
 const checkpoint = Checkpoint.open(values.model, { mmap: true });
 const config = checkpoint.config;
 const BLOCKS = { blockSize: 16, numFullBlocks: 16, numSlidingBlocks: 16 };
@@ -69,7 +76,7 @@ async function decode(model: Model): Promise<Run> {
 /** The model of a mode ("tp1", "tp<N>", "pp<N>") on fresh backends, and those backends. */
 async function build(mode: string): Promise<{ model: Model; backends: Backend[] }> {
   const n = Number(mode.slice(2));
-  const backends = Array.from({ length: n }, make);
+  const backends = Array.from({ length: n }, () => make(n));
   if (mode === "tp1") {
     return { model: createModel(config, await loadWeights(checkpoint, backends[0]), backends[0]), backends };
   }
@@ -119,7 +126,9 @@ function compare(label: string, got: Run, ref: Run): void {
 }
 
 let reference = values.against ? await load(values.against) : undefined;
-console.log(`${values.model} on ${values.backend}, ${threads} thread(s) per rank`);
+console.log(
+  `${values.model} on ${values.backend}, ${total ? `${total} threads shared by the ranks` : `${threads} per rank`}`,
+);
 for (const mode of values.modes.split(",")) {
   const { model, backends } = await build(mode);
   const run = await decode(model);

@@ -25,6 +25,11 @@ export interface HostTensor {
    */
   readonly external?: boolean;
   /**
+   * True when `data` is a temporary copy its maker never reads again (a shard cut out of a checkpoint): a backend that
+   * copies it may release its pages at once, so a load never holds two copies of the weights.
+   */
+  readonly discardable?: boolean;
+  /**
    * "matmul": a weight matrix of Ops.matmul. A backend may store such a matrix in a format of its own (the native
    * CPU backend's q8 mode: 8-bit Q8_0); the tensor still presents the checkpoint's dtype and shape.
    */

@@ -22,6 +22,8 @@ interface Slice {
   readonly dtype: DType;
   readonly shape: number[];
   readonly data: Uint8Array;
+  /** A copy made here (not a view of the checkpoint's mapping): nothing reads it after its upload. */
+  readonly copied?: boolean;
 }
 
 /** Rows [r0, r1) of dimension `axis` of a row-major tensor (every index before it kept whole). */
@@ -31,12 +33,12 @@ function sliceAxis(t: Slice, axis: number, r0: number, r1: number): Slice {
   const rows = t.shape[axis];
   const shape = [...t.shape];
   shape[axis] = r1 - r0;
-  if (outer === 1) return { dtype: t.dtype, shape, data: t.data.subarray(r0 * inner, r1 * inner) };
+  if (outer === 1) return { ...t, shape, data: t.data.subarray(r0 * inner, r1 * inner) };
   const data = new Uint8Array(outer * (r1 - r0) * inner);
   for (let o = 0; o < outer; o++) {
     data.set(t.data.subarray((o * rows + r0) * inner, (o * rows + r1) * inner), o * (r1 - r0) * inner);
   }
-  return { dtype: t.dtype, shape, data };
+  return { dtype: t.dtype, shape, data, copied: true };
 }
 
 /** What a pipeline stage loads: its layers, and the embedding / final norm and lm_head only where used. */
@@ -67,10 +69,20 @@ export function loadShardedWeights(
       data: checkpoint.read(name),
     };
   };
+  // Views of the mapping are used in place where the backend can; the copies made here are released once uploaded.
+  const mapped = checkpoint.files.mapped;
   const up = (t: Slice, use?: "matmul"): DeviceTensor =>
-    backend.upload({ dtype: t.dtype, shape: t.shape, data: t.data, use });
+    backend.upload({
+      dtype: t.dtype,
+      shape: t.shape,
+      data: t.data,
+      use,
+      external: mapped && !t.copied,
+      discardable: t.copied,
+    });
   const part = (n: number) => [rank * n / size, (rank + 1) * n / size] as const;
-  const zeroUnlessFirst = (t: Slice): Slice => rank === 0 ? t : { ...t, data: new Uint8Array(t.data.length) };
+  const zeroUnlessFirst = (t: Slice): Slice =>
+    rank === 0 ? t : { ...t, data: new Uint8Array(t.data.length), copied: true };
   const [q0, q1] = part(c.numAttentionHeads * c.headDim);
   const [kv0, kv1] = part(c.numKeyValueHeads * c.headDim);
   const [h0, h1] = part(c.numAttentionHeads);

@@ -250,23 +250,32 @@ export class NativeBackend implements Backend {
       );
       return new NativeTensor("bf16", [...tensor.shape], Deno.UnsafePointer.create(this.#out[0])!, undefined);
     }
+    if (this.name === "native" && tensor.dtype === "u8" && tensor.data.byteLength >= 1 << 20) {
+      // The MXFP4 experts move into anonymous huge-page memory, and the source's pages are released when it is the
+      // checkpoint's mapping or a discardable shard: on the VM this was measured on, the MoE streamed 4× slower from
+      // page-cache pages than from anonymous ones, while the bf16 GEMV did not care (bench/README.md, "Weights in
+      // anonymous memory").
+      const dims = BigInt64Array.from(tensor.shape.map((d) => BigInt(d)));
+      const release = tensor.external || tensor.discardable ? 1 : 0;
+      this.#check(
+        this.#lib.symbols.gptoss_tensor_copy(
+          this.#ctx,
+          GPTOSS_DTYPE.u8,
+          tensor.shape.length,
+          dims,
+          tensor.data,
+          release,
+          this.#out,
+        ),
+        "tensor_copy",
+      );
+      return new NativeTensor("u8", [...tensor.shape], Deno.UnsafePointer.create(this.#out[0])!, undefined);
+    }
     if (!tensor.external) {
       // A pointer into a JS-heap buffer is valid only during the call that receives it: copy such weights.
       const copy = this.#newTensor(tensor.dtype, tensor.shape);
       this.write(copy, tensor.data);
       return copy;
-    }
-    if (this.name === "native" && tensor.dtype === "u8" && tensor.data.byteLength >= 1 << 20) {
-      // The MXFP4 experts move into anonymous memory (the mapping's pages are released): on the VM this was measured
-      // on, the MoE streamed 4× slower from page-cache pages than from anonymous ones, while the bf16 GEMV did not
-      // care (bench/README.md, "Weights in anonymous memory").
-      const dims = BigInt64Array.from(tensor.shape.map((d) => BigInt(d)));
-      const s = this.#lib.symbols;
-      this.#check(
-        s.gptoss_tensor_copy(this.#ctx, GPTOSS_DTYPE.u8, tensor.shape.length, dims, tensor.data, 1, this.#out),
-        "tensor_copy",
-      );
-      return new NativeTensor("u8", [...tensor.shape], Deno.UnsafePointer.create(this.#out[0])!, undefined);
     }
     // Zero copy: the library reads the host bytes in place (a view of the checkpoint's mapping, never moved).
     const data = tensor.data.byteOffset % DTYPE_BYTES[tensor.dtype] === 0 ? tensor.data : tensor.data.slice();
