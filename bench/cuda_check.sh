@@ -39,7 +39,7 @@ deno run -A src/main.ts probe
 
 step "tests: ABI, conformance, golden parity, API golden replay (cuda only)"
 timeout 300 deno test -A --parallel --filter "/cuda|CUDA/" tests/native_abi_test.ts tests/backend_conformance_test.ts \
-  tests/golden_test.ts tests/api_test.ts > "$OUT/tests.txt" 2>&1
+  tests/golden_test.ts tests/api_test.ts tests/nccl_test.ts > "$OUT/tests.txt" 2>&1
 tests_rc=$?
 grep -E "^(ok|FAILED) \|| \.\.\. (FAILED|ok|ignored)|error:" "$OUT/tests.txt" | tail -60
 

@@ -11,7 +11,7 @@ import {
   throws as assertThrows,
 } from "node:assert/strict";
 import { HostCommunicator } from "../src/backends/communicator.ts";
-import { CUDA_LIBRARY_PATH, loadNativeLibrary } from "../src/backends/native/native_backend.ts";
+import { createNativeBackend, CUDA_LIBRARY_PATH, loadNativeLibrary } from "../src/backends/native/native_backend.ts";
 import { listCudaDevices, NcclCommunicator, ncclUniqueId, openNccl } from "../src/backends/native/nccl.ts";
 import { gptossFlagDevice } from "../src/backends/native/ffi.ts";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
@@ -120,6 +120,44 @@ Deno.test({
     } finally {
       library.close();
       await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+/** A CUDA device and an NCCL to join it with, or why not (printed: the GPU test below then skips). */
+const gpuNccl = await (async () => {
+  if (!cudaBuilt) return "the CUDA library is not built";
+  const library = loadNativeLibrary({ path: CUDA_LIBRARY_PATH });
+  try {
+    if (listCudaDevices(library).length === 0) return "no CUDA device";
+    openNccl(library);
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
+  } finally {
+    library.close();
+  }
+})().catch((err) => (err as Error).message);
+if (gpuNccl) console.log(`NCCL on a CUDA device: skipped: ${gpuNccl}`);
+
+Deno.test({
+  name: "on a CUDA device with NCCL: one rank's all-reduce, all-gather, broadcast and barrier (TP needs two devices)",
+  ignore: gpuNccl !== undefined,
+  fn: async () => {
+    const backend = createNativeBackend({ library: loadNativeLibrary({ path: CUDA_LIBRARY_PATH }), name: "cuda" });
+    const comm = await NcclCommunicator.create([backend]);
+    try {
+      const x = backend.alloc([2, 3], "f32");
+      backend.write(x, Float32Array.of(1, 2, 3, 4, 5, 6));
+      await comm.allReduceSum([backend], [x]);
+      assertEquals([...await backend.read(x)], [1, 2, 3, 4, 5, 6]);
+      assertEquals([...await comm.allGatherColumns([backend], [x], 2)], [1, 2, 3, 4, 5, 6]);
+      await comm.broadcast([backend], [x], 0);
+      await comm.barrier();
+      assertEquals([...await backend.read(x)], [1, 2, 3, 4, 5, 6]);
+    } finally {
+      comm.dispose();
+      backend.dispose();
     }
   },
 });
