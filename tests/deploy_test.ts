@@ -17,6 +17,8 @@ import { freePort, type ServerProcess, startServer } from "./helpers/server.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const CACHE = await Deno.makeTempDir({ prefix: "gptoss-deploy-test-" });
+// The demo model (~50 MB) is made once per file; the file's process removes it as it ends.
+globalThis.addEventListener("unload", () => Deno.removeSync(CACHE, { recursive: true }));
 const DRAIN_MS = 20_000;
 
 function which(name: string): string | undefined {

@@ -13,6 +13,8 @@ import { PostgresResponseStore } from "../src/store/postgres_store.ts";
 
 const DEMO = "gpt-oss-tiny-random";
 const CACHE = await Deno.makeTempDir({ prefix: "gptoss-responses-server-" });
+// The demo model (~50 MB) is made once per file; the file's process removes it as it ends.
+globalThis.addEventListener("unload", () => Deno.removeSync(CACHE, { recursive: true }));
 const common = ["--port", "0", "--model-cache-dir", CACHE, "--current-date", "2025-06-28"];
 
 const clientOf = (server: ServerProcess) => new OpenAI({ baseURL: `${server.baseUrl}/v1`, apiKey: "unused" });

@@ -83,7 +83,7 @@ async function start(options: { apiKey?: string; storePath?: string } = {}): Pro
     stop: async () => {
       await server.shutdown();
       await store.close();
-      if (!options.storePath) await Deno.remove(dir, { recursive: true });
+      await Deno.remove(dir, { recursive: true }); // a given storePath lives elsewhere (its owner removes it)
     },
   };
 }

@@ -19,6 +19,8 @@ import { type ServerProcess, startServer } from "./helpers/server.ts";
 
 const DEMO = "gpt-oss-tiny-random";
 const CACHE = await Deno.makeTempDir({ prefix: "gptoss-structured-" });
+// The demo model (~50 MB) is made once per file; the file's process removes it as it ends.
+globalThis.addEventListener("unload", () => Deno.removeSync(CACHE, { recursive: true }));
 const SEEDS = [1, 2, 3, 4, 5];
 
 async function chat(server: ServerProcess, body: Record<string, unknown>) {
