@@ -186,7 +186,7 @@ struct ExpertMatrix {
 /** out[s * out_stride + row]: one row of one expert's matrix against each of its tokens, 4 tokens per dot call. */
 void expert_row(const DotKernels& dot, const ExpertWork& ew, const ExpertMatrix& m, int64_t row, const Inputs& in,
                 float* row_f32, float* out, int64_t out_stride) {
-  const int64_t num_blocks = m.k / 32, groups = q_groups(m.k);
+  const int64_t num_blocks = m.k / 32;
   const int64_t count = static_cast<int64_t>(ew.slots.size());
   const uint8_t* row_blocks = m.blocks + row * num_blocks * 16;
   const uint8_t* row_scales = m.scales + row * num_blocks;
@@ -195,7 +195,6 @@ void expert_row(const DotKernels& dot, const ExpertWork& ew, const ExpertMatrix&
   for (int64_t s = 0; s < count; s += 4) {
     const int rows = static_cast<int>(std::min<int64_t>(4, count - s));
     if (ew.path == Path::decoded_rows) dot.f32(row_f32, in.f32 + s * in.stride, in.stride, m.k, rows, acc);
-    else if (ew.path == Path::integer) (in.int8 ? dot.mxfp4_q8 : dot.mxfp4_q)(row_blocks, row_scales, in.q.data() + s * groups, groups, num_blocks, rows, acc);
     else dot.mxfp4(row_blocks, row_scales, in.split.data() + s * m.k, m.k, num_blocks, rows, acc);
     for (int q = 0; q < rows; q++) out[(s + q) * out_stride + row] = acc[q];
   }
@@ -221,10 +220,10 @@ void expert_rows32(const DotKernels& dot, const ExpertWork& ew, const ExpertMatr
     }
     return;
   }
-  if (ew.path == Path::integer && count > 4) {
+  if (ew.path == Path::integer) {
     // Tokens outside, rows inside: 4 tokens' prepared activations stay in L1 while the 32 rows (49 KB at the 20b's
     // width) come from L2. Rows outside made every row re-read all its tokens' activations (13 KB each) from L2:
-    // 16× the L2 traffic per multiply-add, which bound a 512-token prefill.
+    // 16× the L2 traffic per multiply-add, which bound a 512-token prefill. (Up to 4 tokens: one pass, as before.)
     const int64_t groups = q_groups(m.k);
     auto kernel = in.int8 ? dot.mxfp4_q8 : dot.mxfp4_q;
     float acc[4];
