@@ -56,6 +56,7 @@ uint8_t* weights(size_t bytes) {
     return p;
   }
   auto* p = static_cast<uint8_t*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  madvise(p, bytes, MADV_HUGEPAGE);  // as the server's weights (map_weights)
 #pragma omp parallel for
   for (size_t i = 0; i < bytes / 4; i++) reinterpret_cast<uint32_t*>(p)[i] = (static_cast<uint32_t>(i) * 2654435761u) & 0x3f7f3f7fu;
   return p;

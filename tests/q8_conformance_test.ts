@@ -11,7 +11,8 @@
  */
 import { ok as assert } from "node:assert/strict";
 import type { Backend, DeviceTensor, DType, MoeWeights } from "../src/backends/backend.ts";
-import { createNativeBackend } from "../src/backends/native/native_backend.ts";
+import { createNativeBackend, loadNativeLibrary } from "../src/backends/native/native_backend.ts";
+import { GPTOSS_DTYPE } from "../src/backends/native/ffi.ts";
 import { createReferenceBackend } from "../src/backends/reference/reference_backend.ts";
 import { probeBackends } from "../src/backends/select.ts";
 import { dequantizeMxfp4Row, f32ToBf16 } from "../src/formats/numeric.ts";
@@ -96,6 +97,72 @@ Deno.test({
       }
     } finally {
       backend.dispose();
+    }
+  },
+});
+
+/**
+ * Q8_0 of one 32-block by its definition, in f32 steps: s = m / 127 and q = round-half-even(clamp(v · (127 / m),
+ * ±127)), m = the largest |v| of the block's non-NaN values; a NaN value gives 0, and a block whose m is 0 or
+ * infinite gives all-zero codes with scale m.
+ */
+function q8Block(values: Float32Array): { q: Int8Array; scale: number } {
+  const f = Math.fround;
+  let max = 0;
+  for (const v of values) if (!Number.isNaN(v)) max = Math.max(max, Math.abs(v));
+  const q = new Int8Array(32);
+  if (!(max > 0 && Number.isFinite(max))) return { q, scale: max };
+  const inverse = f(127 / max);
+  for (let j = 0; j < 32; j++) {
+    if (Number.isNaN(values[j])) continue;
+    const y = Math.min(127, Math.max(-127, f(values[j] * inverse)));
+    const floor = Math.floor(y), rest = y - floor;
+    q[j] = rest > 0.5 || (rest === 0.5 && floor % 2 !== 0) ? floor + 1 : floor;
+  }
+  return { q, scale: f(max / 127) };
+}
+
+Deno.test({
+  name: "native q8: weight quantization is Q8_0 bit for bit (ties to even, zero, NaN and infinite blocks)",
+  ignore: skip !== undefined,
+  fn: () => {
+    const lib = loadNativeLibrary(), s = lib.symbols, out = new BigUint64Array(1);
+    const isa = Deno.env.get("GPTOSS_CPU_ISA");
+    try {
+      assert(s.gptoss_context_create(2, 0, isa ? new TextEncoder().encode(`${isa}\0`) : null, out) === 0);
+      const ctx = Deno.UnsafePointer.create(out[0]);
+      const [n, k] = [37, 2880];
+      const next = random(77, 3);
+      const bits = Uint16Array.from({ length: n * k }, () => f32ToBf16(next()));
+      const block = (row: number, b: number, values: number[]) => {
+        for (let j = 0; j < 32; j++) bits[row * k + b * 32 + j] = f32ToBf16(values[j % values.length]);
+      };
+      block(0, 0, [0]); // all zero
+      block(0, 1, [127, 2.5, 3.5, -2.5, -3.5, 0.5, -0.5, 1.5]); // m = 127: v·(127/m) = v, exact ties
+      block(1, 2, [1, Infinity, -2]); // m infinite
+      block(2, 3, [4, NaN, -8, 0.25]); // NaN left out of m, quantized to 0
+      block(3, 4, [-Infinity]);
+      block(4, 5, [NaN]);
+      block(5, 6, [-64, 0.75, 63.5, -0.25]);
+      assert(s.gptoss_tensor_quantize(ctx, bits, BigInt(n), BigInt(k), GPTOSS_DTYPE.q8_0, out) === 0);
+      const tensor = Deno.UnsafePointer.create(out[0]);
+      const bytes = new Uint8Array(n * k + n * k / 8);
+      assert(s.gptoss_tensor_read(ctx, tensor, bytes, BigInt(bytes.byteLength)) === 0);
+      const codes = new Int8Array(bytes.buffer, 0, n * k), scales = new Float32Array(bytes.buffer, n * k, n * k / 32);
+      const values = Float32Array.from(bits, widen);
+      for (let b = 0; b < n * k / 32; b++) {
+        const expected = q8Block(values.subarray(b * 32, b * 32 + 32));
+        const got = Array.from(codes.subarray(b * 32, b * 32 + 32));
+        assert(
+          Object.is(scales[b], expected.scale) && got.every((c, j) => c === expected.q[j]),
+          `block ${b}: scale ${scales[b]} codes ${got} ≠ ${expected.scale} ${Array.from(expected.q)}`,
+        );
+      }
+      const ties = Array.from(codes.subarray(32, 40));
+      assert(ties.join() === "127,2,4,-2,-4,0,0,2", `ties to even: ${ties}`);
+      s.gptoss_context_destroy(ctx);
+    } finally {
+      lib.close();
     }
   },
 });
@@ -227,7 +294,7 @@ for (const isa of ["avx2", "scalar"]) {
         stderr: "piped",
       }).output();
       const text = new TextDecoder().decode(result.stdout) + new TextDecoder().decode(result.stderr);
-      assert(result.success && /ok \| 2 passed/.test(text), `exit code ${result.code}\n${text.slice(-3000)}`);
+      assert(result.success && /ok \| 3 passed/.test(text), `exit code ${result.code}\n${text.slice(-3000)}`);
     },
   });
 }

@@ -273,7 +273,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void mxfp4_q_rows(const u
     const int64_t left = num_blocks - g * 4;
     __m512i codes, scale_bytes;
     if (left >= 4) {
-      prefetch_weights(blocks + g * 64);
+      prefetch_weights<D == 3 ? Fetch::l1 : Fetch::l2>(blocks + g * 64);
       codes = _mm512_loadu_si512(blocks + g * 64);
       int32_t four;
       std::memcpy(&four, scales + g * 4, 4);

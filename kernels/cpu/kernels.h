@@ -189,13 +189,19 @@ void gather_rows_f32(float* out, const float* x, const int32_t* rows, int64_t nu
 
 /**
  * How far ahead the weight streams prefetch, and into which cache: past the 4 KiB page the hardware streamers stop
- * at, into L2 (T1) so that the prefetches queue in L2's larger miss buffers instead of L1's. Measured on 2 cores
- * with mapped weights (bench/native_kernels.cpp): bf16 GEMV 16.4–17.2 GB/s with 4 KiB into L1 → 19.4–20.1 with 8 KiB
- * into L2; the integer MXFP4 dot 14.6 → 16.4–17.7.
+ * at. Into L2 (T1) by default, so that the prefetches queue in L2's larger miss buffers instead of L1's: measured on
+ * 2 cores with mapped weights (bench/native_kernels.cpp), bf16 GEMV 16.4–17.2 GB/s with 4 KiB into L1 → 19.4–20.1
+ * with 8 KiB into L2. Into L1 (T0) for the compute-heavy integer MXFP4 dots (AVX2, both modes; VNNI, exact digits),
+ * whose loads would otherwise wait on L2 while the vector pipes are busy: on a 2-core Zen 4 with the weights in
+ * anonymous huge pages, as the server keeps them, T1 → T0 took the AVX2 q8-mode dot from 21.6–22.0 GB/s to 27–36 and
+ * its MoE layer at 1 token from 18.3–21.2 to 23.5–24.7; the exact VNNI MoE layer from 17.9–19.6 to 23.3, while the
+ * bf16 GEMV and the VNNI q8-mode dot did as well or better with T1 (native_kernels.sh, same run).
  */
 constexpr int64_t kPrefetchAhead = 8192;
+enum class Fetch { l2, l1 };
+template <Fetch F = Fetch::l2>
 inline void prefetch_weights(const void* p) {
-  _mm_prefetch(static_cast<const char*>(p) + kPrefetchAhead, _MM_HINT_T1);
+  _mm_prefetch(static_cast<const char*>(p) + kPrefetchAhead, F == Fetch::l1 ? _MM_HINT_T0 : _MM_HINT_T1);
 }
 
 /**
