@@ -319,7 +319,8 @@ for (const candidate of candidates) {
     // weights' products finite. (From e = 253 on, 6·2^(e−127) is beyond f32: no f32 reference can hold the weight.)
     const extremes = [0, 1, 2, 3, 120, 250, 251, 252];
     for (const tokens of [1, 6]) {
-      const [experts, hidden, inter] = [4, 128, 64];
+      // hidden 288: 9 blocks, one 8-block step of the AVX2 integer dot and an odd last block.
+      const [experts, hidden, inter] = [4, 288, 64];
       const d = mxfp4Data(experts, hidden, inter, 31);
       const random = rng(32);
       const gateUpScales = d.gateUpScales.map(() => extremes[Math.floor((random() + 0.5) * extremes.length)]);

@@ -563,6 +563,8 @@ void prepare_mxfp4_q(const float* x, int64_t k, QGroup* out) {
     const float scale = usable ? max / static_cast<float>(kMax) : max;
     for (int lane = 0; lane < 4; lane++) group.scale[slot * 4 + lane] = scale;
     group.corr[slot * 4] = -12 * sum;
+    group.block_scale[slot] = scale;
+    group.block_corr[slot] = -12 * sum;
   }
 }
 

@@ -63,24 +63,44 @@ __attribute__((target("avx2"))) inline __m256i madd_u8s8(__m256i a0, __m256i b0,
   return _mm256_add_epi16(_mm256_maddubs_epi16(a0, b0), _mm256_maddubs_epi16(a1, b1));
 }
 
-/** Two blocks (b, b + 1; only b when `odd_tail`) of mxfp4_q_avx2_rows into total[0..R). */
+/** The codes of two blocks (b, b + 1; only b when `odd_tail`) as unsigned 2·FP4 + 12, even and odd nibbles. */
+__attribute__((target("avx2"))) inline void decode_pair(const uint8_t* blocks, int64_t b, bool odd_tail, __m256i& even,
+                                                        __m256i& odd) {
+  const __m256i lut = _mm256_load_si256(reinterpret_cast<const __m256i*>(kFp4Plus12));
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i codes =
+      odd_tail ? _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + b * 16)))
+               : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blocks + b * 16));
+  even = _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, low4));
+  odd = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(codes, 4), low4));
+}
+
+/**
+ * One token's exact int32 sums over two decoded blocks without the offset correction: lanes 0–3 hold parts of
+ * block b, lanes 4–7 of block b + 1. D = 3: the digits weighted by VPMADDWD with 2¹⁴, 2⁷, 1; D = 1: 8-bit values.
+ */
+template <int D>
+__attribute__((target("avx2"))) inline __m256i pair_sums(__m256i even, __m256i odd, const QGroup& q, int half) {
+  const __m256i hi = madd_u8s8(even, load32(q.hi_even, half), odd, load32(q.hi_odd, half));
+  __m256i acc = _mm256_madd_epi16(hi, _mm256_set1_epi16(D == 3 ? 1 << 14 : 1));
+  if constexpr (D == 3) {
+    const __m256i mid = madd_u8s8(load32(q.mid_even, half), even, load32(q.mid_odd, half), odd);
+    const __m256i lo = madd_u8s8(load32(q.lo_even, half), even, load32(q.lo_odd, half), odd);
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(mid, _mm256_set1_epi16(1 << 7)));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(lo, _mm256_set1_epi16(1)));
+  }
+  return acc;
+}
+
+/** Two blocks (b, b + 1; only b when `odd_tail`) of mxfp4_q_avx2_rows into total[0..R): the rows' last blocks. */
 template <int R, int D>
 __attribute__((target("avx2,fma"))) inline void mxfp4_q_avx2_pair(const uint8_t* blocks, const uint8_t* scales,
                                                                    const QGroup* x, int64_t stride, int64_t b,
                                                                    bool odd_tail, __m256* total) {
-  const __m256i lut = _mm256_load_si256(reinterpret_cast<const __m256i*>(kFp4Plus12));
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
-  __m256i codes;
-  uint16_t two;
-  if (!odd_tail) {
-    codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blocks + b * 16));
-    std::memcpy(&two, scales + b, 2);
-  } else {  // an odd last block: read only its 16 bytes
-    codes = _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + b * 16)));
-    two = scales[b];
-  }
-  const __m256i even = _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, low4));
-  const __m256i odd = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(codes, 4), low4));
+  __m256i even, odd;
+  decode_pair(blocks, b, odd_tail, even, odd);
+  uint16_t two = scales[b];
+  if (!odd_tail) std::memcpy(&two, scales + b, 2);
   // E8M0 e → 2^(e − 128): exponent field e − 1 (saturating, so e ≤ 1 gives 0), spread to each block's 4 lanes.
   const __m256i exponents = _mm256_subs_epu8(_mm256_set1_epi16(static_cast<int16_t>(two)), _mm256_set1_epi8(1));
   const __m256 w_scale = _mm256_castsi256_ps(_mm256_slli_epi32(
@@ -88,14 +108,7 @@ __attribute__((target("avx2,fma"))) inline void mxfp4_q_avx2_pair(const uint8_t*
   const int half = static_cast<int>(b % 4) * 16;  // byte offset of these two blocks in the group's arrays
   for (int r = 0; r < R; r++) {
     const QGroup& q = x[r * stride + b / 4];
-    const __m256i hi = madd_u8s8(even, load32(q.hi_even, half), odd, load32(q.hi_odd, half));
-    __m256i acc = _mm256_madd_epi16(hi, _mm256_set1_epi16(D == 3 ? 1 << 14 : 1));
-    if constexpr (D == 3) {
-      const __m256i mid = madd_u8s8(load32(q.mid_even, half), even, load32(q.mid_odd, half), odd);
-      const __m256i lo = madd_u8s8(load32(q.lo_even, half), even, load32(q.lo_odd, half), odd);
-      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(mid, _mm256_set1_epi16(1 << 7)));
-      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(lo, _mm256_set1_epi16(1)));
-    }
+    __m256i acc = pair_sums<D>(even, odd, q, half);
     acc = _mm256_add_epi32(acc, _mm256_load_si256(reinterpret_cast<const __m256i*>(q.corr + half / 4)));
     const __m256 scale = _mm256_mul_ps(w_scale, _mm256_load_ps(q.scale + half / 4));
     total[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), scale, total[r]);
@@ -103,27 +116,65 @@ __attribute__((target("avx2,fma"))) inline void mxfp4_q_avx2_pair(const uint8_t*
 }
 
 /**
- * R activation rows against one MXFP4 row, two blocks (32 code bytes) per pair, two pairs per step into separate
- * accumulators (the FMA chains overlap). D = 3: the exact 22-bit digits (hi·2¹⁴ + mid·2⁷ + lo, weighted by
- * VPMADDWD with 2¹⁴, 2⁷, 1); D = 1: the q8 mode's 8-bit activations. The int16 sums stay below 2·2·24·128 = 12,288
- * and the int32 ones below 2³¹ (see QGroup).
+ * Eight blocks (b … b + 7, b a multiple of 4: groups b / 4 and b / 4 + 1) into total[0..R). Each pair's four
+ * int32 lanes per block are summed by three VPHADDDs into one lane per block (a whole block's sum stays below
+ * 32·24·2²¹ < 2³¹), so the offset correction, the two scales, the conversion and the FMA are paid once per 8 blocks
+ * instead of once per pair: ~15 vector instructions per 32 code bytes instead of ~20, for the rates a core reaches
+ * when memory is not the limit.
+ */
+template <int R, int D>
+__attribute__((target("avx2,fma"))) inline void mxfp4_q_avx2_oct(const uint8_t* blocks, const uint8_t* scales,
+                                                                  const QGroup* x, int64_t stride, int64_t b,
+                                                                  __m256* total) {
+  __m256i first[R], second[R];  // hadd of pairs 0 and 1, then of pairs 2 and 3
+  for (int p = 0; p < 4; p++) {
+    __m256i even, odd;
+    decode_pair(blocks, b + 2 * p, false, even, odd);
+    const int half = (p % 2) * 32;
+    for (int r = 0; r < R; r++) {
+      const __m256i sums = pair_sums<D>(even, odd, x[r * stride + b / 4 + p / 2], half);
+      if (p == 0) first[r] = sums;
+      else if (p == 1) first[r] = _mm256_hadd_epi32(first[r], sums);
+      else if (p == 2) second[r] = sums;
+      else second[r] = _mm256_hadd_epi32(second[r], sums);
+    }
+  }
+  // hadd(hadd(p0, p1), hadd(p2, p3)) holds blocks 0 2 4 6 | 1 3 5 7: back to block order.
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const __m128i exponents = _mm_subs_epu8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + b)), _mm_set1_epi8(1));
+  const __m256 w_scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(exponents), 23));
+  for (int r = 0; r < R; r++) {
+    const QGroup& q0 = x[r * stride + b / 4];
+    const QGroup& q1 = x[r * stride + b / 4 + 1];
+    const __m256i sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(first[r], second[r]), order);
+    const __m256i corr = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(q1.block_corr),
+                                             reinterpret_cast<const __m128i*>(q0.block_corr));
+    const __m256 x_scale = _mm256_loadu2_m128(q1.block_scale, q0.block_scale);
+    total[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(sums, corr)), _mm256_mul_ps(w_scale, x_scale),
+                               total[r]);
+  }
+}
+
+/**
+ * R activation rows against one MXFP4 row: 8 blocks (128 code bytes) per step (mxfp4_q_avx2_oct), the last 0–7
+ * blocks in pairs. D = 3: the exact 22-bit digits (hi·2¹⁴ + mid·2⁷ + lo); D = 1: the q8 mode's 8-bit activations.
+ * The int16 sums stay below 2·2·24·128 = 12,288 and the int32 ones below 2³¹ (see QGroup).
  */
 template <int R, int D>
 __attribute__((target("avx2,fma"))) void mxfp4_q_avx2_rows(const uint8_t* blocks, const uint8_t* scales,
                                                             const QGroup* x, int64_t stride, int64_t num_blocks,
                                                             float* out) {
-  __m256 total0[R], total1[R];
-  for (int r = 0; r < R; r++) total0[r] = total1[r] = _mm256_setzero_ps();
+  __m256 total[R];
+  for (int r = 0; r < R; r++) total[r] = _mm256_setzero_ps();
   int64_t b = 0;
-  for (; b + 4 <= num_blocks; b += 4) {
+  for (; b + 8 <= num_blocks; b += 8) {
     prefetch_weights<Fetch::l1>(blocks + b * 16);
-    mxfp4_q_avx2_pair<R, D>(blocks, scales, x, stride, b, false, total0);
-    mxfp4_q_avx2_pair<R, D>(blocks, scales, x, stride, b + 2, false, total1);
+    prefetch_weights<Fetch::l1>(blocks + b * 16 + 64);
+    mxfp4_q_avx2_oct<R, D>(blocks, scales, x, stride, b, total);
   }
-  for (; b < num_blocks; b += 2) mxfp4_q_avx2_pair<R, D>(blocks, scales, x, stride, b, b + 1 == num_blocks, total0);
+  for (; b < num_blocks; b += 2) mxfp4_q_avx2_pair<R, D>(blocks, scales, x, stride, b, b + 1 == num_blocks, total);
   for (int r = 0; r < R; r++) {
-    const __m256 sum = _mm256_add_ps(total0[r], total1[r]);
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(total[r]), _mm256_extractf128_ps(total[r], 1));
     s = _mm_hadd_ps(s, s);
     s = _mm_hadd_ps(s, s);
     out[r] = _mm_cvtss_f32(s);
@@ -305,6 +356,8 @@ void prepare_mxfp4_q8(const float* x, int64_t k, QGroup* out) {
     }
     for (int lane = 0; lane < 4; lane++) group.scale[slot * 4 + lane] = scale;
     group.corr[slot * 4] = -12 * sum;
+    group.block_scale[slot] = scale;
+    group.block_corr[slot] = -12 * sum;
   }
 }
 

@@ -36,6 +36,8 @@ struct alignas(64) QGroup {
   uint8_t mid_even[64], mid_odd[64], lo_even[64], lo_odd[64];
   float scale[16];    // max|x| / (2²¹ − 1) of each block, on that block's 4 lanes
   int32_t corr[16];   // −12·Σq of each block, in the block's first lane (0 in the other three)
+  float block_scale[4];   // scale of each block, once (the AVX2 dot's 8-block steps)
+  int32_t block_corr[4];  // corr of each block, once
 };
 inline int64_t q_groups(int64_t k) { return (k / 32 + 3) / 4; }
 /** Prepares one activation row (k a multiple of 32) for mxfp4_q: q_groups(k) groups. */
