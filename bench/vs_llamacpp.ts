@@ -5,13 +5,17 @@
  * --llama-bin holds an already built llama-bench and llama-batched-bench (this script neither fetches nor builds
  * llama.cpp; see bench/README.md). --models holds ours from `deno task make-model --preset P --out DIR/P` and
  * theirs from ../shared/anchors/llamacpp/make_gguf.py as DIR/gpt-oss-P-synth.gguf: the same shapes, synthetic weights.
- * Each round runs llama.cpp, then ours once per weights mode, per shape, alternating; every table cell is the median
- * of the rounds with its range, and each ratio divides medians of the same run. Memory bandwidth (bench/membw.c, the
- * read rate) is measured by every one of our runs; the decode ceiling is bandwidth ÷ the bytes our decode reads.
+ * Each round runs llama.cpp and ours (once per weights mode) back to back per shape, llama.cpp first in odd rounds and
+ * last in even ones, so that a drift of the host's speed favours neither. Every table cell is the median of the rounds
+ * with its range; each ratio is the median (and range) of the rounds' own ratios, ours / llama.cpp of the same round:
+ * on a shared VM whose memory bandwidth moves between ~30 and ~55 GB/s over minutes, a pair measured a minute apart
+ * shares its conditions, while medians taken separately need not. Memory bandwidth (bench/membw.c, the read rate) is
+ * measured by every one of our runs; the decode ceiling is bandwidth ÷ the bytes our decode reads.
  */
 import { parseArgs } from "node:util";
 
 interface Sample {
+  readonly round: number;
   readonly engine: string; // "llama.cpp" or "ours/<weights>"
   readonly shape: string;
   readonly metric: string;
@@ -124,6 +128,19 @@ function median(values: number[]): number {
 
 const fmt = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
 
+/** ours / llama.cpp per round where both measured the metric: the median and the range of those ratios. */
+function pairedRatio(samples: Sample[], shape: string, metric: string, engine: string): string {
+  const at = (e: string, round: number) =>
+    samples.find((s) => s.engine === e && s.shape === shape && s.metric === metric && s.round === round)?.value;
+  const ratios = [...new Set(samples.map((s) => s.round))]
+    .map((round) => [at(engine, round), at("llama.cpp", round)])
+    .filter(([mine, theirs]) => mine !== undefined && theirs)
+    .map(([mine, theirs]) => mine! / theirs!);
+  if (!ratios.length) return "—";
+  const range = ratios.length > 1 ? ` (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)})` : "";
+  return median(ratios).toFixed(2) + range;
+}
+
 /** One markdown table per shape: metric × engine (median, range) and ours / llama.cpp per weights mode. */
 function table(samples: Sample[], shape: string, weights: string[]): string {
   const of = (engine: string, metric: string) =>
@@ -134,12 +151,8 @@ function table(samples: Sample[], shape: string, weights: string[]): string {
   const header = ["metric", "llama.cpp", ...weights.flatMap((w) => [`ours ${w}`, `ours ${w} / llama.cpp`])];
   const lines = [`| ${header.join(" | ")} |`, `|${header.map(() => "---").join("|")}|`];
   for (const metric of metrics) {
-    const theirs = of("llama.cpp", metric);
-    const row = [metric, cell(theirs)];
-    for (const w of weights) {
-      const mine = of(`ours/${w}`, metric);
-      row.push(cell(mine), theirs.length && mine.length ? (median(mine) / median(theirs)).toFixed(2) : "—");
-    }
+    const row = [metric, cell(of("llama.cpp", metric))];
+    for (const w of weights) row.push(cell(of(`ours/${w}`, metric)), pairedRatio(samples, shape, metric, `ours/${w}`));
     lines.push(`| ${row.join(" | ")} |`);
   }
   return lines.join("\n");
@@ -172,18 +185,22 @@ async function main(): Promise<void> {
     for (const shape of shapes) {
       const depth = depthShapes.includes(shape) ? Number(values.depth) : undefined;
       const gguf = `${models}/gpt-oss-${shape}-synth.gguf`;
-      console.error(`round ${round}: ${shape}: llama.cpp`);
-      const theirs = [
-        ...await llamaBench(bin, gguf, threads, decode, depth),
-        ...await llamaBatched(bin, gguf, threads, decode),
-      ];
-      for (const [metric, value] of theirs) samples.push({ engine: "llama.cpp", shape, metric, value });
+      const llama = async () => {
+        console.error(`round ${round}: ${shape}: llama.cpp`);
+        const theirs = [
+          ...await llamaBench(bin, gguf, threads, decode, depth),
+          ...await llamaBatched(bin, gguf, threads, decode),
+        ];
+        for (const [metric, value] of theirs) samples.push({ round, engine: "llama.cpp", shape, metric, value });
+      };
+      if (round % 2 === 1) await llama();
       for (const w of weights) {
         console.error(`round ${round}: ${shape}: ours (${w})`);
         const mine = await ours(`${models}/${shape}`, { isa: values.isa!, threads, weights: w, decode, depth });
         kind = mine.kind;
-        for (const [metric, value] of mine.samples) samples.push({ engine: `ours/${w}`, shape, metric, value });
+        for (const [metric, value] of mine.samples) samples.push({ round, engine: `ours/${w}`, shape, metric, value });
       }
+      if (round % 2 === 0) await llama();
     }
   }
   const cpu = /model name\s*:\s*(.*)/.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1] ?? "unknown CPU";
@@ -191,7 +208,7 @@ async function main(): Promise<void> {
     `# ours (native ${kind}, ${threads} threads) vs llama.cpp (${bin}), ${values.rounds} rounds, ${
       new Date().toISOString()
     }`,
-    `CPU: ${cpu}; tokens/s unless named otherwise; median (range); ratios of medians.`,
+    `CPU: ${cpu}; tokens/s unless named otherwise; median (range); ratios: median (range) of each round's ours / llama.cpp.`,
     ...shapes.map((shape) => `\n## ${shape}\n\n${table(samples, shape, weights)}`),
   ].join("\n");
   console.log(report);
