@@ -2,6 +2,8 @@
  * Ours against llama.cpp on the CPU, side by side in one run (a script, not a test):
  *   deno run -A bench/vs_llamacpp.ts --llama-bin DIR --models DIR [--shapes mini,20b] [--rounds 3] [--threads 2]
  *     [--isa avx2] [--weights bf16,q8] [--decode 32] [--depth 4096] [--depth-shapes mini] [--out FILE]
+ *   deno run -A bench/vs_llamacpp.ts --from run1.json,run2.json [--shapes mini] [--weights q8]
+ * --from prints the table of runs saved with --out together, their rounds one after another.
  * --llama-bin holds an already built llama-bench and llama-batched-bench (this script neither fetches nor builds
  * llama.cpp; see bench/README.md). --models holds ours from `deno task make-model --preset P --out DIR/P` and
  * theirs from ../shared/anchors/llamacpp/make_gguf.py as DIR/gpt-oss-P-synth.gguf: the same shapes, synthetic weights.
@@ -158,6 +160,61 @@ function table(samples: Sample[], shape: string, weights: string[]): string {
   return lines.join("\n");
 }
 
+interface Options {
+  bin: string;
+  models: string;
+  threads: number;
+  rounds: number;
+  shapes: string[];
+  weights: string[];
+  isa: string;
+  decode: number;
+  depth: number;
+  depthShapes: string[];
+}
+
+/** Runs the rounds (see the header) and returns every sample with the native backend's kind. */
+async function measure(o: Options): Promise<{ samples: Sample[]; kind: string }> {
+  const samples: Sample[] = [];
+  let kind = "";
+  for (let round = 1; round <= o.rounds; round++) {
+    for (const shape of o.shapes) {
+      const depth = o.depthShapes.includes(shape) ? o.depth : undefined;
+      const gguf = `${o.models}/gpt-oss-${shape}-synth.gguf`;
+      const llama = async () => {
+        console.error(`round ${round}: ${shape}: llama.cpp`);
+        const theirs = [
+          ...await llamaBench(o.bin, gguf, o.threads, o.decode, depth),
+          ...await llamaBatched(o.bin, gguf, o.threads, o.decode),
+        ];
+        for (const [metric, value] of theirs) samples.push({ round, engine: "llama.cpp", shape, metric, value });
+      };
+      if (round % 2 === 1) await llama();
+      for (const w of o.weights) {
+        console.error(`round ${round}: ${shape}: ours (${w})`);
+        const mine = await ours(`${o.models}/${shape}`, { ...o, weights: w, depth });
+        kind = mine.kind;
+        for (const [metric, value] of mine.samples) samples.push({ round, engine: `ours/${w}`, shape, metric, value });
+      }
+      if (round % 2 === 0) await llama();
+    }
+  }
+  return { samples, kind };
+}
+
+/** Samples of earlier runs saved with --out, their rounds renumbered after one another. */
+function loadRuns(files: string[]): { samples: Sample[]; kind: string } {
+  const samples: Sample[] = [];
+  let kind = "";
+  for (const file of files) {
+    const saved = JSON.parse(Deno.readTextFileSync(file)) as { samples: Sample[]; kind?: string };
+    const offset = Math.max(0, ...samples.map((s) => s.round));
+    samples.push(...saved.samples.map((s) => ({ ...s, round: s.round + offset })));
+    kind = saved.kind ?? kind;
+  }
+  return { samples, kind };
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     args: Deno.args,
@@ -173,46 +230,38 @@ async function main(): Promise<void> {
       depth: { type: "string", default: "4096" },
       "depth-shapes": { type: "string", default: "mini" },
       out: { type: "string" },
+      from: { type: "string" },
     },
   });
-  if (!values["llama-bin"] || !values.models) throw new Error("Give --llama-bin DIR and --models DIR (see the header)");
-  const bin = values["llama-bin"], models = values.models, threads = Number(values.threads);
-  const shapes = values.shapes!.split(","), weights = values.weights!.split(","), decode = Number(values.decode);
-  const depthShapes = values["depth-shapes"]!.split(",");
-  const samples: Sample[] = [];
-  let kind = "";
-  for (let round = 1; round <= Number(values.rounds); round++) {
-    for (const shape of shapes) {
-      const depth = depthShapes.includes(shape) ? Number(values.depth) : undefined;
-      const gguf = `${models}/gpt-oss-${shape}-synth.gguf`;
-      const llama = async () => {
-        console.error(`round ${round}: ${shape}: llama.cpp`);
-        const theirs = [
-          ...await llamaBench(bin, gguf, threads, decode, depth),
-          ...await llamaBatched(bin, gguf, threads, decode),
-        ];
-        for (const [metric, value] of theirs) samples.push({ round, engine: "llama.cpp", shape, metric, value });
-      };
-      if (round % 2 === 1) await llama();
-      for (const w of weights) {
-        console.error(`round ${round}: ${shape}: ours (${w})`);
-        const mine = await ours(`${models}/${shape}`, { isa: values.isa!, threads, weights: w, decode, depth });
-        kind = mine.kind;
-        for (const [metric, value] of mine.samples) samples.push({ round, engine: `ours/${w}`, shape, metric, value });
-      }
-      if (round % 2 === 0) await llama();
+  const shapes = values.shapes!.split(","), weights = values.weights!.split(","), threads = Number(values.threads);
+  let run: { samples: Sample[]; kind: string };
+  if (values.from) run = loadRuns(values.from.split(","));
+  else {
+    if (!values["llama-bin"] || !values.models) {
+      throw new Error("Give --llama-bin DIR and --models DIR (see the header)");
     }
+    run = await measure({
+      bin: values["llama-bin"],
+      models: values.models,
+      threads,
+      rounds: Number(values.rounds),
+      shapes,
+      weights,
+      isa: values.isa!,
+      decode: Number(values.decode),
+      depth: Number(values.depth),
+      depthShapes: values["depth-shapes"]!.split(","),
+    });
   }
+  const rounds = new Set(run.samples.map((s) => s.round)).size;
   const cpu = /model name\s*:\s*(.*)/.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1] ?? "unknown CPU";
   const report = [
-    `# ours (native ${kind}, ${threads} threads) vs llama.cpp (${bin}), ${values.rounds} rounds, ${
-      new Date().toISOString()
-    }`,
+    `# ours (native ${run.kind}, ${threads} threads) vs llama.cpp, ${rounds} rounds, ${new Date().toISOString()}`,
     `CPU: ${cpu}; tokens/s unless named otherwise; median (range); ratios: median (range) of each round's ours / llama.cpp.`,
-    ...shapes.map((shape) => `\n## ${shape}\n\n${table(samples, shape, weights)}`),
+    ...shapes.map((shape) => `\n## ${shape}\n\n${table(run.samples, shape, weights)}`),
   ].join("\n");
   console.log(report);
-  if (values.out) await Deno.writeTextFile(values.out, JSON.stringify({ report, samples }, null, 1));
+  if (values.out) await Deno.writeTextFile(values.out, JSON.stringify({ report, ...run }, null, 1));
 }
 
 await main();
