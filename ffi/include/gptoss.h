@@ -127,8 +127,8 @@ gptoss_status gptoss_tensor_alloc(gptoss_context* ctx, int32_t dtype, int32_t nd
                                   gptoss_tensor** out);
 
 /**
- * CPU: a context-owned copy of host memory, made now (in parallel) into anonymous memory with huge pages where the
- * kernel grants them. Weights read from a file mapping's page cache can stream several times slower than from
+ * CPU: a context-owned copy of host memory, made now (in parallel on the step thread's team) into anonymous memory with
+ * huge pages where the kernel grants them. Weights read from a file mapping's page cache can stream several times slower than from
  * anonymous memory (measured on a VM for the MoE: 4×; bench/README.md). release_source != 0: the source's whole
  * pages are then dropped from this process (MADV_DONTNEED) — for a file mapping, whose pages come back from the
  * file, or a buffer the caller never reads again (a shard cut from the checkpoint: it then reads as zeros). CUDA:
@@ -138,9 +138,9 @@ gptoss_status gptoss_tensor_copy(gptoss_context* ctx, int32_t dtype, int32_t ndi
                                  int32_t release_source, gptoss_tensor** out);
 
 /**
- * CPU: a context-owned tensor of `dtype` (GPTOSS_Q8_0) made now, in parallel on the calling thread, from a bf16
- * [rows, cols] matrix in host memory (cols a multiple of 32), which is read during the call only. CUDA:
- * GPTOSS_UNSUPPORTED.
+ * CPU: a context-owned tensor of `dtype` (GPTOSS_Q8_0) made now, in parallel on the context's step thread (its one
+ * OpenMP team), from a bf16 [rows, cols] matrix in host memory (cols a multiple of 32), which is read during the call
+ * only. CUDA: GPTOSS_UNSUPPORTED.
  */
 gptoss_status gptoss_tensor_quantize(gptoss_context* ctx, const void* bf16, int64_t rows, int64_t cols, int32_t dtype,
                                      gptoss_tensor** out);
