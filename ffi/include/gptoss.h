@@ -127,12 +127,12 @@ gptoss_status gptoss_tensor_alloc(gptoss_context* ctx, int32_t dtype, int32_t nd
                                   gptoss_tensor** out);
 
 /**
- * CPU: a context-owned copy of host memory, made now (in parallel on the step thread's team) into anonymous memory with
- * huge pages where the kernel grants them. Weights read from a file mapping's page cache can stream several times slower than from
- * anonymous memory (measured on a VM for the MoE: 4×; bench/README.md). release_source != 0: the source's whole
- * pages are then dropped from this process (MADV_DONTNEED) — for a file mapping, whose pages come back from the
- * file, or a buffer the caller never reads again (a shard cut from the checkpoint: it then reads as zeros). CUDA:
- * GPTOSS_UNSUPPORTED (its tensors live on the device).
+ * CPU: a context-owned copy of host memory, made now (in parallel on the step thread's team) into anonymous memory
+ * with huge pages where the kernel grants them. Weights read from a file mapping's page cache can stream several times
+ * slower than from anonymous memory (measured on a VM for the MoE: 4×; bench/README.md). release_source != 0: the
+ * source's whole pages are then dropped from this process (MADV_DONTNEED) — for a file mapping, whose pages come back
+ * from the file, or a buffer the caller never reads again (a shard cut from the checkpoint: it then reads as zeros).
+ * CUDA: GPTOSS_UNSUPPORTED (its tensors live on the device).
  */
 gptoss_status gptoss_tensor_copy(gptoss_context* ctx, int32_t dtype, int32_t ndim, const int64_t* shape, void* data,
                                  int32_t release_source, gptoss_tensor** out);
